@@ -1,0 +1,149 @@
+"""Usage types and their defaults, role-dependent defaults, and the rules a spec must keep."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import bindings, certificates, ranges
+from .enums import AuthMechanism as A
+from .enums import PermissionGroup as G
+from .enums import ServerRole, Usage
+from .errors import SpecError
+from .specs import ReceiveConnectorSpec
+
+ALL_V4 = str(ranges.ALL_IPV4)
+ALL_V6 = str(ranges.ALL_IPV6)
+
+
+@dataclass(frozen=True)
+class UsageDefaults:
+    """What a usage type fills in. ``None`` means the field must be given."""
+
+    permission_groups: tuple[G, ...]
+    auth_mechanisms: tuple[A, ...]
+    bindings: tuple[str, ...] | None
+    remote_ip_ranges: tuple[str, ...] | None
+
+
+USAGE_DEFAULTS: Mapping[Usage, UsageDefaults] = {
+    Usage.Client: UsageDefaults(
+        (G.ExchangeUsers,),
+        (A.TLS, A.BasicAuth, A.BasicAuthRequireTLS, A.Integrated),
+        ("0.0.0.0:587", "[::]:587"),
+        (ALL_V6, ALL_V4),
+    ),
+    Usage.Custom: UsageDefaults((G.None_,), (A.TLS,), None, None),
+    Usage.Internal: UsageDefaults(
+        (G.ExchangeLegacyServers, G.ExchangeServers),
+        (A.TLS, A.ExchangeServer),
+        ("0.0.0.0:25", "[::]:25"),
+        (ALL_V6, ALL_V4),
+    ),
+    Usage.Internet: UsageDefaults((G.AnonymousUsers,), (A.TLS,), None, (ALL_V4,)),
+    Usage.Partner: UsageDefaults((G.Partners,), (A.TLS,), None, None),
+}
+
+# (connectionTimeoutSeconds, connectionInactivityTimeoutSeconds) by server role.
+TIMEOUTS: Mapping[ServerRole, tuple[int, int]] = {
+    ServerRole.Mailbox: (600, 300),
+    ServerRole.Edge: (300, 60),
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A connector spec with every usage and role default filled in and validated."""
+
+    spec: ReceiveConnectorSpec
+    bindings: tuple[bindings.Binding, ...]
+    remote_ip_ranges: tuple[ranges.IPRange, ...]
+    auth_mechanisms: tuple[A, ...]
+    permission_groups: tuple[G, ...]
+    certificate_name: certificates.CertificateName | None
+    connection_timeout_seconds: int
+    connection_inactivity_timeout_seconds: int
+
+
+def _unique(values: list[A] | list[G]) -> list[A] | list[G]:
+    return list(dict.fromkeys(values))  # type: ignore[arg-type]
+
+
+def resolve(spec: ReceiveConnectorSpec, role: ServerRole) -> Resolved:
+    """Fill defaults from the usage type and the server role, and apply every rule.
+
+    Raises SpecError naming the field at fault.
+    """
+    defaults = USAGE_DEFAULTS[spec.usage]
+    if role is ServerRole.Edge and spec.usage is Usage.Client:
+        raise SpecError("spec.usage", "Client usage is not available on Edge servers")
+
+    binding_texts = spec.bindings if spec.bindings is not None else defaults.bindings
+    if binding_texts is None:
+        raise SpecError("spec.bindings", f"must be given for {spec.usage} usage")
+    if not binding_texts:
+        raise SpecError("spec.bindings", "must list at least one binding")
+    parsed_bindings = tuple(bindings.parse(b) for b in binding_texts)
+    seen: dict[bindings.Binding, int] = {}
+    for index, binding in enumerate(parsed_bindings):
+        if binding in seen:
+            raise SpecError(f"spec.bindings[{index}]", f"repeats {binding}")
+        seen[binding] = index
+
+    range_texts = spec.remote_ip_ranges if spec.remote_ip_ranges is not None else defaults.remote_ip_ranges
+    if range_texts is None:
+        raise SpecError("spec.remoteIPRanges", f"must be given for {spec.usage} usage")
+    if not range_texts:
+        raise SpecError("spec.remoteIPRanges", "must list at least one range")
+    parsed_ranges = tuple(ranges.parse(r) for r in range_texts)
+
+    auth = tuple(_unique(list(spec.auth_mechanisms or defaults.auth_mechanisms)))
+    groups = tuple(_unique(list(spec.permission_groups or defaults.permission_groups)))
+    _check_auth(auth, groups, spec)
+    if role is ServerRole.Edge and G.ExchangeLegacyServers in groups:
+        raise SpecError(
+            "spec.permissionGroups", "ExchangeLegacyServers is not available on Edge servers"
+        )
+    if G.None_ in groups and len(groups) > 1:
+        raise SpecError("spec.permissionGroups", "None may not be combined with other groups")
+
+    timeout, inactivity = TIMEOUTS[role]
+    timeout = spec.connection_timeout_seconds or timeout
+    inactivity = spec.connection_inactivity_timeout_seconds or inactivity
+    if inactivity >= timeout:
+        raise SpecError(
+            "spec.connectionInactivityTimeoutSeconds",
+            f"must be shorter than connectionTimeoutSeconds ({inactivity} >= {timeout})",
+        )
+    if spec.binary_mime_enabled and not spec.chunking_enabled:
+        raise SpecError("spec.binaryMimeEnabled", "needs chunkingEnabled")
+    name = certificates.parse_name(spec.tls_certificate_name) if spec.tls_certificate_name else None
+    return Resolved(
+        spec=spec,
+        bindings=parsed_bindings,
+        remote_ip_ranges=parsed_ranges,
+        auth_mechanisms=auth,
+        permission_groups=groups,
+        certificate_name=name,
+        connection_timeout_seconds=timeout,
+        connection_inactivity_timeout_seconds=inactivity,
+    )
+
+
+def _check_auth(auth: tuple[A, ...], groups: tuple[G, ...], spec: ReceiveConnectorSpec) -> None:
+    field = "spec.authMechanisms"
+    if A.None_ in auth and len(auth) > 1:
+        raise SpecError(field, "None may not be combined with other mechanisms")
+    if A.BasicAuthRequireTLS in auth and not {A.BasicAuth, A.TLS} <= set(auth):
+        raise SpecError(field, "BasicAuthRequireTLS needs BasicAuth and TLS")
+    if A.ExternalAuthoritative in auth:
+        if G.ExchangeServers not in groups:
+            raise SpecError(field, "ExternalAuthoritative needs the ExchangeServers permission group")
+        if set(auth) - {A.ExternalAuthoritative, A.TLS}:
+            raise SpecError(field, "ExternalAuthoritative may be combined only with TLS")
+    if spec.require_tls and A.TLS not in auth:
+        raise SpecError("spec.requireTLS", "needs the TLS authentication mechanism")
+    if spec.domain_secure_enabled and A.TLS not in auth:
+        raise SpecError("spec.domainSecureEnabled", "needs the TLS authentication mechanism")
+    if spec.tls_certificate_name and A.TLS not in auth:
+        raise SpecError("spec.tlsCertificateName", "needs the TLS authentication mechanism")
