@@ -8,22 +8,83 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 NameKey = frozenset[tuple[str, str]]
+
+
+_SHORT_NAMES = {
+    "CN": NameOID.COMMON_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "C": NameOID.COUNTRY_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "S": NameOID.STATE_OR_PROVINCE_NAME,
+    "STREET": NameOID.STREET_ADDRESS,
+    "DC": NameOID.DOMAIN_COMPONENT,
+    "UID": NameOID.USER_ID,
+    "E": NameOID.EMAIL_ADDRESS,
+    "EMAILADDRESS": NameOID.EMAIL_ADDRESS,
+    "SERIALNUMBER": NameOID.SERIAL_NUMBER,
+}
+
+
+def _fold(value: str) -> str:
+    return " ".join(value.split()).casefold()
+
+
+def _split_unescaped(text: str, separators: str) -> list[str]:
+    parts, current, escaped = [], "", False
+    for char in text:
+        if escaped:
+            current += "\\" + char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in separators:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if escaped:
+        raise ValueError("ends in a lone backslash")
+    parts.append(current)
+    return parts
+
+
+def _unescape(value: str) -> str:
+    out, chars = "", iter(value)
+    for char in chars:
+        out += next(chars, "") if char == "\\" else char
+    return out
+
+
+def _parse_dn(text: str) -> NameKey:
+    pairs = set()
+    for attribute in _split_unescaped(text, ",+;"):
+        kind, sep, value = attribute.partition("=")
+        kind = kind.strip().upper()
+        if not sep or not kind or not value.strip():
+            raise ValueError(f"{attribute.strip()!r} must look like TYPE=value")
+        if kind in _SHORT_NAMES:
+            oid = _SHORT_NAMES[kind].dotted_string
+        elif all(part.isdigit() for part in kind.split(".")) and "." in kind:
+            oid = kind
+        else:
+            raise ValueError(f"{kind!r} is not a known attribute type")
+        pairs.add((oid, _fold(_unescape(value.strip()))))
+    return frozenset(pairs)
 
 
 def name_key(name: x509.Name | str) -> NameKey:
     """An order-, case- and spacing-insensitive key for an RFC 4514 distinguished name."""
     if isinstance(name, str):
         try:
-            name = x509.Name.from_rfc4514_string(name.strip())
+            return _parse_dn(name.strip())
         except ValueError as err:
             raise ValueError(f"{name!r} is not an RFC 4514 name: {err}") from None
-    return frozenset(
-        (attribute.oid.dotted_string, " ".join(str(attribute.value).split()).casefold())
-        for attribute in name
-    )
+    return frozenset((a.oid.dotted_string, _fold(str(a.value))) for a in name)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from . import bindings, permissions, ranges, usage
+from .bindings import Binding
 from .enums import (
     AcceptedDomainType,
     AuthMechanism,
@@ -30,7 +31,7 @@ from .enums import (
 from .errors import ConflictError, SpecError
 from .specs import AcceptedDomainSpec, NextHop, ReceiveConnectorSpec, TransportServerSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 
 class _Frozen(BaseModel):
@@ -101,7 +102,7 @@ class ConnectorConfig(_Frozen):
     extensions: Extensions
 
     @functools.cached_property
-    def parsed_bindings(self) -> tuple[bindings.Binding, ...]:
+    def parsed_bindings(self) -> tuple[Binding, ...]:
         return tuple(bindings.parse(b) for b in self.bindings)
 
     @functools.cached_property
@@ -309,6 +310,8 @@ def compile_server(
         ),
         next_hop=server.next_hop,
         user_database_file=user_database_file,
-        trusted_proxy_ranges=tuple(ranges.normalise(r) for r in server.exposure.trusted_proxy_ranges),
+        trusted_proxy_ranges=tuple(
+            ranges.normalise(r) for r in server.exposure.trusted_proxy_ranges
+        ),
     )
     return Compiled(config=config, rejected=rejected, resolved=dict(accepted))

@@ -52,26 +52,57 @@ NONE, VERBOSE = ProtocolLoggingLevel.None_, ProtocolLoggingLevel.Verbose
 
 MAILBOX: tuple[DefaultConnector, ...] = (
     DefaultConnector(
-        "Client Frontend <ServerName>", FE, Usage.Client, NONE, 587, _both(587), ALL_BOTH,
-        (A.TLS, A.BasicAuth, A.BasicAuthRequireTLS, A.Integrated), (G.ExchangeUsers,),
+        "Client Frontend <ServerName>",
+        FE,
+        Usage.Client,
+        NONE,
+        587,
+        _both(587),
+        ALL_BOTH,
+        (A.TLS, A.BasicAuth, A.BasicAuthRequireTLS, A.Integrated),
+        (G.ExchangeUsers,),
     ),
     DefaultConnector(
-        "Default Frontend <ServerName>", FE, Usage.Internet, VERBOSE, 25, _both(25), ALL_BOTH,
+        "Default Frontend <ServerName>",
+        FE,
+        Usage.Internet,
+        VERBOSE,
+        25,
+        _both(25),
+        ALL_BOTH,
         (A.TLS, A.BasicAuth, A.BasicAuthRequireTLS, A.ExchangeServer, A.Integrated),
         (G.AnonymousUsers, G.ExchangeLegacyServers, G.ExchangeServers),
     ),
     DefaultConnector(
-        "Outbound Proxy Frontend <ServerName>", FE, Usage.Internal, NONE, 717, _both(717), ALL_BOTH,
+        "Outbound Proxy Frontend <ServerName>",
+        FE,
+        Usage.Internal,
+        NONE,
+        717,
+        _both(717),
+        ALL_BOTH,
         (A.TLS, A.BasicAuth, A.BasicAuthRequireTLS, A.ExchangeServer, A.Integrated),
         (G.ExchangeServers,),
     ),
     DefaultConnector(
-        "Client Proxy <ServerName>", HUB, Usage.Client, NONE, 465, _both(465), ALL_BOTH,
+        "Client Proxy <ServerName>",
+        HUB,
+        Usage.Client,
+        NONE,
+        465,
+        _both(465),
+        ALL_BOTH,
         (A.TLS, A.BasicAuth, A.BasicAuthRequireTLS, A.ExchangeServer, A.Integrated),
         (G.ExchangeServers, G.ExchangeUsers),
     ),
     DefaultConnector(
-        "Default <ServerName>", HUB, Usage.Internal, NONE, 2525, _both(2525), ALL_BOTH,
+        "Default <ServerName>",
+        HUB,
+        Usage.Internal,
+        NONE,
+        2525,
+        _both(2525),
+        ALL_BOTH,
         (A.TLS, A.BasicAuth, A.ExchangeServer, A.Integrated),
         (G.ExchangeLegacyServers, G.ExchangeServers, G.ExchangeUsers),
     ),
@@ -79,16 +110,29 @@ MAILBOX: tuple[DefaultConnector, ...] = (
 
 EDGE: tuple[DefaultConnector, ...] = (
     DefaultConnector(
-        "Default internal receive connector <ServerName>", HUB, Usage.Internet, NONE, 25,
-        ("0.0.0.0:25",), (ALL_V4,),
-        (A.TLS, A.ExchangeServer), (G.AnonymousUsers, G.ExchangeServers, G.Partners),
+        "Default internal receive connector <ServerName>",
+        HUB,
+        Usage.Internet,
+        NONE,
+        25,
+        ("0.0.0.0:25",),
+        (ALL_V4,),
+        (A.TLS, A.ExchangeServer),
+        (G.AnonymousUsers, G.ExchangeServers, G.Partners),
     ),
 )
 
 # The implicit connector of the Mailbox Transport Delivery service: no resource, no management.
 MAILBOX_DELIVERY = DefaultConnector(
-    "Mailbox delivery Receive connector <ServerName>", HUB, Usage.Internal, NONE, 475,
-    _both(475), ALL_BOTH, (A.ExchangeServer,), (G.ExchangeServers,),
+    "Mailbox delivery Receive connector <ServerName>",
+    HUB,
+    Usage.Internal,
+    NONE,
+    475,
+    _both(475),
+    ALL_BOTH,
+    (A.ExchangeServer,),
+    (G.ExchangeServers,),
 )
 
 

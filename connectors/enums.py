@@ -74,9 +74,7 @@ class Permission(StrEnum):
     AcceptXShadow = "ms-Exch-SMTP-Accept-XShadow"
     AcceptXSysProbe = "ms-Exch-SMTP-Accept-XSysProbe"
     SendXMessageContextADRecipientCache = "ms-Exch-SMTP-Send-XMessageContext-ADRecipientCache"
-    SendXMessageContextExtendedProperties = (
-        "ms-Exch-SMTP-Send-XMessageContext-ExtendedProperties"
-    )
+    SendXMessageContextExtendedProperties = "ms-Exch-SMTP-Send-XMessageContext-ExtendedProperties"
     SendXMessageContextFastIndex = "ms-Exch-SMTP-Send-XMessageContext-FastIndex"
 
 

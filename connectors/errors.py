@@ -1,8 +1,8 @@
 """The model's exceptions.
 
-    SmtpgateError
-     └── SpecError            a spec that breaks a rule; names the field (``spec.bindings[1]``)
-          └── ConflictError   a connector that collides with another on the same server
+SmtpgateError
+ └── SpecError            a spec that breaks a rule; names the field (``spec.bindings[1]``)
+      └── ConflictError   a connector that collides with another on the same server
 """
 
 from __future__ import annotations

@@ -83,7 +83,9 @@ def parse(text: str) -> IPRange:
             network = ipaddress.ip_network(text, strict=False)
         except ValueError as err:
             raise ValueError(f"{text!r} is not a valid CIDR block: {err}") from None
-        return IPRange(network.version, int(network.network_address), int(network.broadcast_address))
+        return IPRange(
+            network.version, int(network.network_address), int(network.broadcast_address)
+        )
     if "-" in text:
         low_text, _, high_text = text.partition("-")
         try:
@@ -111,7 +113,9 @@ def normalise(text: str) -> str:
     return str(parse(text))
 
 
-def most_specific(candidates: Iterable[tuple[K, Sequence[IPRange]]], address: IPAddress) -> K | None:
+def most_specific(
+    candidates: Iterable[tuple[K, Sequence[IPRange]]], address: IPAddress
+) -> K | None:
     """The key whose ranges hold the smallest range containing ``address``.
 
     Ties (which validation forbids on one binding) go to the earliest candidate.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from . import bindings, certificates, ranges
@@ -29,8 +29,19 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|Ki|Mi|Gi|K|M|G)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "kb": KIB, "ki": KIB, "k": KIB, "mb": MIB, "mi": MIB, "m": MIB,
-          "gb": GIB, "gi": GIB, "g": GIB}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": KIB,
+    "ki": KIB,
+    "k": KIB,
+    "mb": MIB,
+    "mi": MIB,
+    "m": MIB,
+    "gb": GIB,
+    "gi": GIB,
+    "g": GIB,
+}
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
     re.IGNORECASE,
@@ -48,7 +59,9 @@ def parse_size(value: Any) -> int:
         return value
     if isinstance(value, str) and (match := _SIZE.match(value)):
         return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
-    raise ValueError(f"{value!r} is not a size (use bytes, or a number with KB, MB, GB, Ki, Mi, Gi)")
+    raise ValueError(
+        f"{value!r} is not a size (use bytes, or a number with KB, MB, GB, Ki, Mi, Gi)"
+    )
 
 
 def _check_each(parse: Any) -> Any:
@@ -82,15 +95,26 @@ def _check_banner(value: Any) -> Any:
     return value
 
 
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+    ),
+]
 BindingList = Annotated[list[str], BeforeValidator(_check_each(bindings.parse))]
 RangeList = Annotated[list[str], BeforeValidator(_check_each(ranges.parse))]
 Hostname = Annotated[str, BeforeValidator(_check_hostname)]
+CertificateNameText = Annotated[str, BeforeValidator(_check_certificate_name)]
+Banner = Annotated[str, BeforeValidator(_check_banner)]
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        frozen=True,
         use_enum_values=False,
     )
 
@@ -117,7 +141,9 @@ class PermissionEntry(_Spec):
 class ReceiveConnectorSpec(_Spec):
     """How one server listens for SMTP connections from one set of sources."""
 
-    server: str = Field(min_length=1, description="Name of the TransportServer this connector belongs to.")
+    server: str = Field(
+        min_length=1, description="Name of the TransportServer this connector belongs to."
+    )
     transport_role: TransportRole = Field(
         TransportRole.FrontendTransport,
         description="FrontendTransport (accepts client and Internet connections) or HubTransport "
@@ -152,7 +178,7 @@ class ReceiveConnectorSpec(_Spec):
         description="Who may use the connector and with which permissions: None, AnonymousUsers, "
         "ExchangeUsers, ExchangeServers, ExchangeLegacyServers, Partners. Defaults from usage.",
     )
-    tls_certificate_name: str | None = Field(
+    tls_certificate_name: CertificateNameText | None = Field(
         None,
         description="The certificate for STARTTLS, by issuer and subject: "
         "'<I>CN=Contoso CA,O=Contoso<S>CN=mail.contoso.com'. Chosen from kubernetes.io/tls "
@@ -162,9 +188,10 @@ class ReceiveConnectorSpec(_Spec):
         ProtocolLoggingLevel.None_, description="None or Verbose (writes the receive protocol log)."
     )
     fqdn: Hostname | None = Field(
-        None, description="Name given in the banner and the EHLO response. Defaults to the server's."
+        None,
+        description="Name given in the banner and the EHLO response. Defaults to the server's.",
     )
-    banner: str | None = Field(
+    banner: Banner | None = Field(
         None, description="The 220 greeting; must start with '220'. Defaults to '220 <fqdn> ...'."
     )
     enabled: bool = Field(True, description="Whether the connector listens at all.")
@@ -190,27 +217,38 @@ class ReceiveConnectorSpec(_Spec):
         None, ge=1, description="Longest a connection may stay open: 600 on Mailbox, 300 on Edge."
     )
     connection_inactivity_timeout_seconds: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Longest a connection may idle: 300 on Mailbox, 60 on Edge. Must be shorter "
         "than connectionTimeoutSeconds.",
     )
-    max_logon_failures: int = Field(3, ge=0, description="Failed AUTH attempts before the connection is dropped (3).")
-    max_protocol_errors: int = Field(5, ge=0, description="Protocol errors before the connection is dropped (5).")
-    tarpit_interval_seconds: int = Field(5, ge=0, le=600, description="Delay of refusals to anonymous clients (5).")
+    max_logon_failures: int = Field(
+        3, ge=0, description="Failed AUTH attempts before the connection is dropped (3)."
+    )
+    max_protocol_errors: int = Field(
+        5, ge=0, description="Protocol errors before the connection is dropped (5)."
+    )
+    tarpit_interval_seconds: int = Field(
+        5, ge=0, le=600, description="Delay of refusals to anonymous clients (5)."
+    )
     message_rate_limit: int | None = Field(
         None, ge=1, description="Messages per minute from one source; unset means unlimited."
     )
     message_rate_source: MessageRateSource = Field(
-        MessageRateSource.IPAddress, description="What the rate limit counts: None, User, IPAddress, All."
+        MessageRateSource.IPAddress,
+        description="What the rate limit counts: None, User, IPAddress, All.",
     )
     pipelining_enabled: bool = Field(True, description="Advertise PIPELINING.")
     chunking_enabled: bool = Field(True, description="Advertise CHUNKING (BDAT) where supported.")
-    eight_bit_mime_enabled: bool = Field(True, alias="eightBitMimeEnabled", description="Advertise 8BITMIME.")
+    eight_bit_mime_enabled: bool = Field(
+        True, alias="eightBitMimeEnabled", description="Advertise 8BITMIME."
+    )
     binary_mime_enabled: bool = Field(True, description="Advertise BINARYMIME; needs chunking.")
     delivery_status_notification_enabled: bool = Field(True, description="Advertise DSN.")
     enhanced_status_codes_enabled: bool = Field(True, description="Advertise ENHANCEDSTATUSCODES.")
     size_enabled: SizeMode = Field(
-        SizeMode.Enabled, description="SIZE in the EHLO response: Enabled, Disabled, EnabledWithoutValue."
+        SizeMode.Enabled,
+        description="SIZE in the EHLO response: Enabled, Disabled, EnabledWithoutValue.",
     )
     permissions: list[PermissionEntry] = Field(
         default_factory=list,
@@ -224,7 +262,8 @@ class ServiceExposure(_Spec):
     type: str = Field(
         "ClusterIP",
         pattern="^(ClusterIP|NodePort|LoadBalancer|HostNetwork)$",
-        description="ClusterIP, NodePort or LoadBalancer Services (externalTrafficPolicy Local), or "
+        description="ClusterIP, NodePort or LoadBalancer Services (externalTrafficPolicy "
+        "Local), or "
         "HostNetwork to bind node addresses directly.",
     )
     trusted_proxy_ranges: RangeList = Field(
@@ -237,7 +276,8 @@ class NextHop(_Spec):
     """Where accepted mail goes."""
 
     type: str = Field(
-        "Maildir", pattern="^(Smtp|Lmtp|Maildir)$",
+        "Maildir",
+        pattern="^(Smtp|Lmtp|Maildir)$",
         description="Smtp or Lmtp relay to host:port, or a durable Maildir spool.",
     )
     host: str | None = Field(None, description="Relay host (Smtp, Lmtp).")
@@ -258,8 +298,12 @@ class TransportServerSpec(_Spec):
     role: ServerRole = Field(ServerRole.Mailbox, description="Mailbox or Edge.")
     fqdn: Hostname = Field(description="The server's fully qualified domain name.")
     replicas: int = Field(1, ge=0, le=100, description="Receiver pods.")
-    image: str | None = Field(None, description="Receiver image; defaults to the operator's setting.")
-    exposure: ServiceExposure = Field(default_factory=ServiceExposure, description="How bindings are exposed.")
+    image: str | None = Field(
+        None, description="Receiver image; defaults to the operator's setting."
+    )
+    exposure: ServiceExposure = Field(
+        default_factory=ServiceExposure, description="How bindings are exposed."
+    )
     next_hop: NextHop = Field(default_factory=NextHop, description="Where accepted mail goes.")
     user_database_secret_ref: SecretKeyRef | None = Field(
         None, description="htpasswd-style Secret of bcrypt hashes for BasicAuth."

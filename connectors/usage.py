@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from . import bindings, certificates, ranges
 from .enums import AuthMechanism as A
@@ -12,6 +13,7 @@ from .enums import ServerRole, Usage
 from .errors import SpecError
 from .specs import ReceiveConnectorSpec
 
+T = TypeVar("T")
 ALL_V4 = str(ranges.ALL_IPV4)
 ALL_V6 = str(ranges.ALL_IPV6)
 
@@ -65,8 +67,8 @@ class Resolved:
     connection_inactivity_timeout_seconds: int
 
 
-def _unique(values: list[A] | list[G]) -> list[A] | list[G]:
-    return list(dict.fromkeys(values))  # type: ignore[arg-type]
+def _unique(values: Iterable[T]) -> tuple[T, ...]:
+    return tuple(dict.fromkeys(values))
 
 
 def resolve(spec: ReceiveConnectorSpec, role: ServerRole) -> Resolved:
@@ -90,15 +92,17 @@ def resolve(spec: ReceiveConnectorSpec, role: ServerRole) -> Resolved:
             raise SpecError(f"spec.bindings[{index}]", f"repeats {binding}")
         seen[binding] = index
 
-    range_texts = spec.remote_ip_ranges if spec.remote_ip_ranges is not None else defaults.remote_ip_ranges
+    range_texts = (
+        spec.remote_ip_ranges if spec.remote_ip_ranges is not None else defaults.remote_ip_ranges
+    )
     if range_texts is None:
         raise SpecError("spec.remoteIPRanges", f"must be given for {spec.usage} usage")
     if not range_texts:
         raise SpecError("spec.remoteIPRanges", "must list at least one range")
     parsed_ranges = tuple(ranges.parse(r) for r in range_texts)
 
-    auth = tuple(_unique(list(spec.auth_mechanisms or defaults.auth_mechanisms)))
-    groups = tuple(_unique(list(spec.permission_groups or defaults.permission_groups)))
+    auth = _unique(spec.auth_mechanisms or defaults.auth_mechanisms)
+    groups = _unique(spec.permission_groups or defaults.permission_groups)
     _check_auth(auth, groups, spec)
     if role is ServerRole.Edge and G.ExchangeLegacyServers in groups:
         raise SpecError(
@@ -138,7 +142,9 @@ def _check_auth(auth: tuple[A, ...], groups: tuple[G, ...], spec: ReceiveConnect
         raise SpecError(field, "BasicAuthRequireTLS needs BasicAuth and TLS")
     if A.ExternalAuthoritative in auth:
         if G.ExchangeServers not in groups:
-            raise SpecError(field, "ExternalAuthoritative needs the ExchangeServers permission group")
+            raise SpecError(
+                field, "ExternalAuthoritative needs the ExchangeServers permission group"
+            )
         if set(auth) - {A.ExternalAuthoritative, A.TLS}:
             raise SpecError(field, "ExternalAuthoritative may be combined only with TLS")
     if spec.require_tls and A.TLS not in auth:

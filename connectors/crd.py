@@ -1,0 +1,241 @@
+"""CustomResourceDefinitions generated from the spec models (one source of truth)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .specs import AcceptedDomainSpec, ReceiveConnectorSpec, TransportServerSpec
+
+GROUP = "smtpgate.io"
+VERSION = "v1alpha1"
+CATEGORY = "smtpgate"
+Schema = dict[str, Any]
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    """A pydantic JSON schema as a Kubernetes structural schema: refs inlined, nullables
+    folded, titles and defaults dropped (defaults are applied by the compiler, so that the
+    apiserver never writes into a user's spec)."""
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        node = {**target, **node}
+    any_of = node.get("anyOf")
+    if any_of and not node.get("x-kubernetes-int-or-string"):
+        others = [s for s in any_of if s != {"type": "null"}]
+        if len(others) == 1 and len(others) < len(any_of):
+            del node["anyOf"]
+            node = {**others[0], **node}
+    out: Schema = {}
+    for key, value in node.items():
+        if key in ("title", "default", "$defs") or (key == "additionalProperties" and not value):
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        else:
+            out[key] = _structural(value, defs)
+    return out
+
+
+def spec_schema(model: type) -> Schema:
+    raw = model.model_json_schema(by_alias=True)  # type: ignore[attr-defined]
+    schema: Schema = _structural(raw, raw.get("$defs", {}))
+    schema["type"] = "object"
+    return schema
+
+
+def _conditions() -> Schema:
+    return {
+        "type": "array",
+        "description": "Observations of the resource's state (Kubernetes conditions).",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status"],
+            "properties": {
+                "type": {"type": "string", "description": "Condition type, e.g. Ready."},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "reason": {"type": "string", "description": "CamelCase reason."},
+                "message": {"type": "string", "description": "What a person should know."},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "observedGeneration": {"type": "integer", "format": "int64"},
+            },
+        },
+    }
+
+
+def _status(extra: dict[str, Schema]) -> Schema:
+    return {
+        "type": "object",
+        "description": "What the operator observed and did.",
+        "properties": {
+            "observedGeneration": {
+                "type": "integer",
+                "format": "int64",
+                "description": "The generation of the spec this status describes.",
+            },
+            "conditions": _conditions(),
+            **extra,
+        },
+    }
+
+
+RECEIVE_CONNECTOR_STATUS = _status(
+    {
+        "effectivePermissions": {
+            "type": "array",
+            "description": "Permissions per principal after groups and entries "
+            "(what Get-ADPermission shows).",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "principal": {"type": "string"},
+                    "extendedRights": {"type": "array", "items": {"type": "string"}},
+                    "deny": {"type": "boolean"},
+                },
+            },
+        },
+        "certificate": {
+            "type": "object",
+            "description": "The certificate chosen for STARTTLS.",
+            "properties": {
+                "secretName": {"type": "string"},
+                "notAfter": {"type": "string", "format": "date-time"},
+            },
+        },
+    }
+)
+TRANSPORT_SERVER_STATUS = _status(
+    {
+        "connectors": {"type": "integer", "description": "Connectors in the server's config."},
+        "readyReplicas": {"type": "integer", "description": "Receiver pods ready."},
+        "configHash": {"type": "string", "description": "Hash of the config in force."},
+    }
+)
+ACCEPTED_DOMAIN_STATUS = _status({})
+
+READY_COLUMN = {
+    "name": "Ready",
+    "type": "string",
+    "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+}
+AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+def _crd(
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    description: str,
+    spec: Schema,
+    status: Schema,
+    columns: list[dict[str, str]],
+) -> Schema:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
+                "categories": [CATEGORY],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [*columns, READY_COLUMN, AGE_COLUMN],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": description,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def receive_connector() -> Schema:
+    spec = spec_schema(ReceiveConnectorSpec)
+    spec["properties"]["usage"]["x-kubernetes-validations"] = [
+        {"rule": "self == oldSelf", "message": "usage is immutable: it is set at creation only"}
+    ]
+    return _crd(
+        "ReceiveConnector",
+        "receiveconnectors",
+        ["recvconn", "rcvc"],
+        "An Exchange-style Receive connector: how one transport server accepts SMTP "
+        "connections from a set of sources (New-ReceiveConnector / Set-ReceiveConnector).",
+        spec,
+        RECEIVE_CONNECTOR_STATUS,
+        [
+            {"name": "Server", "type": "string", "jsonPath": ".spec.server"},
+            {"name": "Usage", "type": "string", "jsonPath": ".spec.usage"},
+            {"name": "Bindings", "type": "string", "jsonPath": ".spec.bindings"},
+        ],
+    )
+
+
+def transport_server() -> Schema:
+    return _crd(
+        "TransportServer",
+        "transportservers",
+        ["tsrv"],
+        "An Exchange-style transport server (Mailbox or Edge): its receiver pods, how they are "
+        "exposed, and where accepted mail goes.",
+        spec_schema(TransportServerSpec),
+        TRANSPORT_SERVER_STATUS,
+        [
+            {"name": "Role", "type": "string", "jsonPath": ".spec.role"},
+            {"name": "FQDN", "type": "string", "jsonPath": ".spec.fqdn"},
+            {"name": "Connectors", "type": "integer", "jsonPath": ".status.connectors"},
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        ],
+    )
+
+
+def accepted_domain() -> Schema:
+    return _crd(
+        "AcceptedDomain",
+        "accepteddomains",
+        ["adom"],
+        "A domain the organisation accepts mail for (New-AcceptedDomain).",
+        spec_schema(AcceptedDomainSpec),
+        ACCEPTED_DOMAIN_STATUS,
+        [
+            {"name": "Domain", "type": "string", "jsonPath": ".spec.domainName"},
+            {"name": "Type", "type": "string", "jsonPath": ".spec.domainType"},
+        ],
+    )
+
+
+def all_crds() -> dict[str, Schema]:
+    """File name → CRD, as ``crds/`` holds them."""
+    return {
+        "receiveconnectors.yaml": receive_connector(),
+        "transportservers.yaml": transport_server(),
+        "accepteddomains.yaml": accepted_domain(),
+    }

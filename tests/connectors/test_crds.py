@@ -1,0 +1,50 @@
+"""crds/ is generated from the model and must stay in step with it."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _generator():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("gen_crds", ROOT / "hack" / "gen_crds.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_crds_folder_is_up_to_date_with_the_models() -> None:
+    rendered = _generator().render()
+    for name, text in rendered.items():
+        on_disk = (ROOT / "crds" / name).read_text()
+        assert on_disk == text, f"crds/{name} is stale: run python hack/gen_crds.py"
+
+
+def test_usage_is_immutable_through_cel() -> None:
+    from smtpgate.connectors import crd
+
+    usage = crd.receive_connector()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"
+    ]["spec"]["properties"]["usage"]
+    assert usage["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
+
+
+def test_every_spec_field_is_documented() -> None:
+    from smtpgate.connectors import crd
+
+    def walk(node: dict, path: str) -> list[str]:
+        missing = []
+        for name, prop in node.get("properties", {}).items():
+            if path.startswith("spec") and "description" not in prop:
+                missing.append(f"{path}.{name}")
+            missing += walk(prop, f"{path}.{name}")
+        if "items" in node:
+            missing += walk(node["items"], path + "[]")
+        return missing
+
+    for body in crd.all_crds().values():
+        root = body["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        assert walk(root, "spec") == []
