@@ -29,7 +29,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         others = [s for s in any_of if s != {"type": "null"}]
         if len(others) == 1 and len(others) < len(any_of):
             del node["anyOf"]
-            node = {**others[0], **node}
+            return _structural({**others[0], **node}, defs)
     out: Schema = {}
     for key, value in node.items():
         if key in ("title", "default", "$defs") or (key == "additionalProperties" and not value):

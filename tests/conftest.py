@@ -1,0 +1,60 @@
+"""Shared fixtures: the embedded control plane (session-wide) and a ready API client."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hack.controlplane.harness import ControlPlane  # noqa: E402
+
+CRDS = ROOT / "crds"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the control plane carry the ``controlplane`` marker, so that
+    ``pytest -m "not controlplane"`` runs the fast ones alone."""
+    for item in items:
+        if "controlplane" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.controlplane)
+
+
+class Cluster:
+    """The running control plane as tests use it."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self.kubeconfig = str(plane.kubeconfig)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [self.plane.kubectl, "--kubeconfig", self.kubeconfig, *args],
+            input=input, capture_output=True, text=True, timeout=120, check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
+        return done
+
+    def api(self):  # type: ignore[no-untyped-def]
+        from kubernetes import client, config
+
+        return client.ApiClient(config.load_kube_config(config_file=self.kubeconfig) or None)
+
+
+@pytest.fixture(scope="session")
+def controlplane() -> Iterator[Cluster]:
+    with ControlPlane.start() as plane:
+        cluster = Cluster(plane)
+        cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/receiveconnectors.smtpgate.io", "crd/transportservers.smtpgate.io",
+            "crd/accepteddomains.smtpgate.io",
+        )
+        yield cluster
