@@ -32,10 +32,16 @@ class Cluster:
         self.plane = plane
         self.kubeconfig = str(plane.kubeconfig)
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [self.plane.kubectl, "--kubeconfig", self.kubeconfig, *args],
-            input=input, capture_output=True, text=True, timeout=120, check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if check and done.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
@@ -53,8 +59,11 @@ def controlplane() -> Iterator[Cluster]:
         cluster = Cluster(plane)
         cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
         cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/receiveconnectors.smtpgate.io", "crd/transportservers.smtpgate.io",
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/receiveconnectors.smtpgate.io",
+            "crd/transportservers.smtpgate.io",
             "crd/accepteddomains.smtpgate.io",
         )
         yield cluster

@@ -32,7 +32,9 @@ def test_crds_are_established(controlplane) -> None:  # type: ignore[no-untyped-
     out = controlplane.kubectl("get", "crd", "-o", "json").stdout
     crds = {i["metadata"]["name"]: i for i in json.loads(out)["items"]}
     for name in ("receiveconnectors", "transportservers", "accepteddomains"):
-        conditions = {c["type"]: c["status"] for c in crds[f"{name}.smtpgate.io"]["status"]["conditions"]}
+        conditions = {
+            c["type"]: c["status"] for c in crds[f"{name}.smtpgate.io"]["status"]["conditions"]
+        }
         assert conditions["Established"] == "True"
         assert conditions["NamesAccepted"] == "True"
 
@@ -50,8 +52,14 @@ def test_kubectl_explain_teaches_remote_ip_ranges(controlplane) -> None:  # type
 
 
 def test_get_shows_printer_columns(controlplane, namespace: str) -> None:  # type: ignore[no-untyped-def]
-    controlplane.kubectl("apply", "-f", "-", input=CONNECTOR.format(name="rc1", namespace=namespace, usage="Custom"))
-    header = controlplane.kubectl("get", "receiveconnectors", "-n", namespace).stdout.splitlines()[0].split()
+    controlplane.kubectl(
+        "apply", "-f", "-", input=CONNECTOR.format(name="rc1", namespace=namespace, usage="Custom")
+    )
+    header = (
+        controlplane.kubectl("get", "receiveconnectors", "-n", namespace)
+        .stdout.splitlines()[0]
+        .split()
+    )
     assert header == ["NAME", "SERVER", "USAGE", "BINDINGS", "READY", "AGE"]
     row = controlplane.kubectl("get", "rcvc", "-n", namespace).stdout.splitlines()[1]
     assert "ex01" in row and "Custom" in row and "0.0.0.0:2525" in row
@@ -60,9 +68,14 @@ def test_get_shows_printer_columns(controlplane, namespace: str) -> None:  # typ
 
 
 def test_changing_usage_is_rejected_with_the_cel_message(controlplane, namespace: str) -> None:  # type: ignore[no-untyped-def]
-    controlplane.kubectl("apply", "-f", "-", input=CONNECTOR.format(name="rc2", namespace=namespace, usage="Custom"))
+    controlplane.kubectl(
+        "apply", "-f", "-", input=CONNECTOR.format(name="rc2", namespace=namespace, usage="Custom")
+    )
     done = controlplane.kubectl(
-        "apply", "-f", "-", input=CONNECTOR.format(name="rc2", namespace=namespace, usage="Internet"),
+        "apply",
+        "-f",
+        "-",
+        input=CONNECTOR.format(name="rc2", namespace=namespace, usage="Internet"),
         check=False,
     )
     assert done.returncode != 0
@@ -77,21 +90,38 @@ def test_changing_usage_is_rejected_with_the_cel_message(controlplane, namespace
         ("  usage2: Client\n", 'unknown field "spec.usage2"'),
     ],
 )
-def test_unknown_field_or_wrong_type_is_rejected(controlplane, namespace: str, patch: str, words: str) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_field_or_wrong_type_is_rejected(
+    controlplane, namespace: str, patch: str, words: str
+) -> None:  # type: ignore[no-untyped-def]
     manifest = CONNECTOR.format(name="rc3", namespace=namespace, usage="Custom") + patch
     done = controlplane.kubectl("apply", "-f", "-", input=manifest, check=False)
     assert done.returncode != 0 and words in done.stderr
 
 
 def test_owned_configmap_is_garbage_collected(controlplane, namespace: str) -> None:  # type: ignore[no-untyped-def]
-    controlplane.kubectl("apply", "-f", "-", input=CONNECTOR.format(name="owner", namespace=namespace, usage="Custom"))
-    uid = controlplane.kubectl("get", "rcvc", "owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
+    controlplane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=CONNECTOR.format(name="owner", namespace=namespace, usage="Custom"),
+    )
+    uid = controlplane.kubectl(
+        "get", "rcvc", "owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}"
+    ).stdout
     configmap = {
-        "apiVersion": "v1", "kind": "ConfigMap",
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
         "metadata": {
-            "name": "owned", "namespace": namespace,
-            "ownerReferences": [{"apiVersion": "smtpgate.io/v1alpha1", "kind": "ReceiveConnector",
-                                 "name": "owner", "uid": uid}],
+            "name": "owned",
+            "namespace": namespace,
+            "ownerReferences": [
+                {
+                    "apiVersion": "smtpgate.io/v1alpha1",
+                    "kind": "ReceiveConnector",
+                    "name": "owner",
+                    "uid": uid,
+                }
+            ],
         },
         "data": {"k": "v"},
     }
