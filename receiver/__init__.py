@@ -1,0 +1,1 @@
+"""The SMTP receiver: runs one server's ServerConfig and enforces it on every session."""

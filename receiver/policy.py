@@ -1,0 +1,202 @@
+"""What the receiver permits: session facts in, a Reply out. Pure: no sockets, no aiosmtpd.
+
+Every function here reads the connector the session was matched to and the principals the
+session holds, and decides as the reference describes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from smtpgate.connectors.config import AcceptedDomain, ConnectorConfig
+from smtpgate.connectors.enums import AuthMechanism, SizeMode
+from smtpgate.connectors.enums import Permission as P
+from smtpgate.connectors.ranges import IPAddress
+
+from . import addresses, identity, replies
+from .replies import Reply
+
+# With ms-Exch-Bypass-Message-Size-Limit a message may exceed the connector's limit, but
+# never this: the receiver keeps memory bounded whoever the client is.
+HARD_MESSAGE_CEILING = 1 << 30
+
+
+@dataclass
+class Session:
+    """What the receiver knows of one SMTP session; the adapter keeps it current."""
+
+    connector: ConnectorConfig
+    remote: IPAddress
+    accepted_domains: Sequence[AcceptedDomain]
+    principals: identity.Principals
+    tls: bool = False
+    user: str | None = None
+    helo: str | None = None
+    logon_failures: int = 0
+    protocol_errors: int = 0
+
+    @property
+    def rights(self) -> frozenset[P]:
+        return self.connector.acl.effective(self.principals)
+
+    @property
+    def anonymous(self) -> bool:
+        return identity.is_anonymous(self.principals)
+
+
+def connection(
+    connector: ConnectorConfig | None, on_connector: int, from_source: int
+) -> Reply | None:
+    """Whether a new connection may start; counts include the new connection."""
+    if connector is None:
+        return replies.NO_CONNECTOR
+    limits = connector.limits
+    if on_connector > limits.max_inbound_connection:
+        return replies.TOO_MANY_CONNECTIONS
+    share = math.ceil(
+        limits.max_inbound_connection * limits.max_inbound_connection_percentage_per_source / 100
+    )
+    if from_source > min(limits.max_inbound_connection_per_source, share):
+        return replies.TOO_MANY_FROM_SOURCE
+    return None
+
+
+def starttls_offered(session: Session) -> bool:
+    return session.connector.starttls_available and not session.tls
+
+
+def auth_mechanisms(session: Session) -> list[str]:
+    """SASL mechanisms offered now: BasicAuth gives LOGIN and PLAIN, before TLS only when
+    BasicAuthRequireTLS is not set."""
+    connector = session.connector
+    if session.user is not None or not connector.offers(AuthMechanism.BasicAuth):
+        return []
+    if connector.offers(AuthMechanism.BasicAuthRequireTLS) and not session.tls:
+        return []
+    return ["LOGIN", "PLAIN"]
+
+
+def message_size_limit(session: Session) -> int:
+    if P.BypassMessageSizeLimit in session.rights:
+        return HARD_MESSAGE_CEILING
+    return session.connector.limits.max_message_size
+
+
+def ehlo_keywords(session: Session) -> list[str]:
+    """The EHLO keywords, exactly what the connector enables (CHUNKING and BINARYMIME are
+    not offered: the SMTP engine has no BDAT)."""
+    ext = session.connector.extensions
+    keywords: list[str] = []
+    if ext.size is SizeMode.Enabled:
+        keywords.append(f"SIZE {session.connector.limits.max_message_size}")
+    elif ext.size is SizeMode.EnabledWithoutValue:
+        keywords.append("SIZE")
+    if ext.pipelining:
+        keywords.append("PIPELINING")
+    if ext.dsn:
+        keywords.append("DSN")
+    if ext.enhanced_status_codes:
+        keywords.append("ENHANCEDSTATUSCODES")
+    if starttls_offered(session):
+        keywords.append("STARTTLS")
+    mechanisms = auth_mechanisms(session)
+    if mechanisms:
+        keywords.append("AUTH " + " ".join(mechanisms))
+    if ext.eight_bit_mime:
+        keywords.append("8BITMIME")
+    if P.AcceptExch50 in session.rights:
+        keywords.append("XEXCH50")
+    return keywords
+
+
+def auth_start(session: Session, mechanism: str) -> Reply | None:
+    """Whether an AUTH with ``mechanism`` may begin."""
+    if session.user is not None:
+        return replies.AUTH_ALREADY
+    connector = session.connector
+    if mechanism.upper() not in ("LOGIN", "PLAIN") or not connector.offers(AuthMechanism.BasicAuth):
+        return replies.AUTH_UNKNOWN_MECHANISM
+    if connector.offers(AuthMechanism.BasicAuthRequireTLS) and not session.tls:
+        return replies.AUTH_NEEDS_TLS
+    return None
+
+
+def auth_result(session: Session, principals: identity.Principals | None) -> Reply:
+    """The reply to an AUTH whose credentials gave ``principals`` (None: invalid). A principal
+    without ms-Exch-SMTP-Submit is refused, as Exchange refuses AUTH without it."""
+    if principals is None:
+        if session.logon_failures + 1 >= max(1, session.connector.limits.max_logon_failures):
+            return replies.TOO_MANY_LOGON_FAILURES
+        return replies.AUTH_FAILED
+    if P.Submit not in session.connector.acl.effective(principals):
+        return replies.AUTH_NOT_PERMITTED
+    return replies.AUTH_OK
+
+
+def mail(session: Session, sender: str, declared_size: int | None) -> Reply:
+    """MAIL FROM: submit right, TLS where required, size, and the sender spoofing check."""
+    connector = session.connector
+    if connector.require_tls and not session.tls:
+        return replies.MUST_STARTTLS
+    rights = session.rights
+    if P.Submit not in rights:
+        return replies.NOT_AUTHENTICATED
+    if declared_size is not None and declared_size > message_size_limit(session):
+        return replies.MESSAGE_TOO_BIG
+    if sender in ("", "<>"):
+        return replies.SENDER_OK
+    address = addresses.parse(sender)
+    if address is None:
+        return replies.BAD_ADDRESS
+    if session.user is not None:
+        # Authenticated users: whether a user may send as an address is the mailbox
+        # layer's question (Exchange's send-as check), not the connector's.
+        return replies.SENDER_OK
+    domains = session.accepted_domains
+    if addresses.is_authoritative(address.domain, domains):
+        if P.AcceptAuthoritativeDomainSender not in rights:
+            return replies.SEND_AS_DENIED
+        return replies.SENDER_OK
+    if (
+        P.AcceptAnySender not in rights
+        and addresses.accepted_domain(address.domain, domains) is None
+    ):
+        return replies.SEND_AS_DENIED
+    return replies.SENDER_OK
+
+
+def rcpt(session: Session, recipient: str, so_far: int) -> Reply:
+    """RCPT TO: the recipient limit (``so_far`` accepted already) and the relay check."""
+    if so_far >= session.connector.limits.max_recipients_per_message:
+        return replies.TOO_MANY_RECIPIENTS
+    address = addresses.parse(recipient)
+    if address is None:
+        return replies.BAD_ADDRESS
+    if P.AcceptAnyRecipient in session.rights:
+        return replies.RECIPIENT_OK
+    if (
+        address.plain
+        and not address.literal
+        and addresses.accepted_domain(address.domain, session.accepted_domains) is not None
+    ):
+        return replies.RECIPIENT_OK
+    return replies.RELAY_DENIED
+
+
+def exch50(session: Session) -> Reply:
+    if P.AcceptExch50 not in session.rights:
+        return replies.EXCH50_NOT_PERMITTED
+    return replies.EXCH50_SEND_DATA
+
+
+def tarpit_seconds(session: Session, reply: Reply) -> int:
+    """Refusals to anonymous clients are delayed by the connector's tarpit interval."""
+    if reply.code >= 500 and session.anonymous and not reply.close:
+        return session.connector.limits.tarpit_interval_seconds
+    return 0
+
+
+def counts_as_protocol_error(code: int) -> bool:
+    """Replies that say the client spoke out of turn or out of syntax."""
+    return code in (500, 501, 502, 503, 504)

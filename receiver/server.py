@@ -1,0 +1,166 @@
+"""The receiver process's sockets and lifecycle: one listener per binding, shared state
+(config, certificates, users, delivery, connection counts), graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from smtpgate.connectors.bindings import Binding
+from smtpgate.connectors.config import ConnectorConfig, ServerConfig
+
+from . import delivery as delivery_mod
+from .smtp import ConnectorSMTP
+from .users import UserDatabase
+
+log = logging.getLogger(__name__)
+
+
+class Counters:
+    """Open connections per connector and per (connector, source address)."""
+
+    def __init__(self) -> None:
+        self.by_connector: collections.Counter[str] = collections.Counter()
+        self.by_source: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def open(self, connector: str, source: str) -> tuple[int, int]:
+        self.by_connector[connector] += 1
+        self.by_source[(connector, source)] += 1
+        return self.by_connector[connector], self.by_source[(connector, source)]
+
+    def close(self, connector: str, source: str) -> None:
+        self.by_connector[connector] -= 1
+        self.by_source[(connector, source)] -= 1
+        if self.by_source[(connector, source)] <= 0:
+            del self.by_source[(connector, source)]
+
+
+@dataclass
+class Listen:
+    """Where a binding really listens. In a pod, exactly the binding; tests and the demo map
+    all-address bindings onto a loopback address and ports onto free ones."""
+
+    wildcard_v4: str | None = None
+    wildcard_v6: str | None = None
+    ports: Mapping[int, int] = field(default_factory=dict)
+
+    def address(self, binding: Binding) -> tuple[str, int]:
+        host = binding.address
+        if binding.all_addresses:
+            host = (self.wildcard_v4 if binding.version == 4 else self.wildcard_v6) or host
+        return host, self.ports.get(binding.port, binding.port)
+
+
+class Runtime:
+    """What every session shares."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        delivery: delivery_mod.Delivery,
+        users: UserDatabase | None = None,
+    ) -> None:
+        self.config = config
+        self.delivery = delivery
+        self.users = users
+        self.counters = Counters()
+        self.sessions: set[ConnectorSMTP] = set()
+        self._tls: dict[str, ssl.SSLContext | None] = {}
+
+    def tls_context(self, connector: ConnectorConfig) -> ssl.SSLContext | None:
+        """The STARTTLS context of a connector, or None where STARTTLS is not offered."""
+        if not connector.starttls_available or connector.tls is None:
+            return None
+        key = f"{connector.tls.cert_file}|{connector.tls.key_file}"
+        if key not in self._tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                context.load_cert_chain(connector.tls.cert_file, connector.tls.key_file)
+            except (OSError, ssl.SSLError) as err:
+                log.error("connector %r: cannot load its certificate: %s", connector.name, err)
+                self._tls[key] = None
+                return None
+            self._tls[key] = context
+        return self._tls[key]
+
+
+class Receiver:
+    """Listens on every binding of every connector in the config."""
+
+    def __init__(self, runtime: Runtime, listen: Listen | None = None) -> None:
+        self.runtime = runtime
+        self.listen = listen or Listen()
+        self.servers: list[asyncio.base_events.Server] = []
+        self.failed: dict[str, str] = {}
+
+    def bindings(self) -> dict[Binding, list[str]]:
+        found: dict[Binding, list[str]] = {}
+        for connector in self.runtime.config.connectors:
+            for binding in connector.parsed_bindings:
+                found.setdefault(binding, []).append(connector.name)
+        return found
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for binding, names in sorted(self.bindings().items()):
+            host, port = self.listen.address(binding)
+            try:
+                sock = _listening_socket(host, port, binding.version)
+            except OSError as err:
+                message = f"cannot listen on {host}:{port}: {err.strerror}"
+                self.failed[str(binding)] = message
+                log.error("binding %s of %s: %s", binding, ", ".join(names), message)
+                continue
+            server = await loop.create_server(
+                lambda b=binding: ConnectorSMTP(self.runtime, b), sock=sock
+            )
+            self.servers.append(server)
+            log.info("listening on %s for %s", binding, ", ".join(names))
+
+    def address_of(self, binding: str | Binding) -> tuple[str, int]:
+        """The real (host, port) a binding listens on (after the Listen mapping)."""
+        from smtpgate.connectors import bindings
+
+        parsed = bindings.parse(binding) if isinstance(binding, str) else binding
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                if (host, port) == self.listen.address(parsed):
+                    return host, port
+        raise KeyError(f"{binding} is not listening")
+
+    async def stop(self, grace: float = 0) -> None:
+        for server in self.servers:
+            server.close()
+        if grace and self.runtime.sessions:
+            deadline = asyncio.get_running_loop().time() + grace
+            while self.runtime.sessions and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+        for session in list(self.runtime.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers.clear()
+
+
+def _listening_socket(host: str, port: int, version: int) -> socket.socket:
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,397 @@
+"""The aiosmtpd adapter: speaks SMTP, asks ``policy`` at every step, and does what it says.
+
+One ``ConnectorSMTP`` per connection. It picks the connector when the connection is made
+(most specific remote range on the binding it arrived at), then answers every command
+from that connector's settings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import MISSING, SMTP, Envelope
+from aiosmtpd.smtp import Session as EngineSession
+from smtpgate.connectors.bindings import Binding
+from smtpgate.connectors.ranges import parse_address
+
+from . import delivery, headers, identity, policy, replies
+from .replies import Reply
+
+if TYPE_CHECKING:
+    from .server import Runtime
+
+log = logging.getLogger(__name__)
+EXCH50_MAX = 1 << 20
+
+
+class BareLineEnding(Exception):
+    """A command line ended in a bare LF, or held a bare CR."""
+
+
+class LineGuard:
+    """Stands in for the session's StreamReader and watches line endings: a command line
+    must end in CRLF and hold no other CR; a DATA line (read up to CRLF) may hold no CR, LF
+    or NUL. DATA is never cut short here (that would let the rest be read as commands);
+    the finding is kept for the end of DATA."""
+
+    def __init__(self, inner: asyncio.StreamReader) -> None:
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "data_fault", None)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await self._inner.readuntil(separator)
+        if separator == b"\n":
+            if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+                raise BareLineEnding()
+        else:
+            body = line[:-2]
+            if self.data_fault is None:
+                if b"\r" in body or b"\n" in body:
+                    object.__setattr__(self, "data_fault", replies.BARE_LINE_ENDING_DATA)
+                elif b"\x00" in body:
+                    object.__setattr__(self, "data_fault", replies.NUL_IN_DATA)
+        return line
+
+    def take_fault(self) -> Reply | None:
+        fault = self.data_fault
+        object.__setattr__(self, "data_fault", None)
+        return fault  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._inner, name, value)
+
+
+class ConnectorSMTP(SMTP):
+    """One SMTP connection on one binding."""
+
+    def __init__(self, runtime: Runtime, binding: Binding) -> None:
+        self.runtime = runtime
+        self.binding = binding
+        self.config = runtime.config  # the config in force when the connection arrived
+        self.policy: policy.Session | None = None
+        self.refusal: Reply | None = None
+        self._greeted = False
+        self._close_after: Reply | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._counted: tuple[str, str] | None = None
+        super().__init__(
+            _Handler(self),
+            data_size_limit=None,
+            enable_SMTPUTF8=False,
+            decode_data=False,
+            hostname=runtime.config.fqdn,
+            auth_require_tls=False,
+            timeout=300,
+        )
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.policy is not None:  # the TLS layer after STARTTLS
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        remote = parse_address(peer[0])
+        local_ip = self.binding.ip if not self.binding.all_addresses else parse_address(local[0])
+        connector = self.config.connector_for(local_ip, self.binding.port, remote)
+        on_connector, from_source = 0, 0
+        if connector is not None:
+            self._counted = (connector.name, str(remote))
+            on_connector, from_source = self.runtime.counters.open(*self._counted)
+        self.refusal = policy.connection(connector, on_connector, from_source)
+        if connector is not None:
+            self.policy = policy.Session(
+                connector=connector,
+                remote=remote,
+                accepted_domains=self.config.accepted_domains,
+                principals=identity.anonymous(connector),
+            )
+            self.hostname = connector.fqdn
+            self.tls_context = self.runtime.tls_context(connector)
+            self._timeout_duration = connector.limits.connection_inactivity_timeout_seconds
+            self.data_size_limit = policy.message_size_limit(self.policy)
+            self._dsn = connector.extensions.dsn
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(
+                connector.limits.connection_timeout_seconds, self._connection_deadline
+            )
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._counted is not None:
+            self.runtime.counters.close(*self._counted)
+            self._counted = None
+        super().connection_lost(error)
+
+    def _connection_deadline(self) -> None:
+        if self.transport is not None:
+            self.transport.write((replies.CONNECTION_TIMEOUT.line() + "\r\n").encode())
+            self.transport.close()
+
+    def _cb_client_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        super()._cb_client_connected(LineGuard(reader), writer)  # type: ignore[arg-type]
+
+    async def _handle_client(self) -> None:
+        if self.refusal is not None:
+            await self.push(self.refusal.line())
+            return
+        self.runtime.sessions.add(self)
+        try:
+            await super()._handle_client()
+        finally:
+            self.runtime.sessions.discard(self)
+
+    # -- replies ------------------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        line = status.decode() if isinstance(status, bytes) else status
+        session = self.policy
+        if not self._greeted:
+            self._greeted = True
+            if session is not None and line.startswith("220 "):
+                line = session.connector.banner
+        if session is not None:
+            code = int(line[:3]) if line[:3].isdigit() else 0
+            if policy.counts_as_protocol_error(code):
+                session.protocol_errors += 1
+                if session.protocol_errors > session.connector.limits.max_protocol_errors:
+                    line, self._close_after = (
+                        replies.TOO_MANY_ERRORS.line(),
+                        replies.TOO_MANY_ERRORS,
+                    )
+            if code >= 500:
+                delay = policy.tarpit_seconds(session, Reply(code, "", "", False))
+                if delay:
+                    await asyncio.sleep(delay)
+            if not session.connector.extensions.enhanced_status_codes:
+                line = replies.strip_enhanced(line)
+        await super().push(line)
+        if self._close_after is not None or self.refusal is not None:
+            self._close_after = None
+            if self.transport is not None:
+                self.transport.close()
+
+    def reply(self, reply: Reply) -> str:
+        """A hook's answer; a closing reply ends the session once it is sent."""
+        if reply.close:
+            self._close_after = reply
+        return reply.line()
+
+    # -- engine seams -------------------------------------------------------------------
+
+    def _getparams(self, params: Any) -> Any:
+        result = super()._getparams(params)
+        if result is not None and getattr(self, "_dsn", False):
+            for key in ("RET", "ENVID", "NOTIFY", "ORCPT"):
+                result.pop(key, None)
+        return result
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, BareLineEnding):
+            return replies.BARE_LINE_ENDING_COMMAND.line()
+        log.exception("session error on connector %s", self.policy and self.policy.connector.name)
+        return "451 4.3.0 Internal error, try again later"
+
+    async def smtp_XEXCH50(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.policy is not None
+        answer = policy.exch50(self.policy)
+        if answer.refusal:
+            await self.push(answer.line())
+            return
+        parts = (arg or "").split()
+        if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) > EXCH50_MAX:
+            await self.push(replies.EXCH50_SYNTAX.line())
+            return
+        await self.push(answer.line())
+        await self._reader.readexactly(int(parts[0]))
+        await self.push(replies.EXCH50_OK.line())
+
+
+class _Handler:
+    """aiosmtpd's hooks for one connection, each a call into ``policy``."""
+
+    def __init__(self, smtp: ConnectorSMTP) -> None:
+        self.smtp = smtp
+
+    def state(self) -> policy.Session:
+        assert self.smtp.policy is not None
+        return self.smtp.policy
+
+    def handle_STARTTLS(self, server: SMTP, session: EngineSession, envelope: Envelope) -> bool:
+        # RFC 3207: forget everything from before the handshake.
+        state = self.state()
+        state.tls = True
+        state.user = None
+        state.helo = None
+        state.principals = identity.anonymous(state.connector)
+        self.smtp.data_size_limit = policy.message_size_limit(state)
+        return True
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: EngineSession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        self.state().helo = hostname
+        lines = [self.state().connector.fqdn, *policy.ehlo_keywords(self.state())]
+        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_HELO(
+        self, server: SMTP, session: EngineSession, envelope: Envelope, hostname: str
+    ) -> str:
+        session.host_name = hostname
+        self.state().helo = hostname
+        return f"250 {self.state().connector.fqdn}"
+
+    async def handle_AUTH(
+        self, server: SMTP, session: EngineSession, envelope: Envelope, args: list[str]
+    ) -> str | None:
+        state = self.state()
+        mechanism = args[0].upper()
+        refusal = policy.auth_start(state, mechanism)
+        if refusal is not None:
+            return self.smtp.reply(refusal)
+        credentials = await self._credentials(mechanism, args[1] if len(args) > 1 else None)
+        if credentials is None:
+            return None  # the exchange already answered
+        name, password = credentials
+        users = self.smtp.runtime.users
+        valid = await users.verify(name, password) if users is not None else False
+        principals = identity.authenticated_user(name) if valid else None
+        answer = policy.auth_result(state, principals)
+        if principals is None:
+            state.logon_failures += 1
+        elif not answer.refusal:
+            state.user = name
+            state.principals = principals
+            session.authenticated = True
+            self.smtp.data_size_limit = policy.message_size_limit(state)
+        return self.smtp.reply(answer)
+
+    async def _credentials(self, mechanism: str, initial: str | None) -> tuple[str, bytes] | None:
+        smtp = self.smtp
+
+        def decode(text: str) -> bytes | None:
+            try:
+                return base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                return None
+
+        if mechanism == "PLAIN":
+            blob = decode(initial) if initial is not None else await smtp.challenge_auth("")
+            if blob is MISSING:
+                return None
+            parts = blob.split(b"\x00") if isinstance(blob, bytes) else []
+            if len(parts) != 3:
+                await smtp.push("501 5.5.2 Cannot decode the credentials")
+                return None
+            login, password = parts[1], parts[2]
+        else:
+            login_blob = (
+                decode(initial) if initial is not None else await smtp.challenge_auth("Username:")
+            )
+            if login_blob is MISSING:
+                return None
+            if not isinstance(login_blob, bytes):
+                await smtp.push("501 5.5.2 Cannot decode the credentials")
+                return None
+            secret = await smtp.challenge_auth("Password:")
+            if not isinstance(secret, bytes):
+                return None
+            login, password = login_blob, secret
+        try:
+            return login.decode("utf-8"), password
+        except UnicodeDecodeError:
+            await smtp.push("501 5.5.2 Cannot decode the credentials")
+            return None
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: EngineSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        declared = next(
+            (int(o[5:]) for o in options if o.startswith("SIZE=") and o[5:].isdigit()), None
+        )
+        answer = policy.mail(self.state(), address, declared)
+        if not answer.refusal:
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+            self.smtp._reader.take_fault()  # type: ignore[attr-defined]
+        return self.smtp.reply(answer)
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: EngineSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        answer = policy.rcpt(self.state(), address, len(envelope.rcpt_tos))
+        if not answer.refusal:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+        return self.smtp.reply(answer)
+
+    async def handle_DATA(self, server: SMTP, session: EngineSession, envelope: Envelope) -> str:
+        state = self.state()
+        fault = self.smtp._reader.take_fault()  # type: ignore[attr-defined]
+        if fault is not None:
+            return self.smtp.reply(fault)
+        content = envelope.original_content or b""
+        parts = headers.split(content)
+        limits = state.connector.limits
+        if parts.header_size > limits.max_header_size:
+            return self.smtp.reply(replies.HEADER_TOO_BIG)
+        if headers.hop_count(parts) >= limits.max_hop_count:
+            return self.smtp.reply(replies.HOP_COUNT_EXCEEDED)
+        rights = state.rights
+        kept = headers.firewall(parts, rights)
+        queue_id = delivery.new_queue_id()
+        trace = headers.trace(
+            helo=state.helo,
+            remote=str(state.remote),
+            fqdn=state.connector.fqdn,
+            connector=state.connector.name,
+            principal=state.user or sorted(state.principals)[0],
+            tls=state.tls,
+            authenticated=state.user is not None,
+            rights=rights,
+            queue_id=queue_id,
+        )
+        message = delivery.Message(
+            queue_id=queue_id,
+            connector=state.connector.name,
+            mail_from=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos),
+            content=headers.join(trace, kept),
+        )
+        try:
+            await self.smtp.runtime.delivery.deliver(message)
+        except delivery.DeliveryError as err:
+            log.warning("delivery of %s failed: %s", queue_id, err)
+            if err.permanent:
+                return f"{err.code or 554} 5.3.0 {err}"
+            return self.smtp.reply(replies.DELIVERY_DEFERRED)
+        return f"250 2.6.0 <{queue_id}@{state.connector.fqdn}> Queued mail for delivery"

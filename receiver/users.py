@@ -1,0 +1,73 @@
+"""The user database for BasicAuth: an htpasswd-style file of bcrypt hashes (the
+ingress-nginx convention), mounted from a Secret."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+from dataclasses import dataclass
+
+import bcrypt
+
+log = logging.getLogger(__name__)
+
+# Verifying an unknown user against this hash takes as long as verifying a known one, so
+# the reply time does not tell which user names exist.
+_DUMMY_HASH = bcrypt.hashpw(b"smtpgate-no-such-user", bcrypt.gensalt(rounds=10))
+
+
+@dataclass(frozen=True)
+class UserDatabase:
+    """User name → bcrypt hash."""
+
+    hashes: dict[str, bytes]
+
+    @classmethod
+    def parse(cls, text: str) -> UserDatabase:
+        hashes: dict[str, bytes] = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, hashed = line.partition(":")
+            if not sep or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+                log.warning("user database line %d is not name:bcrypt-hash; skipped", number)
+                continue
+            hashes[name] = hashed.encode()
+        return cls(hashes)
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path) -> UserDatabase:
+        return cls.parse(pathlib.Path(path).read_text())
+
+    def check(self, name: str, password: bytes) -> bool:
+        hashed = self.hashes.get(name)
+        if hashed is None:
+            # Spend the same effort, with the cost factor of the database's hashes.
+            bcrypt.checkpw(password, self._equal_cost_dummy())
+            return False
+        try:
+            return bcrypt.checkpw(password, hashed)
+        except ValueError:
+            return False
+
+    def _equal_cost_dummy(self) -> bytes:
+        sample = next(iter(self.hashes.values()), None)
+        if sample is None:
+            return _DUMMY_HASH
+        cost = sample.split(b"$")[2]
+        return _dummy_for_cost(cost)
+
+    async def verify(self, name: str, password: bytes) -> bool:
+        """``check`` off the event loop (bcrypt is deliberately slow)."""
+        return await asyncio.to_thread(self.check, name, password)
+
+
+_DUMMIES: dict[bytes, bytes] = {}
+
+
+def _dummy_for_cost(cost: bytes) -> bytes:
+    if cost not in _DUMMIES:
+        _DUMMIES[cost] = bcrypt.hashpw(b"smtpgate-no-such-user", bcrypt.gensalt(rounds=int(cost)))
+    return _DUMMIES[cost]

@@ -1,0 +1,189 @@
+"""A real receiver on loopback, in its own event loop thread, for real SMTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import pathlib
+import smtplib
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import bcrypt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from smtpgate.connectors import config, specs
+from smtpgate.receiver import delivery, server
+from smtpgate.receiver.users import UserDatabase
+
+FQDN = "mail.contoso.com"
+PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
+_HASHES = {
+    name: bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)) for name, pw in PASSWORDS.items()
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Pki:
+    """A test CA and a server certificate for FQDN, made with cryptography."""
+
+    def __init__(self, folder: pathlib.Path) -> None:
+        self.folder = folder
+        now = dt.datetime.now(dt.UTC)
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        self.ca_name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, "Contoso Test CA"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Contoso"),
+            ]
+        )
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(self.ca_name)
+            .issuer_name(self.ca_name)
+            .public_key(self.ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        self.ca_file = folder / "ca.crt"
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self.cert_file, self.key_file = self.issue("server", FQDN)
+
+    def issue(self, name: str, cn: str) -> tuple[pathlib.Path, pathlib.Path]:
+        now = dt.datetime.now(dt.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(self.ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        cert_file, key_file = self.folder / f"{name}.crt", self.folder / f"{name}.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return cert_file, key_file
+
+
+class Running:
+    """A receiver started from connector specs; ``client`` gives a connected smtplib.SMTP."""
+
+    def __init__(
+        self,
+        tmp: pathlib.Path,
+        pki: Pki,
+        connectors: list[tuple[str, dict[str, Any]]],
+        role: str = "Mailbox",
+        domains: list[dict[str, Any]] | None = None,
+        with_tls: bool = True,
+    ) -> None:
+        server_spec = specs.TransportServerSpec(fqdn=FQDN, role=role)
+        parsed = [
+            (name, specs.ReceiveConnectorSpec.model_validate({"server": "ex01", **data}))
+            for name, data in connectors
+        ]
+        tls = (
+            {
+                name: config.TlsFiles(
+                    cert_file=str(pki.cert_file),
+                    key_file=str(pki.key_file),
+                    source="tls-secret",
+                    not_after="2030-01-01T00:00:00Z",
+                )
+                for name, _ in connectors
+            }
+            if with_tls
+            else {}
+        )
+        domains = (
+            domains
+            if domains is not None
+            else [
+                {"domainName": "contoso.com"},
+                {"domainName": "*.fabrikam.com", "domainType": "InternalRelay"},
+            ]
+        )
+        compiled = config.compile_server(
+            "ex01",
+            "mail",
+            server_spec,
+            parsed,
+            [specs.AcceptedDomainSpec.model_validate(d) for d in domains],
+            tls=tls,
+        )
+        assert compiled.rejected == {}, compiled.rejected
+        self.config = compiled.config
+        self.spool = tmp / "spool"
+        ports = {b.port for c in self.config.connectors for b in c.parsed_bindings}
+        self.listen = server.Listen("127.0.0.1", "::1", {p: free_port() for p in ports})
+        self.runtime = server.Runtime(
+            self.config,
+            delivery.MaildirDelivery(self.spool),
+            UserDatabase({k: v for k, v in _HASHES.items()}),
+        )
+        self.receiver = server.Receiver(self.runtime, self.listen)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.receiver.start())
+
+    def call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    def port(self, configured: int) -> int:
+        return self.listen.ports[configured]
+
+    def client(self, port: int, source: str = "127.0.0.1", host: str = "127.0.0.1") -> smtplib.SMTP:
+        return smtplib.SMTP(host, self.port(port), source_address=(source, 0), timeout=10)
+
+    def messages(self) -> list[bytes]:
+        folder = self.spool / "new"
+        return [p.read_bytes() for p in sorted(folder.iterdir())] if folder.exists() else []
+
+    def stop(self) -> None:
+        self.call(self.receiver.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def start(tmp_path: pathlib.Path, pki: Pki) -> Iterator[Any]:
+    started: list[Running] = []
+
+    def make(connectors: list[tuple[str, dict[str, Any]]], **kwargs: Any) -> Running:
+        running = Running(tmp_path / f"r{len(started)}", pki, connectors, **kwargs)
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()
