@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # for hack.controlplane
 
 from hack.controlplane.harness import ControlPlane  # noqa: E402
 

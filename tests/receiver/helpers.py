@@ -1,0 +1,74 @@
+"""Small tools for driving a receiver over a raw socket, byte for byte."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+
+
+class Raw:
+    """A raw SMTP client: send exact bytes, read whole replies."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1", host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(10)
+            self.sock.bind((source, 0))
+            self.sock.connect((host, port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed; unread: {self.buffer!r}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def reply(self) -> tuple[int, str]:
+        """One whole (possibly multi-line) reply: code and the text lines joined."""
+        lines = []
+        while True:
+            line = self._line().decode()
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return int(line[:3]), "\n".join(lines)
+
+    def command(self, text: str) -> tuple[int, str]:
+        self.send(text.encode() + b"\r\n")
+        return self.reply()
+
+    def starttls(self, cafile: str, server_hostname: str) -> ssl.SSLSocket:
+        context = ssl.create_default_context(cafile=cafile)
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+        self.buffer = b""
+        return self.sock
+
+    def closed(self) -> bool:
+        """True when the server has closed the connection (after any pending bytes)."""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buffer += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
