@@ -22,6 +22,8 @@ from smtpgate.connectors import config, specs
 from smtpgate.receiver import delivery, server
 from smtpgate.receiver.users import UserDatabase
 
+from .helpers import Raw
+
 FQDN = "mail.contoso.com"
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
 _HASHES = {
@@ -176,6 +178,12 @@ class Running:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_raw_clients() -> Iterator[None]:
+    yield
+    Raw.close_all()
 
 
 @pytest.fixture(scope="session")

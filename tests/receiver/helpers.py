@@ -8,7 +8,10 @@ import ssl
 
 
 class Raw:
-    """A raw SMTP client: send exact bytes, read whole replies."""
+    """A raw SMTP client: send exact bytes, read whole replies. Every one made is closed
+    after its test (``close_all``)."""
+
+    opened: list[Raw] = []
 
     def __init__(self, port: int, source: str = "127.0.0.1", host: str = "127.0.0.1") -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -21,6 +24,13 @@ class Raw:
             self.sock.close()
             raise
         self.buffer = b""
+        Raw.opened.append(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for raw in cls.opened:
+            raw.close()
+        cls.opened.clear()
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
