@@ -140,10 +140,7 @@ def _incoming_headers(message: bytes) -> bytes:
 @pytest.mark.parametrize("present", [True, False])
 def test_header_firewall(start: Any, right: str, removed: list[bytes], present: bool) -> None:
     # Anonymous holds only the routing right; grant or remove per case.
-    if present:
-        entries = [(ANON, right, "Allow")]
-    else:
-        entries = [(ANON, right, "Remove")]
+    entries = [(ANON, right, "Allow" if present else "Remove")]
     message = _deliver(start(_connector(*entries)), HEADERS)
     incoming = _incoming_headers(message)
     for fragment in removed:
