@@ -143,8 +143,18 @@ class Receiver:
             while self.runtime.sessions and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
         for session in list(self.runtime.sessions):
-            if session.transport is not None:
-                session.transport.close()
+            for transport in (session.transport, session._original_transport):
+                if transport is not None:
+                    transport.abort()  # type: ignore[attr-defined]
+        await asyncio.sleep(0)
+        tasks = [
+            s._handler_coroutine
+            for s in self.runtime.sessions
+            if s._handler_coroutine is not None and not s._handler_coroutine.done()
+        ]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
