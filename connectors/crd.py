@@ -115,6 +115,10 @@ TRANSPORT_SERVER_STATUS = _status(
         "connectors": {"type": "integer", "description": "Connectors in the server's config."},
         "readyReplicas": {"type": "integer", "description": "Receiver pods ready."},
         "configHash": {"type": "string", "description": "Hash of the config in force."},
+        "defaultConnectorsCreated": {
+            "type": "boolean",
+            "description": "The role's default connectors were created (once, with the server).",
+        },
     }
 )
 ACCEPTED_DOMAIN_STATUS = _status({})

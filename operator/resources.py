@@ -1,0 +1,317 @@
+"""The Kubernetes objects of one server, built as plain dicts. Pure: no API calls."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from smtpgate.connectors.bindings import Binding
+from smtpgate.connectors.config import ServerConfig
+from smtpgate.connectors.specs import TransportServerSpec
+
+GROUP = "smtpgate.io"
+API_VERSION = f"{GROUP}/v1alpha1"
+CONFIG_DIR = "/etc/smtpgate/config"
+CONFIG_FILE = f"{CONFIG_DIR}/config.json"
+TLS_DIR = "/etc/smtpgate/tls"
+USERS_DIR = "/etc/smtpgate/users"
+HEALTH_PORT = 8080
+FIRST_EXTRA_PORT = 10025
+Body = dict[str, Any]
+
+
+def slug(text: str) -> str:
+    """A DNS-1123 name from free text: ``Default Frontend ex01`` → ``default-frontend-ex01``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:63].rstrip("-")
+
+
+def receiver_name(server: str) -> str:
+    return f"{server}-receiver"
+
+
+def labels(server: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "smtpgate-receiver",
+        "app.kubernetes.io/instance": server,
+        "app.kubernetes.io/component": "receiver",
+        "app.kubernetes.io/part-of": "smtpgate",
+        "app.kubernetes.io/managed-by": "smtpgate-operator",
+    }
+
+
+def owner_reference(body: Body) -> Body:
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def tls_paths(secret: str) -> tuple[str, str]:
+    return f"{TLS_DIR}/{secret}/tls.crt", f"{TLS_DIR}/{secret}/tls.key"
+
+
+def users_path(key: str) -> str:
+    return f"{USERS_DIR}/{key}"
+
+
+@dataclass(frozen=True)
+class Port:
+    """Where one binding is served: the container port, and the Service that carries it."""
+
+    binding: Binding
+    container_port: int
+
+    @property
+    def name(self) -> str:
+        return f"smtp-{self.container_port}"
+
+
+def port_plan(config: ServerConfig) -> list[Port]:
+    """A container port per distinct (IP, port): all-address bindings keep their port, a
+    binding to a specific IP gets a port of its own from 10025 up."""
+    bindings = sorted({b for c in config.connectors for b in c.parsed_bindings})
+    plan: list[Port] = []
+    taken = {b.port for b in bindings if b.all_addresses}
+    extra = FIRST_EXTRA_PORT
+    for binding in bindings:
+        if binding.all_addresses:
+            plan.append(Port(binding, binding.port))
+            continue
+        while extra in taken:
+            extra += 1
+        taken.add(extra)
+        plan.append(Port(binding, extra))
+    return plan
+
+
+def configmap(server: str, namespace: str, config: ServerConfig, owner: Body) -> Body:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": receiver_name(server),
+            "namespace": namespace,
+            "labels": labels(server),
+            "ownerReferences": [owner],
+        },
+        "data": {"config.json": config.to_json()},
+    }
+
+
+def config_hash(config: ServerConfig) -> str:
+    return hashlib.sha256(config.to_json().encode()).hexdigest()[:16]
+
+
+def workload(
+    server: str,
+    namespace: str,
+    spec: TransportServerSpec,
+    config: ServerConfig,
+    *,
+    image: str,
+    owner: Body,
+    tls_secrets: Sequence[str],
+) -> Body:
+    """A Deployment, or a StatefulSet with a volume per replica for a Maildir spool."""
+    plan = port_plan(config)
+    host_network = spec.exposure.type == "HostNetwork"
+    args = ["--config", CONFIG_FILE, "--health-port", str(HEALTH_PORT)]
+    if not host_network:
+        for port in plan:
+            if not port.binding.all_addresses:
+                args += ["--bind", f"{port.binding}=0.0.0.0:{port.container_port}"]
+    inactivity = max(
+        (c.limits.connection_inactivity_timeout_seconds for c in config.connectors), default=60
+    )
+    grace = inactivity + 30
+    args += ["--grace-seconds", str(inactivity)]
+    volumes: list[Body] = [
+        {"name": "config", "configMap": {"name": receiver_name(server)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[Body] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if tls_secrets:
+        volumes.append(
+            {
+                "name": "tls",
+                "projected": {
+                    "sources": [
+                        {
+                            "secret": {
+                                "name": s,
+                                "items": [
+                                    {"key": "tls.crt", "path": f"{s}/tls.crt"},
+                                    {"key": "tls.key", "path": f"{s}/tls.key"},
+                                ],
+                            }
+                        }
+                        for s in sorted(tls_secrets)
+                    ]
+                },
+            }
+        )
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    if spec.user_database_secret_ref is not None:
+        ref = spec.user_database_secret_ref
+        volumes.append(
+            {
+                "name": "users",
+                "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]},
+            }
+        )
+        mounts.append({"name": "users", "mountPath": USERS_DIR, "readOnly": True})
+    spool = spec.next_hop.type == "Maildir"
+    if spool:
+        mounts.append({"name": "spool", "mountPath": spec.next_hop.path})
+    mounted = json.dumps({"volumes": volumes, "args": args}, sort_keys=True)
+    container: Body = {
+        "name": "receiver",
+        "image": image,
+        "args": args,
+        "ports": [
+            {"name": f"smtp-{port}", "containerPort": port, "protocol": "TCP"}
+            for port in sorted({p.container_port for p in plan})
+        ]
+        + [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "health"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {
+                "drop": ["ALL"],
+                **({"add": ["NET_BIND_SERVICE"]} if host_network else {}),
+            },
+        },
+    }
+    pod_security: Body = {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if not host_network:
+        pod_security["sysctls"] = [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]
+    template: Body = {
+        "metadata": {
+            "labels": labels(server),
+            "annotations": {
+                f"{GROUP}/mounts-hash": hashlib.sha256(mounted.encode()).hexdigest()[:16]
+            },
+        },
+        "spec": {
+            "containers": [container],
+            "volumes": volumes,
+            "securityContext": pod_security,
+            "terminationGracePeriodSeconds": grace,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            **(
+                {"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"}
+                if host_network
+                else {}
+            ),
+        },
+    }
+    selector = {
+        "matchLabels": {
+            "app.kubernetes.io/name": "smtpgate-receiver",
+            "app.kubernetes.io/instance": server,
+        }
+    }
+    body: Body = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet" if spool else "Deployment",
+        "metadata": {
+            "name": receiver_name(server),
+            "namespace": namespace,
+            "labels": labels(server),
+            "ownerReferences": [owner],
+        },
+        "spec": {"replicas": spec.replicas, "selector": selector, "template": template},
+    }
+    if spool:
+        body["spec"]["serviceName"] = receiver_name(server)
+        body["spec"]["podManagementPolicy"] = "Parallel"
+        body["spec"]["volumeClaimTemplates"] = [
+            {
+                "metadata": {"name": "spool"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        ]
+    return body
+
+
+def services(
+    server: str, namespace: str, spec: TransportServerSpec, config: ServerConfig, owner: Body
+) -> list[Body]:
+    """One Service for the all-address bindings, one per specific binding address."""
+    if spec.exposure.type == "HostNetwork":
+        return []
+    kind = spec.exposure.type
+    groups: dict[str, list[Port]] = {}
+    for port in port_plan(config):
+        key = "" if port.binding.all_addresses else port.binding.address
+        groups.setdefault(key, []).append(port)
+    out: list[Body] = []
+    for address, ports in sorted(groups.items()):
+        unique = {p.binding.port: p for p in ports}  # [::]:25 and 0.0.0.0:25 share a Service port
+        name = receiver_name(server) if not address else f"{receiver_name(server)}-{slug(address)}"
+        service_spec: Body = {
+            "type": kind,
+            "selector": {
+                "app.kubernetes.io/name": "smtpgate-receiver",
+                "app.kubernetes.io/instance": server,
+            },
+            "ports": [
+                {"name": p.name, "port": port, "targetPort": p.container_port, "protocol": "TCP"}
+                for port, p in sorted(unique.items())
+            ],
+        }
+        if kind == "LoadBalancer":
+            service_spec["externalTrafficPolicy"] = "Local"
+            if address:
+                service_spec["loadBalancerIP"] = address
+        elif address and not ipaddress.ip_address(address).is_loopback:
+            service_spec["externalIPs"] = [address]
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": name[:63],
+                    "namespace": namespace,
+                    "labels": labels(server),
+                    "ownerReferences": [owner],
+                    "annotations": {f"{GROUP}/binding-address": address or "all"},
+                },
+                "spec": service_spec,
+            }
+        )
+    return out
