@@ -3,6 +3,7 @@ server-side apply, patch status only when it changed, and post Events."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from typing import Any
@@ -108,10 +109,8 @@ class Kube:
         ):
             name = item["metadata"]["name"]
             if name not in keep:
-                try:
+                with contextlib.suppress(NotFoundError):
                     self.resource(api_version, kind).delete(name=name, namespace=namespace)
-                except NotFoundError:
-                    pass
 
     def patch_status(
         self, kind: str, namespace: str, name: str, current: Body | None, desired: Body
@@ -178,7 +177,4 @@ class Kube:
 
 
 def _same(current: Body, desired: Body) -> bool:
-    for key, value in desired.items():
-        if current.get(key) != value:
-            return False
-    return True
+    return all(current.get(key) == value for key, value in desired.items())
