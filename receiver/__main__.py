@@ -8,10 +8,11 @@ import logging
 import signal
 import sys
 
+from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
 
 from . import delivery, server
-from .users import UserDatabase
+from .health import HealthServer
 
 log = logging.getLogger("smtpgate.receiver")
 
@@ -24,6 +25,15 @@ def _port_map(text: str) -> dict[int, int]:
     return pairs
 
 
+def _explicit(items: list[str]) -> dict[str, tuple[str, int]]:
+    plan = {}
+    for item in items:
+        binding, _, target = item.partition("=")
+        host, _, port = target.rpartition(":")
+        plan[bindings.normalise(binding)] = (host.strip("[]"), int(port))
+    return plan
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="smtpgate-receiver", description=__doc__)
     parser.add_argument("--config", required=True, help="ServerConfig JSON (the ConfigMap's file)")
@@ -33,6 +43,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--listen-v4", help="listen here for 0.0.0.0 bindings (tests, demo)")
     parser.add_argument("--listen-v6", help="listen here for [::] bindings (tests, demo)")
     parser.add_argument("--port-map", default="", help="configured=actual ports, comma separated")
+    parser.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="BINDING=HOST:PORT",
+        help="serve a binding on another address, e.g. 192.0.2.10:25=0.0.0.0:10025",
+    )
+    parser.add_argument(
+        "--files-root", help="read the config's certificate and user files under here"
+    )
+    parser.add_argument("--health-host", default="0.0.0.0")
+    parser.add_argument("--health-port", type=int, default=0, help="/healthz, /readyz, /metrics")
     parser.add_argument("--grace-seconds", type=float, default=30, help="SIGTERM grace period")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -49,12 +71,16 @@ async def run(args: argparse.Namespace) -> int:
         log.error("next hop type %s is not supported by this receiver", config.next_hop.type)
         return 2
     spool = delivery.MaildirDelivery(args.spool or config.next_hop.path)
-    users = UserDatabase.load(config.user_database_file) if config.user_database_file else None
-    runtime = server.Runtime(config, spool, users)
-    listen = server.Listen(args.listen_v4, args.listen_v6, _port_map(args.port_map))
+    runtime = server.Runtime(config, spool, files_root=args.files_root)
+    listen = server.Listen(
+        args.listen_v4, args.listen_v6, _port_map(args.port_map), explicit=_explicit(args.bind)
+    )
     receiver = server.Receiver(runtime, listen)
     await receiver.start()
+    health = HealthServer(lambda: bool(receiver.servers) and not stopping.is_set())
     stopping = asyncio.Event()
+    if args.health_port:
+        await health.start(args.health_host, args.health_port)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
@@ -62,6 +88,7 @@ async def run(args: argparse.Namespace) -> int:
     await stopping.wait()
     log.info("stopping: new connections refused, sessions get %ss", args.grace_seconds)
     await receiver.stop(grace=args.grace_seconds)
+    await health.stop()
     return 0
 
 

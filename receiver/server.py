@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Mapping
@@ -48,8 +49,11 @@ class Listen:
     wildcard_v4: str | None = None
     wildcard_v6: str | None = None
     ports: Mapping[int, int] = field(default_factory=dict)
+    explicit: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
     def address(self, binding: Binding) -> tuple[str, int]:
+        if str(binding) in self.explicit:
+            return self.explicit[str(binding)]
         host = binding.address
         if binding.all_addresses:
             host = (self.wildcard_v4 if binding.version == 4 else self.wildcard_v6) or host
@@ -64,13 +68,23 @@ class Runtime:
         config: ServerConfig,
         delivery: delivery_mod.Delivery,
         users: UserDatabase | None = None,
+        files_root: str | None = None,
     ) -> None:
         self.config = config
         self.delivery = delivery
+        self.files_root = files_root
+        if users is None and config.user_database_file:
+            users = UserDatabase.load(self.path(config.user_database_file))
         self.users = users
         self.counters = Counters()
         self.sessions: set[ConnectorSMTP] = set()
         self._tls: dict[str, ssl.SSLContext | None] = {}
+
+    def path(self, path: str) -> str:
+        """A file the config names, under ``files_root`` where one is set (tests, demo)."""
+        if self.files_root is None:
+            return path
+        return os.path.join(self.files_root, path.lstrip("/"))
 
     def tls_context(self, connector: ConnectorConfig) -> ssl.SSLContext | None:
         """The STARTTLS context of a connector, or None where STARTTLS is not offered."""
@@ -81,7 +95,9 @@ class Runtime:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             try:
-                context.load_cert_chain(connector.tls.cert_file, connector.tls.key_file)
+                context.load_cert_chain(
+                    self.path(connector.tls.cert_file), self.path(connector.tls.key_file)
+                )
             except (OSError, ssl.SSLError) as err:
                 log.error("connector %r: cannot load its certificate: %s", connector.name, err)
                 self._tls[key] = None

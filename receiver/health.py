@@ -1,0 +1,63 @@
+"""``/healthz``, ``/readyz`` and Prometheus ``/metrics`` on a port of their own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+SESSIONS = Counter("smtpgate_sessions_total", "SMTP sessions opened", ["connector"])
+SESSIONS_OPEN = Gauge("smtpgate_sessions_open", "SMTP sessions open now", ["connector"])
+REFUSED_CONNECTIONS = Counter(
+    "smtpgate_connections_refused_total", "Connections refused at connect", ["reason"]
+)
+MESSAGES_ACCEPTED = Counter(
+    "smtpgate_messages_accepted_total", "Messages answered 250", ["connector"]
+)
+MESSAGES_REFUSED = Counter(
+    "smtpgate_messages_refused_total", "MAIL, RCPT or DATA refusals", ["connector", "reason"]
+)
+BYTES_ACCEPTED = Counter(
+    "smtpgate_bytes_accepted_total", "Bytes of accepted messages", ["connector"]
+)
+CONFIG_RELOADS = Counter("smtpgate_config_reloads_total", "Config reloads", ["result"])
+
+
+class HealthServer:
+    """A minimal HTTP/1.0 endpoint; ``ready`` says whether the receiver takes mail."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self.ready = ready
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self._serve, host, port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            parts = request.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else "/"
+            if path == "/healthz":
+                status, body, kind = "200 OK", b"ok\n", "text/plain"
+            elif path == "/readyz":
+                ok = self.ready()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                body, kind = (b"ready\n" if ok else b"not ready\n"), "text/plain"
+            elif path == "/metrics":
+                status, body, kind = "200 OK", generate_latest(), CONTENT_TYPE_LATEST
+            else:
+                status, body, kind = "404 Not Found", b"not found\n", "text/plain"
+            head = f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+            writer.write(head.encode() + b"\r\n" + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
