@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for hack.controlplane
 
 from hack.controlplane.harness import ControlPlane  # noqa: E402
+
+from .kube_helpers import Operator  # noqa: E402
 
 CRDS = ROOT / "crds"
 
@@ -67,3 +70,21 @@ def controlplane() -> Iterator[Cluster]:
             "crd/accepteddomains.smtpgate.io",
         )
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def operator(controlplane: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    running = Operator(
+        controlplane.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log"
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def ns(controlplane: Cluster) -> Iterator[str]:
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    controlplane.kubectl("create", "namespace", name)
+    yield name
+    controlplane.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from .conftest import condition, eventually, get
+from ..kube_helpers import condition, eventually, get
 
 SERVER = """
 apiVersion: smtpgate.io/v1alpha1

@@ -1,4 +1,4 @@
-"""The operator as a real process against the harness's kube-apiserver."""
+"""Helpers for tests against the control plane: the operator process, polling, reading."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import pathlib
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 
 class Operator:
@@ -59,24 +56,6 @@ class Operator:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-@pytest.fixture(scope="session")
-def operator(controlplane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    running = Operator(
-        controlplane.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log"
-    )
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def ns(controlplane: Any) -> Iterator[str]:
-    name = f"op-{uuid.uuid4().hex[:8]}"
-    controlplane.kubectl("create", "namespace", name)
-    yield name
-    controlplane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 45, what: str = "condition") -> Any:
