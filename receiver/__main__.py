@@ -13,6 +13,7 @@ from smtpgate.connectors.config import ServerConfig
 
 from . import delivery, server
 from .health import HealthServer
+from .protocol_log import ProtocolLog
 
 log = logging.getLogger("smtpgate.receiver")
 
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--health-host", default="0.0.0.0")
     parser.add_argument("--health-port", type=int, default=0, help="/healthz, /readyz, /metrics")
+    parser.add_argument(
+        "--protocol-log", default="-", help="receive protocol log file (rotated), or - for stdout"
+    )
     parser.add_argument("--grace-seconds", type=float, default=30, help="SIGTERM grace period")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -71,7 +75,8 @@ async def run(args: argparse.Namespace) -> int:
         log.error("next hop type %s is not supported by this receiver", config.next_hop.type)
         return 2
     spool = delivery.MaildirDelivery(args.spool or config.next_hop.path)
-    runtime = server.Runtime(config, spool, files_root=args.files_root)
+    plog = ProtocolLog(args.protocol_log)
+    runtime = server.Runtime(config, spool, files_root=args.files_root, protocol_log=plog)
     listen = server.Listen(
         args.listen_v4, args.listen_v6, _port_map(args.port_map), explicit=_explicit(args.bind)
     )
@@ -84,7 +89,7 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    print("ready", flush=True)
+    print("ready", file=sys.stderr if args.protocol_log == "-" else sys.stdout, flush=True)
     await stopping.wait()
     log.info("stopping: new connections refused, sessions get %ss", args.grace_seconds)
     await receiver.stop(grace=args.grace_seconds)

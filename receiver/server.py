@@ -16,6 +16,7 @@ from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.config import ConnectorConfig, ServerConfig
 
 from . import delivery as delivery_mod
+from .protocol_log import ProtocolLog
 from .smtp import ConnectorSMTP
 from .users import UserDatabase
 
@@ -69,8 +70,10 @@ class Runtime:
         delivery: delivery_mod.Delivery,
         users: UserDatabase | None = None,
         files_root: str | None = None,
+        protocol_log: ProtocolLog | None = None,
     ) -> None:
         self.config = config
+        self.protocol_log = protocol_log
         self.delivery = delivery
         self.files_root = files_root
         if users is None and config.user_database_file:

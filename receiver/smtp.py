@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import MISSING, SMTP, Envelope
 from aiosmtpd.smtp import Session as EngineSession
 from smtpgate.connectors.bindings import Binding
+from smtpgate.connectors.enums import ProtocolLoggingLevel
 from smtpgate.connectors.ranges import parse_address
 
-from . import delivery, headers, identity, policy, replies
+from . import delivery, headers, health, identity, policy, protocol_log, replies
 from .replies import Reply
 
 if TYPE_CHECKING:
@@ -37,13 +38,16 @@ class LineGuard:
     or NUL. DATA is never cut short here (that would let the rest be read as commands);
     the finding is kept for the end of DATA."""
 
-    def __init__(self, inner: asyncio.StreamReader) -> None:
+    def __init__(self, inner: asyncio.StreamReader, on_command: Any = None) -> None:
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "data_fault", None)
+        object.__setattr__(self, "on_command", on_command)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         line = await self._inner.readuntil(separator)
         if separator == b"\n":
+            if self.on_command is not None:
+                self.on_command(line)
             if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
                 raise BareLineEnding()
         else:
@@ -80,6 +84,8 @@ class ConnectorSMTP(SMTP):
         self._close_after: Reply | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._counted: tuple[str, str] | None = None
+        self._open_metric: str | None = None
+        self.plog = protocol_log.SessionLog(None, "-", "-", "-", "-")
         super().__init__(
             _Handler(self),
             data_size_limit=None,
@@ -106,6 +112,24 @@ class ConnectorSMTP(SMTP):
             self._counted = (connector.name, str(remote))
             on_connector, from_source = self.runtime.counters.open(*self._counted)
         self.refusal = policy.connection(connector, on_connector, from_source)
+        verbose = (
+            connector is not None
+            and connector.protocol_logging_level is ProtocolLoggingLevel.Verbose
+        )
+        self.plog = protocol_log.SessionLog(
+            self.runtime.protocol_log if verbose else None,
+            connector.name if connector else "-",
+            delivery.new_queue_id(),
+            f"{local[0]}:{local[1]}",
+            f"{peer[0]}:{peer[1]}",
+        )
+        self.plog("+")
+        if self.refusal is not None:
+            health.REFUSED_CONNECTIONS.labels(self.refusal.status or str(self.refusal.code)).inc()
+        elif connector is not None:
+            health.SESSIONS.labels(connector.name).inc()
+            health.SESSIONS_OPEN.labels(connector.name).inc()
+            self._open_metric = connector.name
         if connector is not None:
             self.policy = policy.Session(
                 connector=connector,
@@ -125,6 +149,11 @@ class ConnectorSMTP(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.transport is not None or self._original_transport is not None:
+            self.plog("-", "", "Remote" if error is None else str(error))
+        if self._open_metric is not None:
+            health.SESSIONS_OPEN.labels(self._open_metric).dec()
+            self._open_metric = None
         if self._deadline is not None:
             self._deadline.cancel()
         if self._counted is not None:
@@ -140,7 +169,10 @@ class ConnectorSMTP(SMTP):
     def _cb_client_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        super()._cb_client_connected(LineGuard(reader), writer)  # type: ignore[arg-type]
+        super()._cb_client_connected(LineGuard(reader, self._received), writer)  # type: ignore[arg-type]
+
+    def _received(self, line: bytes) -> None:
+        self.plog("<", protocol_log.redact(line.decode("utf-8", "replace").rstrip("\r\n")))
 
     async def _handle_client(self) -> None:
         if self.refusal is not None:
@@ -177,6 +209,9 @@ class ConnectorSMTP(SMTP):
             if not session.connector.extensions.enhanced_status_codes:
                 line = replies.strip_enhanced(line)
         await super().push(line)
+        self.plog(">", line)
+        if session is not None and line[:1] in ("4", "5") and line[:3] not in ("421",):
+            health.MESSAGES_REFUSED.labels(session.connector.name, line[:3]).inc()
         if self._close_after is not None or self.refusal is not None:
             self._close_after = None
             if self.transport is not None:
@@ -238,6 +273,7 @@ class _Handler:
         state.helo = None
         state.principals = identity.anonymous(state.connector)
         self.smtp.data_size_limit = policy.message_size_limit(state)
+        self.smtp.plog("*", "", "TLS negotiation succeeded; session state reset")
         return True
 
     async def handle_EHLO(
@@ -394,4 +430,7 @@ class _Handler:
             if err.permanent:
                 return f"{err.code or 554} 5.3.0 {err}"
             return self.smtp.reply(replies.DELIVERY_DEFERRED)
+        health.MESSAGES_ACCEPTED.labels(state.connector.name).inc()
+        health.BYTES_ACCEPTED.labels(state.connector.name).inc(len(message.content))
+        self.smtp.plog("*", queue_id, f"accepted for {len(message.recipients)} recipients")
         return f"250 2.6.0 <{queue_id}@{state.connector.fqdn}> Queued mail for delivery"

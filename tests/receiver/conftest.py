@@ -109,6 +109,7 @@ class Running:
         role: str = "Mailbox",
         domains: list[dict[str, Any]] | None = None,
         with_tls: bool = True,
+        protocol_log: Any = None,
     ) -> None:
         server_spec = specs.TransportServerSpec(fqdn=FQDN, role=role)
         parsed = [
@@ -153,6 +154,7 @@ class Running:
             self.config,
             delivery.MaildirDelivery(self.spool),
             UserDatabase({k: v for k, v in _HASHES.items()}),
+            protocol_log=protocol_log,
         )
         self.receiver = server.Receiver(self.runtime, self.listen)
         self.loop = asyncio.new_event_loop()
@@ -174,6 +176,8 @@ class Running:
         return [p.read_bytes() for p in sorted(folder.iterdir())] if folder.exists() else []
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         self.call(self.receiver.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

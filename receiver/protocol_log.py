@@ -1,0 +1,115 @@
+"""Exchange's receive protocol log: CSV lines of date-time, connector-id, session-id,
+sequence-number, local-endpoint, remote-endpoint, event, data, context.
+
+Events: ``+`` connect, ``-`` disconnect, ``>`` sent to the client, ``<`` received from the
+client, ``*`` information. AUTH payloads and passwords are never written."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+import logging.handlers
+import re
+import sys
+import threading
+from typing import TextIO
+
+FIELDS = (
+    "date-time,connector-id,session-id,sequence-number,local-endpoint,remote-endpoint,"
+    "event,data,context"
+)
+_AUTH = re.compile(r"^(AUTH\s+\S+)(\s+.*)?$", re.IGNORECASE)
+
+
+def redact(line: str) -> str:
+    """A client line as it may be logged: an AUTH initial response becomes ``****``."""
+    match = _AUTH.match(line)
+    if match and match.group(2):
+        return f"{match.group(1)} ****"
+    return line
+
+
+def header(now: dt.datetime) -> str:
+    return (
+        "#Software: smtpgate\n#Version: 15.0.0.0\n#Log-type: SMTP Receive Protocol Log\n"
+        f"#Date: {now.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z\n#Fields: {FIELDS}\n"
+    )
+
+
+class ProtocolLog:
+    """Writes protocol log lines to a stream or to size-rotated files."""
+
+    def __init__(
+        self, destination: str = "-", max_bytes: int = 10 << 20, backups: int = 10
+    ) -> None:
+        self._lock = threading.Lock()
+        self._stream: TextIO | None = None
+        self._handler: logging.handlers.RotatingFileHandler | None = None
+        if destination != "-":
+            self._handler = logging.handlers.RotatingFileHandler(
+                destination, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+            )
+            self._handler.setFormatter(logging.Formatter("%(message)s"))
+            if self._handler.stream.tell() == 0:
+                self._handler.stream.write(header(dt.datetime.now(dt.UTC)))
+        else:
+            self._stream = sys.stdout
+            self._emit(header(dt.datetime.now(dt.UTC)).rstrip("\n"))
+
+    def _emit(self, line: str) -> None:
+        with self._lock:
+            if self._stream is not None:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            elif self._handler is not None:
+                record = logging.LogRecord("protocol", logging.INFO, "", 0, line, None, None)
+                self._handler.emit(record)
+
+    def write(
+        self,
+        connector: str,
+        session: str,
+        sequence: int,
+        local: str,
+        remote: str,
+        event: str,
+        data: str = "",
+        context: str = "",
+    ) -> None:
+        buffer = io.StringIO()
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        csv.writer(buffer, lineterminator="").writerow(
+            [stamp, connector, session, sequence, local, remote, event, data, context]
+        )
+        self._emit(buffer.getvalue())
+
+    def close(self) -> None:
+        if self._handler is not None:
+            self._handler.close()
+
+
+class SessionLog:
+    """One session's view of the protocol log (keeps the sequence number)."""
+
+    def __init__(
+        self, log: ProtocolLog | None, connector: str, session: str, local: str, remote: str
+    ) -> None:
+        self.log, self.connector, self.session = log, connector, session
+        self.local, self.remote, self.sequence = local, remote, 0
+
+    def __call__(self, event: str, data: str = "", context: str = "") -> None:
+        if self.log is None:
+            return
+        self.log.write(
+            self.connector,
+            self.session,
+            self.sequence,
+            self.local,
+            self.remote,
+            event,
+            data,
+            context,
+        )
+        self.sequence += 1
