@@ -11,7 +11,7 @@ import sys
 from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
 
-from . import delivery, server
+from . import delivery, reload, server
 from .health import HealthServer
 from .protocol_log import ProtocolLog
 
@@ -84,6 +84,7 @@ async def run(args: argparse.Namespace) -> int:
     await receiver.start()
     health = HealthServer(lambda: bool(receiver.servers) and not stopping.is_set())
     stopping = asyncio.Event()
+    watcher = asyncio.create_task(reload.Watcher(args.config, receiver).run())
     if args.health_port:
         await health.start(args.health_host, args.health_port)
     loop = asyncio.get_running_loop()
@@ -92,6 +93,7 @@ async def run(args: argparse.Namespace) -> int:
     print("ready", file=sys.stderr if args.protocol_log == "-" else sys.stdout, flush=True)
     await stopping.wait()
     log.info("stopping: new connections refused, sessions get %ss", args.grace_seconds)
+    watcher.cancel()
     await receiver.stop(grace=args.grace_seconds)
     await health.stop()
     return 0

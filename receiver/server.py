@@ -83,6 +83,14 @@ class Runtime:
         self.sessions: set[ConnectorSMTP] = set()
         self._tls: dict[str, ssl.SSLContext | None] = {}
 
+    def replace(self, config: ServerConfig) -> None:
+        self.config = config
+        self.forget_certificates()
+
+    def forget_certificates(self) -> None:
+        """Certificate files changed: the next STARTTLS loads them again."""
+        self._tls.clear()
+
     def path(self, path: str) -> str:
         """A file the config names, under ``files_root`` where one is set (tests, demo)."""
         if self.files_root is None:
@@ -115,8 +123,12 @@ class Receiver:
     def __init__(self, runtime: Runtime, listen: Listen | None = None) -> None:
         self.runtime = runtime
         self.listen = listen or Listen()
-        self.servers: list[asyncio.base_events.Server] = []
+        self.listeners: dict[Binding, asyncio.base_events.Server] = {}
         self.failed: dict[str, str] = {}
+
+    @property
+    def servers(self) -> list[asyncio.base_events.Server]:
+        return list(self.listeners.values())
 
     def bindings(self) -> dict[Binding, list[str]]:
         found: dict[Binding, list[str]] = {}
@@ -126,8 +138,22 @@ class Receiver:
         return found
 
     async def start(self) -> None:
+        await self._listen(self.bindings())
+
+    async def apply(self, config: ServerConfig) -> None:
+        """Serve ``config`` from now on: new sessions use it, sessions in flight keep the
+        config they started with; listeners open and close as bindings come and go."""
+        self.runtime.replace(config)
+        wanted = self.bindings()
+        for binding in list(self.listeners):
+            if binding not in wanted:
+                self.listeners.pop(binding).close()
+                log.info("stopped listening on %s", binding)
+        await self._listen({b: n for b, n in wanted.items() if b not in self.listeners})
+
+    async def _listen(self, wanted: dict[Binding, list[str]]) -> None:
         loop = asyncio.get_running_loop()
-        for binding, names in sorted(self.bindings().items()):
+        for binding, names in sorted(wanted.items()):
             host, port = self.listen.address(binding)
             try:
                 sock = _listening_socket(host, port, binding.version)
@@ -139,7 +165,8 @@ class Receiver:
             server = await loop.create_server(
                 lambda b=binding: ConnectorSMTP(self.runtime, b), sock=sock
             )
-            self.servers.append(server)
+            self.listeners[binding] = server
+            self.failed.pop(str(binding), None)
             log.info("listening on %s for %s", binding, ", ".join(names))
 
     def address_of(self, binding: str | Binding) -> tuple[str, int]:
@@ -176,7 +203,7 @@ class Receiver:
         await asyncio.gather(*tasks, return_exceptions=True)
         for server in self.servers:
             await server.wait_closed()
-        self.servers.clear()
+        self.listeners.clear()
 
 
 def _listening_socket(host: str, port: int, version: int) -> socket.socket:
