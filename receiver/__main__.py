@@ -71,10 +71,7 @@ def load(path: str) -> ServerConfig:
 
 async def run(args: argparse.Namespace) -> int:
     config = load(args.config)
-    if config.next_hop.type != "Maildir" and not args.spool:
-        log.error("next hop type %s is not supported by this receiver", config.next_hop.type)
-        return 2
-    spool = delivery.MaildirDelivery(args.spool or config.next_hop.path)
+    spool = delivery.from_next_hop(config.next_hop, args.spool, helo=config.fqdn)
     plog = ProtocolLog(args.protocol_log)
     runtime = server.Runtime(config, spool, files_root=args.files_root, protocol_log=plog)
     listen = server.Listen(

@@ -4,13 +4,17 @@ durable; the client hears 250 only after that."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
+import smtplib
 import socket
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Protocol
+
+from smtpgate.connectors.specs import NextHop
 
 
 @dataclass(frozen=True)
@@ -25,12 +29,18 @@ class Message:
 
 
 class DeliveryError(Exception):
-    """The message could not be made durable; ``permanent`` tells 5xx from 4xx."""
+    """The message could not be made durable. ``code`` and ``text`` are the next hop's own
+    refusal where it gave one (passed back to the client); otherwise the failure is
+    temporary and the client hears 451."""
 
-    def __init__(self, text: str, permanent: bool = False, code: int | None = None) -> None:
+    def __init__(self, text: str, code: int | None = None) -> None:
         super().__init__(text)
-        self.permanent = permanent
+        self.text = text
         self.code = code
+
+    @property
+    def permanent(self) -> bool:
+        return self.code is not None and self.code >= 500
 
 
 class Delivery(Protocol):
@@ -79,3 +89,75 @@ class MaildirDelivery:
             await asyncio.to_thread(self._write, message)
         except OSError as err:
             raise DeliveryError(f"spool write failed: {err.strerror}") from err
+
+
+class RelayDelivery:
+    """Relay over SMTP or LMTP to the next hop, synchronously: ``deliver`` returns only when
+    the next hop accepted the message for every recipient. A recipient the next hop refuses
+    aborts the transaction (RSET) before DATA, so nothing is delivered twice on retry."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        lmtp: bool = False,
+        helo: str | None = None,
+        timeout: float = 120,
+    ) -> None:
+        self.host, self.port, self.lmtp = host, port, lmtp
+        self.helo, self.timeout = helo, timeout
+
+    def _refusal(self, client: smtplib.SMTP, code: int, text: bytes, stage: str) -> DeliveryError:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            client.rset()
+        reply = text.decode("utf-8", "replace").replace("\n", " ")
+        if code < 400:
+            return DeliveryError(f"next hop answered {code} at {stage}: {reply}")
+        return DeliveryError(reply, code)
+
+    def _send(self, message: Message) -> None:
+        factory = smtplib.LMTP if self.lmtp else smtplib.SMTP
+        with factory(
+            self.host, self.port, local_hostname=self.helo, timeout=self.timeout
+        ) as client:
+            client.ehlo_or_helo_if_needed()
+            code, text = client.mail(message.mail_from)
+            if code != 250:
+                raise self._refusal(client, code, text, "MAIL")
+            for recipient in message.recipients:
+                code, text = client.rcpt(recipient)
+                if code not in (250, 251):
+                    raise self._refusal(client, code, text, "RCPT")
+            try:
+                code, text = client.data(message.content)
+            except smtplib.SMTPDataError as err:
+                raise DeliveryError(
+                    err.smtp_error.decode("utf-8", "replace"), err.smtp_code
+                ) from err
+            if self.lmtp:
+                # LMTP answers once per recipient after DATA.
+                for _ in message.recipients[1:]:
+                    more_code, more_text = client.getreply()
+                    if more_code != 250:
+                        code, text = more_code, more_text
+            if code != 250:
+                raise DeliveryError(text.decode("utf-8", "replace"), code)
+
+    async def deliver(self, message: Message) -> None:
+        try:
+            await asyncio.to_thread(self._send, message)
+        except DeliveryError:
+            raise
+        except smtplib.SMTPResponseException as err:
+            raise DeliveryError(err.smtp_error.decode("utf-8", "replace"), err.smtp_code) from err
+        except (smtplib.SMTPException, OSError) as err:
+            raise DeliveryError(f"next hop {self.host}:{self.port} unavailable: {err}") from err
+
+
+def from_next_hop(next_hop: NextHop, spool: str | None = None, helo: str | None = None) -> Delivery:
+    """The delivery a server's next hop asks for (``spool`` overrides a Maildir path)."""
+    if next_hop.type == "Maildir" or spool:
+        return MaildirDelivery(spool or next_hop.path)
+    if not next_hop.host or not next_hop.port:
+        raise ValueError(f"a {next_hop.type} next hop needs host and port")
+    return RelayDelivery(next_hop.host, next_hop.port, lmtp=next_hop.type == "Lmtp", helo=helo)

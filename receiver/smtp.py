@@ -427,8 +427,8 @@ class _Handler:
             await self.smtp.runtime.delivery.deliver(message)
         except delivery.DeliveryError as err:
             log.warning("delivery of %s failed: %s", queue_id, err)
-            if err.permanent:
-                return f"{err.code or 554} 5.3.0 {err}"
+            if err.code is not None and err.code >= 400:
+                return f"{err.code} {err.text}"
             return self.smtp.reply(replies.DELIVERY_DEFERRED)
         health.MESSAGES_ACCEPTED.labels(state.connector.name).inc()
         health.BYTES_ACCEPTED.labels(state.connector.name).inc(len(message.content))

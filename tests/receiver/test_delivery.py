@@ -1,0 +1,137 @@
+"""Delivery to the next hop: relayed synchronously over SMTP and LMTP, refusals passed back."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP
+from smtpgate.receiver import delivery
+
+from .helpers import Raw
+
+
+class NextHop:
+    """A real SMTP (or LMTP) server on loopback standing for the organisation's next hop."""
+
+    def __init__(self, refuse_rcpt: str | None = None, refuse_data: str | None = None) -> None:
+        self.refuse_rcpt, self.refuse_data = refuse_rcpt, refuse_data
+        self.lmtp = False
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.refuse_rcpt and address == self.refuse_rcpt:
+            return "550 5.1.1 No such mailbox here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refuse_data:
+            return self.refuse_data
+        self.messages.append(
+            (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        )
+        if self.lmtp:
+            # RFC 2033: one reply per recipient (aiosmtpd's LMTP sends only the last).
+            for recipient in envelope.rcpt_tos[:-1]:
+                await server.push(f"250 2.0.0 <{recipient}> delivered")
+        return "250 2.0.0 Accepted by the next hop"
+
+
+def _serve(running: Any, hop: NextHop, lmtp: bool = False) -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    factory = LMTP if lmtp else SMTP
+    hop.lmtp = lmtp
+
+    async def start() -> Any:
+        return await asyncio.get_running_loop().create_server(lambda: factory(hop), sock=sock)
+
+    server = running.call(start())
+    running.hops.append(server)
+    return int(port)
+
+
+def _connector() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        ("Internet", {"usage": "Internet", "bindings": ["0.0.0.0:25"], "tarpitIntervalSeconds": 0})
+    ]
+
+
+def _send(running: Any, recipients: list[str]) -> tuple[int, str]:
+    raw = Raw(running.port(25), source="127.0.0.8")
+    raw.reply()
+    raw.command("EHLO client.example")
+    raw.command("MAIL FROM:<sender@example.org>")
+    for recipient in recipients:
+        assert raw.command(f"RCPT TO:<{recipient}>")[0] == 250
+    raw.command("DATA")
+    raw.send(b"Subject: relayed\r\n\r\n..leading dot line\r\nbody\r\n.\r\n")
+    return raw.reply()
+
+
+@pytest.fixture
+def relaying(start: Any) -> Iterator[Any]:
+    made: list[Any] = []
+
+    def make(hop: NextHop, lmtp: bool = False) -> Any:
+        running = start(_connector())
+        running.hops = []
+        port = _serve(running, hop, lmtp)
+        running.runtime.delivery = delivery.RelayDelivery(
+            "127.0.0.1", port, lmtp=lmtp, helo="mail.contoso.com"
+        )
+        made.append(running)
+        return running
+
+    yield make
+    for running in made:
+        for server in running.hops:
+            server.close()
+            running.call(server.wait_closed())
+
+
+@pytest.mark.parametrize("lmtp", [False, True], ids=["smtp", "lmtp"])
+def test_message_is_relayed_before_the_client_hears_250(relaying: Any, lmtp: bool) -> None:
+    hop = NextHop()
+    running = relaying(hop, lmtp)
+    code, _ = _send(running, ["a@contoso.com", "b@contoso.com"])
+    assert code == 250
+    assert len(hop.messages) == 1
+    sender, recipients, content = hop.messages[0]
+    assert sender == "sender@example.org" and recipients == ["a@contoso.com", "b@contoso.com"]
+    assert (
+        b'via connector "Internet"' in content and b"from client.example ([127.0.0.8])" in content
+    )
+    assert b'principal="NT AUTHORITY\\ANONYMOUS LOGON"' in content
+    assert b"\r\n.leading dot line\r\n" in content
+
+
+def test_next_hop_refusal_at_rcpt_is_passed_back_and_nothing_is_delivered(relaying: Any) -> None:
+    hop = NextHop(refuse_rcpt="b@contoso.com")
+    running = relaying(hop)
+    assert _send(running, ["a@contoso.com", "b@contoso.com"]) == (550, "5.1.1 No such mailbox here")
+    assert hop.messages == []
+
+
+def test_next_hop_refusal_at_data_is_passed_back(relaying: Any) -> None:
+    hop = NextHop(refuse_data="554 5.7.1 Message rejected as spam")
+    running = relaying(hop)
+    assert _send(running, ["a@contoso.com"]) == (554, "5.7.1 Message rejected as spam")
+
+
+def test_unreachable_next_hop_gives_451_never_250(start: Any) -> None:
+    running = start(_connector())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    running.runtime.delivery = delivery.RelayDelivery("127.0.0.1", dead_port, timeout=5)
+    code, text = _send(running, ["a@contoso.com"])
+    assert code == 451 and text.startswith("4.3.0")
