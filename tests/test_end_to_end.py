@@ -3,7 +3,6 @@ would mount → the receiver on loopback → real SMTP clients from different ad
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pathlib
@@ -17,6 +16,8 @@ from typing import Any
 
 import bcrypt
 import pytest
+
+from hack.controlplane import podfiles
 
 from .kube_helpers import condition, eventually, get
 from .pki import Authority, tls_secret
@@ -100,32 +101,6 @@ def _manifests(ns: str, cert: bytes, key: bytes) -> list[dict[str, Any]]:
     ]
 
 
-def _lay_out(controlplane: Any, ns: str, root: pathlib.Path) -> pathlib.Path:
-    """Write the files exactly where the pod template mounts them, under ``root``."""
-    workload = get(controlplane, "statefulset", "edge-in-receiver", ns)
-    pod = workload["spec"]["template"]["spec"]
-    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
-    for volume in pod["volumes"]:
-        target = root / mounts[volume["name"]].lstrip("/")
-        target.mkdir(parents=True, exist_ok=True)
-        if "configMap" in volume:
-            data = get(controlplane, "configmap", volume["configMap"]["name"], ns)["data"]
-            for key, value in data.items():
-                (target / key).write_text(value)
-        elif "secret" in volume:
-            data = get(controlplane, "secret", volume["secret"]["secretName"], ns)["data"]
-            for item in volume["secret"]["items"]:
-                (target / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
-        elif "projected" in volume:
-            for source in volume["projected"]["sources"]:
-                data = get(controlplane, "secret", source["secret"]["name"], ns)["data"]
-                for item in source["secret"]["items"]:
-                    path = target / item["path"]
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(base64.b64decode(data[item["key"]]))
-    return root / mounts["config"].lstrip("/") / "config.json"
-
-
 @pytest.fixture
 def e2e(controlplane: Any, operator: Any, ns: str, tmp_path: pathlib.Path) -> Any:
     cert, key = CA.issue("mail.contoso.com", ["mail.contoso.com"])
@@ -146,7 +121,12 @@ def e2e(controlplane: Any, operator: Any, ns: str, tmp_path: pathlib.Path) -> An
             == "True"
         )
     )
-    config_file = _lay_out(controlplane, ns, tmp_path / "pod")
+    config_file = podfiles.lay_out(
+        [controlplane.plane.kubectl, "--kubeconfig", controlplane.kubeconfig],
+        ns,
+        "edge-in",
+        tmp_path / "pod",
+    )
     ports = {25: _free_port(), 587: _free_port()}
     (tmp_path / "ca.crt").write_bytes(CA.pem())
     with open(tmp_path / "receiver.log", "wb") as log:
@@ -161,6 +141,8 @@ def e2e(controlplane: Any, operator: Any, ns: str, tmp_path: pathlib.Path) -> An
                 str(tmp_path / "pod"),
                 "--spool",
                 str(tmp_path / "spool"),
+                "--protocol-log",
+                str(tmp_path / "protocol.log"),
                 "--listen-v4",
                 "127.0.0.1",
                 "--listen-v6",
