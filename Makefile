@@ -35,7 +35,7 @@ test-unit: $(STAMP)
 	$(BIN)/pytest -m "not controlplane"
 
 demo: $(STAMP) controlplane
-	$(BIN)/python -m smtpgate.demo
+	$(BIN)/python hack/demo.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/receiver_throughput.py

@@ -1,0 +1,342 @@
+"""``make demo``: smtpgate end to end on an embedded control plane.
+
+Starts etcd, kube-apiserver and kube-controller-manager (built once into the cache), installs
+the CRDs, runs the operator, applies examples/, starts the receiver for the example server
+mx01 on loopback from the ConfigMap the operator wrote, and holds a short SMTP conversation.
+Then it leaves everything running until Ctrl-C (or exits, with --exit-after-script)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import pathlib
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+from hack.controlplane import podfiles  # noqa: E402
+from hack.controlplane.harness import ControlPlane  # noqa: E402
+
+NAMESPACE = "smtpgate-demo"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def outcome(label: str, ok: bool, detail: str) -> None:
+    say(f"  [{'ok' if ok else 'UNEXPECTED'}] {label}: {detail}")
+    if not ok:
+        raise SystemExit(f"demo step failed: {label}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def issue_certificate(folder: pathlib.Path) -> tuple[bytes, bytes, pathlib.Path]:
+    """What cert-manager would put in the Secret: a CA 'Contoso Issuing CA' and a
+    certificate for mail.contoso.com."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "Contoso Issuing CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Contoso"),
+        ]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.contoso.com")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("mail.contoso.com")]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file = folder / "contoso-ca.crt"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        ca_file,
+    )
+
+
+class Demo:
+    def __init__(self, plane: ControlPlane, work: pathlib.Path) -> None:
+        self.plane, self.work = plane, work
+        self.kubectl_args = [plane.kubectl, "--kubeconfig", str(plane.kubeconfig)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        done = subprocess.run(
+            [*self.kubectl_args, *args], input=input, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"kubectl {' '.join(args)}: {done.stderr}")
+        return done.stdout
+
+    def wait_for(self, what: str, check: Any, timeout: float = 90) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                result = check()
+                if result:
+                    return result
+            except (SystemExit, KeyError, IndexError, json.JSONDecodeError):
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"timed out waiting for {what}")
+
+    def start_operator(self) -> None:
+        env = dict(os.environ, KUBECONFIG=str(self.plane.kubeconfig), SMTPGATE_RESYNC_SECONDS="10")
+        with open(self.work / "operator.log", "wb") as log:
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "smtpgate.operator",
+                        "--liveness",
+                        f"http://127.0.0.1:{free_port()}/healthz",
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def ready(self, kind: str, name: str) -> bool:
+        body = json.loads(self.kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json"))
+        return any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (body.get("status") or {}).get("conditions") or []
+        )
+
+    def start_receiver(self, config_file: pathlib.Path) -> dict[str, int]:
+        ports = {"internet": free_port(), "submission": free_port()}
+        args = [
+            sys.executable,
+            "-m",
+            "smtpgate.receiver",
+            "--config",
+            str(config_file),
+            "--files-root",
+            str(self.work / "pod"),
+            "--spool",
+            str(self.work / "spool"),
+            "--bind",
+            f"192.0.2.10:25=127.0.0.1:{ports['internet']}",
+            "--listen-v4",
+            "127.0.0.1",
+            "--listen-v6",
+            "::1",
+            "--port-map",
+            f"587={ports['submission']}",
+            "--protocol-log",
+            str(self.work / "protocol.log"),
+        ]
+        with open(self.work / "receiver.log", "wb") as log:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
+        self.processes.append(proc)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise SystemExit((self.work / "receiver.log").read_text())
+        return ports
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def conversation(ports: dict[str, int], ca_file: pathlib.Path, spool: pathlib.Path) -> None:
+    say("\n== An SMTP conversation with the receiver of server mx01 ==")
+    say(f"   Internet connector 192.0.2.10:25  -> 127.0.0.1:{ports['internet']}")
+    say(f"   Submission connector 0.0.0.0:587 -> 127.0.0.1:{ports['submission']}\n")
+    with smtplib.SMTP(source_address=("127.0.0.2", 0), timeout=15) as smtp:
+        code, banner = smtp.connect("127.0.0.1", ports["internet"])
+        say(f"  anonymous client 127.0.0.2 connects: {code} {banner.decode()}")
+        smtp.ehlo("outside.example")
+        smtp.mail("someone@example.org")
+        code, text = smtp.rcpt("friend@foreign.example")
+        outcome(
+            "relay for an anonymous client",
+            code == 550,
+            f"RCPT friend@foreign.example -> {code} {text.decode()}",
+        )
+        code, text = smtp.rcpt("user@contoso.com")
+        outcome(
+            "mail for an accepted domain",
+            code == 250,
+            f"RCPT user@contoso.com -> {code} {text.decode()}",
+        )
+        code, text = smtp.data(b"Subject: hello from the demo\r\n\r\nHello, Contoso.\r\n")
+        outcome("message accepted", code == 250, f"DATA -> {code} {text.decode()}")
+    messages = list((spool / "new").iterdir())
+    say(f"  spooled (fsynced before the 250): {messages[0]}")
+
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False  # we dial 127.0.0.1; the name is checked below
+    with smtplib.SMTP(
+        "127.0.0.1", ports["internet"], source_address=("127.0.0.3", 0), timeout=15
+    ) as smtp:
+        smtp.ehlo("outside.example")
+        smtp.starttls(context=context)
+        cert = smtp.sock.getpeercert()
+        subject = dict(x[0] for x in cert["subject"])["commonName"]
+        issuer = ", ".join(f"{k}={v}" for rdn in cert["issuer"] for k, v in rdn)
+        outcome(
+            "STARTTLS with the selected certificate",
+            subject == "mail.contoso.com",
+            f"subject CN={subject}; issuer {issuer}",
+        )
+
+    with smtplib.SMTP(
+        "127.0.0.1", ports["submission"], source_address=("127.0.0.4", 0), timeout=15
+    ) as smtp:
+        smtp.ehlo("laptop.example")
+        outcome(
+            "no AUTH before TLS on submission", not smtp.has_extn("auth"), "EHLO offers no AUTH"
+        )
+        code, text = smtp.mail("alice@contoso.com")
+        outcome(
+            "mail before STARTTLS refused (requireTLS)",
+            code == 530,
+            f"MAIL -> {code} {text.decode()}",
+        )
+        smtp.rset()
+        smtp.starttls(context=context)
+        smtp.ehlo("laptop.example")
+        smtp.login("alice", "demo-password")
+        refused = smtp.sendmail(
+            "alice@contoso.com",
+            ["partner@foreign.example"],
+            b"Subject: authenticated submission\r\n\r\nSent after AUTH.\r\n",
+        )
+        outcome(
+            "authenticated submission relays",
+            refused == {},
+            "alice after STARTTLS + AUTH PLAIN -> 250",
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--exit-after-script", action="store_true", help="stop after the conversation"
+    )
+    args = parser.parse_args()
+    say("== Starting the embedded control plane (the first run builds it; progress below) ==")
+    work = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-demo-"))
+    with ControlPlane.start() as plane:
+        demo = Demo(plane, work)
+        try:
+            say(f"   kube-apiserver {plane.server}, kubeconfig {plane.kubeconfig}")
+            demo.kubectl(
+                "apply",
+                "--server-side",
+                "-f",
+                str(ROOT / "crds"),
+                "-f",
+                str(ROOT / "hack" / "cert-manager-stand-in.yaml"),
+            )
+            demo.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+            say("== CRDs installed; starting the operator ==")
+            demo.start_operator()
+            demo.kubectl("create", "namespace", NAMESPACE)
+            cert, key, ca_file = issue_certificate(work)
+            secret = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/tls",
+                "metadata": {"name": "mail-contoso-com", "namespace": NAMESPACE},
+                "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
+            }
+            demo.kubectl("apply", "-f", "-", input=json.dumps(secret))
+            say("== Applying examples/ (the TLS Secret stands in for cert-manager's) ==")
+            say(demo.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples")).rstrip())
+            for name in ("internet-mx01", "partner-fabrikam", "submission-mx01"):
+                demo.wait_for(f"{name} Ready", lambda n=name: demo.ready("receiveconnector", n))
+            demo.wait_for(
+                "the default connectors of ex01",
+                lambda: demo.ready("receiveconnector", "default-frontend-ex01"),
+            )
+            say(demo.kubectl("get", "receiveconnectors", "-n", NAMESPACE).rstrip())
+            config_file = podfiles.lay_out(demo.kubectl_args, NAMESPACE, "mx01", work / "pod")
+            say(
+                f"== The operator wrote ConfigMap mx01-receiver; the pod's files are under {work / 'pod'} =="
+            )
+            ports = demo.start_receiver(config_file)
+            conversation(ports, ca_file, work / "spool")
+            say("\n== Everything is running ==")
+            say(f"  export KUBECONFIG={plane.kubeconfig}")
+            say(f"  {plane.kubectl} get smtpgate -n {NAMESPACE}")
+            say(f"  swaks --server 127.0.0.1:{ports['internet']} --to user@contoso.com")
+            say(f"  protocol log: {work / 'protocol.log'}   spool: {work / 'spool'}")
+            if args.exit_after_script:
+                say("demo finished")
+                return 0
+            say("  Ctrl-C stops everything the demo started.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                say("\nstopping")
+            return 0
+        finally:
+            demo.stop()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.exit(main())
