@@ -310,7 +310,8 @@ def main() -> int:
             say(demo.kubectl("get", "receiveconnectors", "-n", NAMESPACE).rstrip())
             config_file = podfiles.lay_out(demo.kubectl_args, NAMESPACE, "mx01", work / "pod")
             say(
-                f"== The operator wrote ConfigMap mx01-receiver; the pod's files are under {work / 'pod'} =="
+                "== The operator wrote ConfigMap mx01-receiver; "
+                f"the pod's files are under {work / 'pod'} =="
             )
             ports = demo.start_receiver(config_file)
             conversation(ports, ca_file, work / "spool")
