@@ -40,7 +40,7 @@ class Operator:
                     "-m",
                     "smtpgate.operator",
                     "--liveness",
-                    "http://127.0.0.1:0/healthz",
+                    f"http://127.0.0.1:{_free_port()}/healthz",
                     "--lease-namespace",
                     "default",
                     "--log-level",
