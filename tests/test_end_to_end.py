@@ -155,12 +155,14 @@ def e2e(controlplane: Any, operator: Any, ns: str, tmp_path: pathlib.Path) -> An
             env=dict(os.environ),
         )
     assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    assert line.strip() == "ready", (tmp_path / "receiver.log").read_text()
-    yield {"ports": ports, "spool": tmp_path / "spool", "ca": str(tmp_path / "ca.crt")}
-    proc.terminate()
-    proc.wait(15)
-    proc.stdout.close()
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.strip() == "ready", (tmp_path / "receiver.log").read_text()
+        yield {"ports": ports, "spool": tmp_path / "spool", "ca": str(tmp_path / "ca.crt")}
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        proc.stdout.close()
 
 
 def test_manifests_drive_a_real_receiver(e2e: Any) -> None:

@@ -175,10 +175,18 @@ class Running:
         folder = self.spool / "new"
         return [p.read_bytes() for p in sorted(folder.iterdir())] if folder.exists() else []
 
+    async def _cancel_background(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def stop(self) -> None:
         if self.loop.is_closed():
             return
         self.call(self.receiver.stop())
+        self.call(self._cancel_background())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

@@ -1,0 +1,302 @@
+"""Receiver throughput on loopback, side by side with Postfix on the same machine.
+
+    make bench            (or: .venv/bin/python bench/receiver_throughput.py [--quick])
+
+Clients are Postfix's smtp-source. Servers: smtpgate's receiver with a full Internet
+connector policy, in maildir mode (fsync of file and directory before 250) and in relay mode
+(250 only after the next hop, Postfix's smtp-sink, accepted); Postfix's smtp-sink (accepts
+and discards: no durability); and Postfix's own smtpd with its normal queue (cleanup fsyncs
+the queue file before 250), delivering to the discard transport. Needs Debian's postfix
+package (apt-get install postfix). Prints msgs/s and server CPU seconds per 1000 messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pids: list[int], children: bool = False) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        if children:
+            total += int(fields[13]) + int(fields[14])
+    return total / CLK
+
+
+def postfix_pids(config_dir: pathlib.Path) -> list[int]:
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(config_dir) in cmdline or "/usr/lib/postfix/sbin/" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    pids: list[int]
+    children: bool
+    stop: object
+
+
+def start_smtpgate(work: pathlib.Path, mode: str, sink_port: int | None) -> Server:
+    sys.path.insert(0, str(ROOT))
+    from smtpgate.connectors import config, specs
+
+    next_hop = {"type": "Maildir", "path": str(work / "spool")}
+    if mode == "relay":
+        next_hop = {"type": "Smtp", "host": "127.0.0.1", "port": sink_port}
+    server = specs.TransportServerSpec.model_validate(
+        {"fqdn": "bench.contoso.com", "nextHop": next_hop}
+    )
+    connector = specs.ReceiveConnectorSpec.model_validate(
+        {
+            "server": "bench",
+            "usage": "Internet",
+            "bindings": ["0.0.0.0:25"],
+            "maxInboundConnectionPerSource": 500,
+            "maxInboundConnectionPercentagePerSource": 100,
+            "tarpitIntervalSeconds": 0,
+        }
+    )
+    compiled = config.compile_server(
+        "bench",
+        "bench",
+        server,
+        [("Internet", connector)],
+        [specs.AcceptedDomainSpec(domain_name="contoso.com")],
+    )
+    config_file = work / f"config-{mode}.json"
+    config_file.write_text(compiled.config.to_json())
+    port = free_port()
+    log = open(work / f"receiver-{mode}.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtpgate.receiver",
+            "--config",
+            str(config_file),
+            "--listen-v4",
+            "127.0.0.1",
+            "--port-map",
+            f"25={port}",
+            "--protocol-log",
+            os.devnull,
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_port(port)
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+    return Server(f"smtpgate {mode}", port, [proc.pid], False, stop)
+
+
+def start_sink(work: pathlib.Path) -> Server:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["smtp-sink", "-u", "postfix", "-c", f"127.0.0.1:{port}", "1024"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(10)
+
+    return Server("postfix smtp-sink (discard)", port, [proc.pid], False, stop)
+
+
+def start_postfix(work: pathlib.Path) -> Server:
+    conf = work / "postfix"
+    conf.mkdir()
+    port = free_port()
+    (conf / "main.cf").write_text(f"""
+compatibility_level = 3.6
+queue_directory = {work}/postfix-queue
+data_directory = {work}/postfix-data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.localdomain
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relay_domains = contoso.com
+default_transport = discard
+relay_transport = discard
+local_transport = discard
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+default_process_limit = 150
+maillog_file = {work}/postfix.log
+""")
+    master = pathlib.Path("/etc/postfix/master.cf").read_text()
+    master = re.sub(
+        r"^smtp\s+inet\s.*$", f"127.0.0.1:{port} inet n - y - - smtpd", master, flags=re.M
+    )
+    (conf / "master.cf").write_text(master)
+    subprocess.run(["postfix", "-c", str(conf), "start"], check=True, capture_output=True)
+    wait_port(port)
+
+    def stop() -> None:
+        subprocess.run(["postfix", "-c", str(conf), "stop"], check=False, capture_output=True)
+        time.sleep(1)
+
+    return Server("postfix smtpd + queue (fsync)", port, [], True, stop)
+
+
+def run_clients(port: int, sessions: int, messages: int, length: int, reuse: bool) -> float:
+    args = [
+        "smtp-source",
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(length),
+        "-f",
+        "sender@example.org",
+        "-t",
+        "user@contoso.com",
+        "-M",
+        "client.example",
+    ]
+    if reuse:
+        args.append("-d")
+    began = time.perf_counter()
+    subprocess.run([*args, f"127.0.0.1:{port}"], check=True, capture_output=True, timeout=900)
+    return time.perf_counter() - began
+
+
+SCENARIOS = [
+    ("1 KB, c=1, new connection", 1, 1024, False),
+    ("1 KB, c=10, new connection", 10, 1024, False),
+    ("1 KB, c=50, new connection", 50, 1024, False),
+    ("1 KB, c=1, reuse", 1, 1024, True),
+    ("1 KB, c=10, reuse", 10, 1024, True),
+    ("1 KB, c=50, reuse", 50, 1024, True),
+    ("100 KB, c=10, reuse", 10, 100 * 1024, True),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=2000, help="messages per 1 KB scenario")
+    parser.add_argument("--quick", action="store_true", help="fewer messages")
+    args = parser.parse_args()
+    for tool in ("smtp-source", "smtp-sink", "postfix"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: apt-get install postfix", file=sys.stderr)
+            return 2
+    count = 300 if args.quick else args.messages
+    work = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-bench-"))
+    results: dict[str, dict[str, tuple[float, float]]] = {}
+    sink_for_relay = start_sink(work)
+    try:
+        for starter in ("smtpgate maildir", "smtpgate relay", "sink", "postfix"):
+            if starter == "smtpgate maildir":
+                server = start_smtpgate(work, "maildir", None)
+            elif starter == "smtpgate relay":
+                server = start_smtpgate(work, "relay", sink_for_relay.port)
+            elif starter == "sink":
+                server = start_sink(work)
+            else:
+                server = start_postfix(work)
+            try:
+                for label, sessions, length, reuse in SCENARIOS:
+                    n = count if length <= 1024 else max(100, count // 4)
+                    pids = server.pids or postfix_pids(work / "postfix")
+                    before = cpu_seconds(pids, server.children)
+                    seconds = run_clients(server.port, sessions, n, length, reuse)
+                    if server.name.startswith("postfix smtpd"):
+                        time.sleep(1)  # let cleanup and qmgr finish what smtpd queued
+                    pids = server.pids or postfix_pids(work / "postfix")
+                    cpu = cpu_seconds(pids, server.children) - before
+                    results.setdefault(label, {})[server.name] = (n / seconds, cpu * 1000 / n)
+                    print(
+                        f"  {server.name:32} {label:28} {n / seconds:8.0f} msg/s  "
+                        f"{cpu * 1000 / n:6.2f} CPU s/1000",
+                        flush=True,
+                    )
+            finally:
+                server.stop()  # type: ignore[operator]
+    finally:
+        sink_for_relay.stop()  # type: ignore[operator]
+    names = [
+        "smtpgate maildir",
+        "smtpgate relay",
+        "postfix smtp-sink (discard)",
+        "postfix smtpd + queue (fsync)",
+    ]
+    print()
+    print(f"{'scenario':28} " + " ".join(f"{n[:22]:>22}" for n in names) + "   maildir/postfix")
+    for label, *_ in SCENARIOS:
+        row = results.get(label, {})
+        cells = []
+        for name in names:
+            rate, cpu = row.get(name, (0.0, 0.0))
+            cells.append(f"{rate:8.0f}/s {cpu:6.2f}cpu")
+        ours = row.get("smtpgate maildir", (0.0, 0.0))[0]
+        theirs = row.get("postfix smtpd + queue (fsync)", (0.0, 0.0))[0]
+        ratio = ours / theirs if theirs else 0.0
+        print(f"{label:28} " + " ".join(f"{c:>22}" for c in cells) + f"   {ratio:5.2f}x")
+    print("\nmsg/s = messages per second; cpu = server CPU seconds per 1000 messages")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
