@@ -160,6 +160,10 @@ def start_sink(work: pathlib.Path) -> Server:
 def start_postfix(work: pathlib.Path) -> Server:
     conf = work / "postfix"
     conf.mkdir()
+    work.chmod(0o755)  # Postfix's daemons run as the postfix user
+    (work / "postfix-queue").mkdir()
+    (work / "postfix-data").mkdir()
+    shutil.chown(work / "postfix-data", "postfix")
     port = free_port()
     (conf / "main.cf").write_text(f"""
 compatibility_level = 3.6
@@ -181,13 +185,16 @@ smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 default_process_limit = 150
 maillog_file = {work}/postfix.log
+maillog_file_prefixes = {work}
 """)
     master = pathlib.Path("/etc/postfix/master.cf").read_text()
     master = re.sub(
         r"^smtp\s+inet\s.*$", f"127.0.0.1:{port} inet n - y - - smtpd", master, flags=re.M
     )
     (conf / "master.cf").write_text(master)
-    subprocess.run(["postfix", "-c", str(conf), "start"], check=True, capture_output=True)
+    started = subprocess.run(["postfix", "-c", str(conf), "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        raise RuntimeError(f"postfix did not start: {started.stderr} (see {work}/postfix.log)")
     wait_port(port)
 
     def stop() -> None:
