@@ -4,6 +4,7 @@ durable; the client hears 250 only after that."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import pathlib
@@ -56,8 +57,10 @@ class MaildirDelivery:
     directory fsynced, before ``deliver`` returns. The envelope rides in a header line
     ``X-Smtpgate-Envelope`` at the top of the file."""
 
-    def __init__(self, root: str | pathlib.Path) -> None:
+    def __init__(self, root: str | pathlib.Path, writers: int = 64) -> None:
         self.root = pathlib.Path(root)
+        # Many sessions fsync at once: the filesystem journal commits them together.
+        self._writers = concurrent.futures.ThreadPoolExecutor(writers, thread_name_prefix="spool")
         for sub in ("tmp", "new", "cur"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
@@ -86,7 +89,7 @@ class MaildirDelivery:
 
     async def deliver(self, message: Message) -> None:
         try:
-            await asyncio.to_thread(self._write, message)
+            await asyncio.get_running_loop().run_in_executor(self._writers, self._write, message)
         except OSError as err:
             raise DeliveryError(f"spool write failed: {err.strerror}") from err
 
