@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smtpgate.connectors.config import AcceptedDomain, ConnectorConfig
-from smtpgate.connectors.enums import AuthMechanism, SizeMode
+from smtpgate.connectors.enums import AuthMechanism, MessageRateSource, SizeMode
 from smtpgate.connectors.enums import Permission as P
 from smtpgate.connectors.ranges import IPAddress
 
@@ -164,6 +164,29 @@ def mail(session: Session, sender: str, declared_size: int | None) -> Reply:
     ):
         return replies.SEND_AS_DENIED
     return replies.SENDER_OK
+
+
+def rate_key(session: Session) -> str | None:
+    """What the connector's message rate limit counts against, for this session."""
+    connector = session.connector
+    if connector.limits.message_rate_limit is None:
+        return None
+    source = connector.limits.message_rate_source
+    if source is MessageRateSource.None_:
+        return None
+    if source is MessageRateSource.User:
+        return f"user:{session.user}" if session.user is not None else None
+    if source is MessageRateSource.IPAddress:
+        return f"ip:{session.remote}"
+    return f"user:{session.user}" if session.user is not None else f"ip:{session.remote}"
+
+
+def message_rate(session: Session, sent_last_minute: int) -> Reply | None:
+    """MAIL FROM once the source has sent its messages for this minute."""
+    limit = session.connector.limits.message_rate_limit
+    if limit is not None and rate_key(session) is not None and sent_last_minute >= limit:
+        return replies.MESSAGE_RATE_EXCEEDED
+    return None
 
 
 def rcpt(session: Session, recipient: str, so_far: int) -> Reply:

@@ -53,6 +53,7 @@ AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authent
 AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated")
 AUTH_NOT_PERMITTED = Reply(530, "5.7.1", "Client is not permitted to submit on this connector")
 
+MESSAGE_RATE_EXCEEDED = Reply(452, "4.7.0", "Message rate limit exceeded, try again later")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 SEND_AS_DENIED = Reply(550, "5.7.1", "Client does not have permissions to send as this sender")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")

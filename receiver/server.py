@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +22,31 @@ from .smtp import ConnectorSMTP
 from .users import UserDatabase
 
 log = logging.getLogger(__name__)
+
+
+class RateWindow:
+    """Messages accepted per key in the last minute (message rate limits)."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self.stamps: dict[str, collections.deque[float]] = {}
+
+    def _trim(self, key: str, now: float) -> collections.deque[float]:
+        stamps = self.stamps.setdefault(key, collections.deque())
+        while stamps and stamps[0] <= now - self.window:
+            stamps.popleft()
+        if not stamps:
+            del self.stamps[key]
+            return collections.deque()
+        return stamps
+
+    def count(self, key: str) -> int:
+        return len(self._trim(key, time.monotonic()))
+
+    def add(self, key: str) -> None:
+        now = time.monotonic()
+        self._trim(key, now)
+        self.stamps.setdefault(key, collections.deque()).append(now)
 
 
 class Counters:
@@ -80,6 +106,7 @@ class Runtime:
             users = UserDatabase.load(self.path(config.user_database_file))
         self.users = users
         self.counters = Counters()
+        self.rates = RateWindow()
         self.sessions: set[ConnectorSMTP] = set()
         self._tls: dict[str, ssl.SSLContext | None] = {}
 

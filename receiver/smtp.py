@@ -369,7 +369,10 @@ class _Handler:
         declared = next(
             (int(o[5:]) for o in options if o.startswith("SIZE=") and o[5:].isdigit()), None
         )
-        answer = policy.mail(self.state(), address, declared)
+        state = self.state()
+        key = policy.rate_key(state)
+        answer = policy.message_rate(state, self.smtp.runtime.rates.count(key) if key else 0)
+        answer = answer or policy.mail(state, address, declared)
         if not answer.refusal:
             envelope.mail_from = address
             envelope.mail_options.extend(options)
@@ -430,6 +433,9 @@ class _Handler:
             if err.code is not None and err.code >= 400:
                 return f"{err.code} {err.text}"
             return self.smtp.reply(replies.DELIVERY_DEFERRED)
+        key = policy.rate_key(state)
+        if key is not None:
+            self.smtp.runtime.rates.add(key)
         health.MESSAGES_ACCEPTED.labels(state.connector.name).inc()
         health.BYTES_ACCEPTED.labels(state.connector.name).inc(len(message.content))
         self.smtp.plog("*", queue_id, f"accepted for {len(message.recipients)} recipients")

@@ -229,3 +229,30 @@ def test_dsn_parameters_are_accepted_when_dsn_is_on(start: Any) -> None:
     raw = _greeted(start(_connector()))
     assert raw.command("MAIL FROM:<s@example.org> RET=HDRS ENVID=abc")[0] == 250
     assert raw.command("RCPT TO:<u@contoso.com> NOTIFY=SUCCESS,FAILURE")[0] == 250
+
+
+@pytest.mark.parametrize(("source", "user"), [("IPAddress", None), ("User", "alice")])
+def test_message_rate_limit_per_source(start: Any, source: str, user: str | None) -> None:
+    running = start(_connector(messageRateLimit=2, messageRateSource=source))
+
+    def send(sender_ip: str) -> tuple[int, str]:
+        raw = _greeted(running, sender_ip)
+        if user:
+            assert raw.command(f"AUTH PLAIN {plain(user, PASSWORDS[user])}")[0] == 235
+        reply = raw.command("MAIL FROM:<s@example.org>")
+        if reply[0] != 250:
+            return reply
+        raw.command("RCPT TO:<u@contoso.com>")
+        raw.command("DATA")
+        raw.send(b"Subject: rate\r\n\r\nbody\r\n.\r\n")
+        return raw.reply()
+
+    assert send("127.0.0.11")[0] == 250
+    assert send("127.0.0.11")[0] == 250
+    assert send("127.0.0.11") == _line(replies.MESSAGE_RATE_EXCEEDED)
+    # Another address (or, counted per user, the same user elsewhere).
+    other = send("127.0.0.12")
+    if user:
+        assert other == _line(replies.MESSAGE_RATE_EXCEEDED)
+    else:
+        assert other[0] == 250
