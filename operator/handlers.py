@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -114,6 +115,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 def _on_change(namespace: str | None, **_: Any) -> None:
     if namespace:
+        _seen.add(namespace)
         try:
             reconcile_namespace(namespace)
         except kopf.TemporaryError as err:
@@ -130,7 +132,30 @@ for _workload in ("deployments", "statefulsets"):
     )(_on_change)
 
 
-@kopf.timer(GROUP, VERSION, "transportservers", interval=RESYNC_SECONDS, sharp=False)
-def resync(namespace: str, **_: Any) -> None:
-    """Level-triggered safety net: certificates expire and events can be missed."""
-    reconcile_namespace(namespace)
+_seen: set[str] = set()
+_resync: asyncio.Task[None] | None = None
+
+
+async def _resync_forever() -> None:
+    """Level-triggered safety net: certificates expire, events can be missed and the API
+    server can be away for a while. (Not a kopf timer: those put a finalizer on every
+    TransportServer, and nothing here needs cleanup.)"""
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        for namespace in sorted(_seen):
+            try:
+                await asyncio.to_thread(reconcile_namespace, namespace)
+            except Exception as err:  # noqa: BLE001 - the next round tries again
+                log.warning("resync of %s failed: %s", namespace, err)
+
+
+@kopf.on.startup()
+async def start_resync(**_: Any) -> None:
+    global _resync
+    _resync = asyncio.create_task(_resync_forever())
+
+
+@kopf.on.cleanup()
+async def stop_resync(**_: Any) -> None:
+    if _resync is not None:
+        _resync.cancel()

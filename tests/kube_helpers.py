@@ -22,8 +22,15 @@ def _free_port() -> int:
 class Operator:
     """``python -m smtpgate.operator`` running against the test control plane."""
 
-    def __init__(self, kubeconfig: str, log: pathlib.Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        log: pathlib.Path,
+        lease_namespace: str = "default",
+        namespaces: list[str] | None = None,
+    ) -> None:
         self.kubeconfig, self.log = kubeconfig, log
+        self.lease_namespace, self.namespaces = lease_namespace, namespaces or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -42,9 +49,10 @@ class Operator:
                     "--liveness",
                     f"http://127.0.0.1:{_free_port()}/healthz",
                     "--lease-namespace",
-                    "default",
+                    self.lease_namespace,
                     "--log-level",
                     "INFO",
+                    *(f"--namespace={n}" for n in self.namespaces),
                 ],
                 env=env,
                 stdout=log,

@@ -314,6 +314,15 @@ current-context: smtpgate
             lines += [f"--- {name}.log (last {len(tail)} lines) ---", *tail]
         return "\n".join(lines)
 
+    def pause(self, name: str, seconds: float) -> None:
+        """Freeze one component (SIGSTOP) for a while: an API server that is briefly away."""
+        proc = self.processes[name]
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop exactly the processes this control plane started, newest first."""
         for name in reversed(list(self.processes)):

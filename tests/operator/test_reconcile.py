@@ -326,3 +326,26 @@ def test_operator_restart_converges_without_duplicates(
             "get", kind, "-n", ns, "-l", "app.kubernetes.io/instance=ex01", "-o", "name"
         ).stdout.split()
         assert sorted(found) == names
+
+
+def test_operator_converges_after_the_api_server_was_away(
+    controlplane: Any, operator: Any, ns: str
+) -> None:
+    manifests = (
+        SERVER.format(name="ex01", ns=ns)
+        + "---"
+        + PARTNER.format(
+            name="partner", ns=ns, server="ex01", ranges="198.51.100.0/24", size="10MB"
+        )
+    )
+    controlplane.kubectl("apply", "-f", "-", input=manifests)
+    eventually(lambda: any(c["name"] == "partner" for c in _config(controlplane, ns)["connectors"]))
+    controlplane.kubectl("apply", "-f", "-", input=manifests.replace("10MB", "20MB"))
+    controlplane.plane.pause("kube-apiserver", 8)
+    assert operator.proc is not None and operator.proc.poll() is None, "the operator survives"
+
+    def followed() -> bool:
+        partner = next(c for c in _config(controlplane, ns)["connectors"] if c["name"] == "partner")
+        return partner["limits"]["maxMessageSize"] == 20 * 1024 * 1024
+
+    eventually(followed, timeout=60, what="the edit made before the outage")

@@ -1,0 +1,105 @@
+"""The operator runs with nothing but the chart's ClusterRole."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import uuid
+from typing import Any
+
+import yaml
+
+from ..kube_helpers import Operator, condition, eventually, get
+
+RULES = (
+    pathlib.Path(__file__).resolve().parents[2]
+    / "charts"
+    / "smtpgate"
+    / "files"
+    / "operator-rules.yaml"
+)
+
+
+def test_operator_works_with_the_least_privilege_cluster_role(
+    controlplane: Any, operator: Any, ns: str, tmp_path: pathlib.Path
+) -> None:
+    name = f"smtpgate-operator-{uuid.uuid4().hex[:6]}"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": yaml.safe_load(RULES.read_text()),
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
+    }
+    controlplane.kubectl("create", "serviceaccount", "operator", "-n", ns)
+    controlplane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [role, binding]}),
+    )
+    token = controlplane.kubectl(
+        "create", "token", "operator", "-n", ns, "--duration=1h"
+    ).stdout.strip()
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "sa",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": controlplane.plane.server,
+                            "certificate-authority": str(
+                                controlplane.plane.workdir / "pki" / "ca.crt"
+                            ),
+                        },
+                    }
+                ],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": ns}}
+                ],
+            }
+        )
+    )
+    restricted = Operator(
+        str(kubeconfig), tmp_path / "restricted.log", lease_namespace=ns, namespaces=[ns]
+    )
+    operator.stop()  # the admin operator steps aside, so that every write below is the restricted one's
+    try:
+        restricted.start()
+        controlplane.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=f"""
+apiVersion: smtpgate.io/v1alpha1
+kind: TransportServer
+metadata: {{name: ex01, namespace: {ns}}}
+spec: {{fqdn: mail.contoso.com}}
+""",
+        )
+        eventually(
+            lambda: (
+                condition(get(controlplane, "rcvc", "default-frontend-ex01", ns), "Ready")["status"]
+                == "True"
+            ),
+            what="the restricted operator to reconcile",
+        )
+        assert get(controlplane, "statefulset", "ex01-receiver", ns)
+        assert get(controlplane, "lease", "smtpgate-operator", ns)["spec"]["holderIdentity"]
+        log = restricted.output()
+        assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+    finally:
+        restricted.stop()
+        operator.start()
