@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLK = os.sysconf("SC_CLK_TCK")
+WORKERS = os.cpu_count() or 1  # the receiver's --workers auto
 
 
 def free_port() -> int:
@@ -79,6 +80,12 @@ class Server:
     pids: list[int]
     children: bool
     stop: object
+
+
+def _tree(pid: int) -> list[int]:
+    path = pathlib.Path(f"/proc/{pid}/task/{pid}/children")
+    children = [int(p) for p in path.read_text().split()] if path.exists() else []
+    return [pid, *children]
 
 
 def start_smtpgate(work: pathlib.Path, mode: str, sink_port: int | None) -> Server:
@@ -138,7 +145,7 @@ def start_smtpgate(work: pathlib.Path, mode: str, sink_port: int | None) -> Serv
         proc.wait(30)
         log.close()
 
-    return Server(f"smtpgate {mode}", port, [proc.pid], False, stop)
+    return Server(f"smtpgate {mode}", port, _tree(proc.pid), False, stop)
 
 
 def start_sink(work: pathlib.Path) -> Server:

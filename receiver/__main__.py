@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
 
-from . import delivery, reload, server
+from . import delivery, reload, server, workers
 from .health import HealthServer
 from .protocol_log import ProtocolLog
 
@@ -61,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--grace-seconds", type=float, default=30, help="SIGTERM grace period")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="worker processes sharing the ports (a number, or auto: one per core)",
+    )
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -75,7 +83,11 @@ async def run(args: argparse.Namespace) -> int:
     plog = ProtocolLog(args.protocol_log)
     runtime = server.Runtime(config, spool, files_root=args.files_root, protocol_log=plog)
     listen = server.Listen(
-        args.listen_v4, args.listen_v6, _port_map(args.port_map), explicit=_explicit(args.bind)
+        args.listen_v4,
+        args.listen_v6,
+        _port_map(args.port_map),
+        explicit=_explicit(args.bind),
+        reuse_port=args.reuse_port,
     )
     receiver = server.Receiver(runtime, listen)
     await receiver.start()
@@ -87,7 +99,7 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    print("ready", file=sys.stderr if args.protocol_log == "-" else sys.stdout, flush=True)
+    _ready(args)
     await stopping.wait()
     log.info("stopping: new connections refused, sessions get %ss", args.grace_seconds)
     watcher.cancel()
@@ -96,14 +108,40 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ready(args: argparse.Namespace) -> None:
+    """Say that every listener is open: on the pipe the supervisor gave, or on stdout
+    (stderr when stdout carries the protocol log)."""
+    if args.ready_fd is not None:
+        os.write(args.ready_fd, b"ready\n")
+        os.close(args.ready_fd)
+        return
+    print("ready", file=sys.stderr if args.protocol_log == "-" else sys.stdout, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    count = os.cpu_count() or 1 if args.workers == "auto" else int(args.workers)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # aiosmtpd logs every command line at INFO, AUTH payloads included: keep it quiet.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    if count > 1:
+        return workers.supervise(_without_workers(argv), count, lambda: _ready(args))
     return asyncio.run(run(args))
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--workers":
+            skip = True
+        elif not item.startswith("--workers="):
+            out.append(item)
+    return out
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ class Listen:
     wildcard_v6: str | None = None
     ports: Mapping[int, int] = field(default_factory=dict)
     explicit: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    reuse_port: bool = False
 
     def address(self, binding: Binding) -> tuple[str, int]:
         if str(binding) in self.explicit:
@@ -183,7 +184,7 @@ class Receiver:
         for binding, names in sorted(wanted.items()):
             host, port = self.listen.address(binding)
             try:
-                sock = _listening_socket(host, port, binding.version)
+                sock = _listening_socket(host, port, binding.version, self.listen.reuse_port)
             except OSError as err:
                 message = f"cannot listen on {host}:{port}: {err.strerror}"
                 self.failed[str(binding)] = message
@@ -233,11 +234,15 @@ class Receiver:
         self.listeners.clear()
 
 
-def _listening_socket(host: str, port: int, version: int) -> socket.socket:
+def _listening_socket(
+    host: str, port: int, version: int, reuse_port: bool = False
+) -> socket.socket:
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))

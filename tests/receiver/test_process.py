@@ -1,0 +1,144 @@
+"""The receiver as a process: SIGTERM lets sessions finish; workers share the port."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from smtpgate.connectors import config, specs
+
+from .conftest import free_port
+from .helpers import Raw
+
+
+def _config_file(folder: pathlib.Path) -> pathlib.Path:
+    server = specs.TransportServerSpec(fqdn="mail.contoso.com")
+    connector = specs.ReceiveConnectorSpec.model_validate(
+        {
+            "server": "ex01",
+            "usage": "Internet",
+            "bindings": ["0.0.0.0:25"],
+            "tarpitIntervalSeconds": 0,
+        }
+    )
+    compiled = config.compile_server(
+        "ex01",
+        "mail",
+        server,
+        [("Internet", connector)],
+        [specs.AcceptedDomainSpec(domain_name="contoso.com")],
+    )
+    path = folder / "config.json"
+    path.write_text(compiled.config.to_json())
+    return path
+
+
+def _start(tmp: pathlib.Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtpgate.receiver",
+            "--config",
+            str(_config_file(tmp)),
+            "--spool",
+            str(tmp / "spool"),
+            "--listen-v4",
+            "127.0.0.1",
+            "--port-map",
+            f"25={port}",
+            "--protocol-log",
+            os.devnull,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
+    return proc
+
+
+def _children(pid: int) -> list[int]:
+    path = pathlib.Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_sigterm_stops_accepting_and_lets_the_session_in_flight_finish(
+    tmp_path: pathlib.Path,
+) -> None:
+    port, health = free_port(), free_port()
+    proc = _start(
+        tmp_path,
+        port,
+        "--grace-seconds",
+        "20",
+        "--health-port",
+        str(health),
+        "--health-host",
+        "127.0.0.1",
+    )
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=5) as response:
+            assert response.status == 200
+        raw = Raw(port)
+        raw.reply()
+        raw.command("EHLO client.example")
+        raw.command("MAIL FROM:<s@example.org>")
+        raw.command("RCPT TO:<u@contoso.com>")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        try:
+            refused = socket.create_connection(("127.0.0.1", port), timeout=2)
+        except OSError:
+            pass
+        else:
+            refused.close()
+            raise AssertionError("a stopping receiver must not accept new connections")
+        assert raw.command("DATA")[0] == 354
+        raw.send(b"Subject: in flight\r\n\r\nbody\r\n.\r\n")
+        assert raw.reply()[0] == 250
+        raw.command("QUIT")
+        raw.close()
+        assert proc.wait(15) == 0
+        assert len(list((tmp_path / "spool" / "new").iterdir())) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_workers_share_the_port_and_stop_together(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    proc = _start(tmp_path, port, "--workers", "2")
+    try:
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        for n in range(20):
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.sendmail(
+                    "s@example.org", ["u@contoso.com"], f"Subject: {n}\r\n\r\nbody\r\n".encode()
+                )
+        assert len(list((tmp_path / "spool" / "new").iterdir())) == 20
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        for pid in workers:
+            assert (
+                not pathlib.Path(f"/proc/{pid}").exists()
+                or "Z" in pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2]
+            )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
