@@ -134,16 +134,22 @@ def start_smtpgate(work: pathlib.Path, mode: str, sink_port: int | None) -> Serv
             os.devnull,
             "--log-level",
             "WARNING",
+            "--workers",
+            str(WORKERS),
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=log,
     )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":  # every worker listens
+        raise RuntimeError(f"the receiver did not start; see {work}/receiver-{mode}.log")
     wait_port(port)
 
     def stop() -> None:
         proc.terminate()
         proc.wait(30)
         log.close()
+        proc.stdout.close()  # type: ignore[union-attr]
 
     return Server(f"smtpgate {mode}", port, _tree(proc.pid), False, stop)
 

@@ -8,7 +8,6 @@ Then it leaves everything running until Ctrl-C (or exits, with --exit-after-scri
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import pathlib
@@ -25,13 +24,9 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-
 from hack.controlplane import podfiles  # noqa: E402
 from hack.controlplane.harness import ControlPlane  # noqa: E402
+from hack.pki import Authority  # noqa: E402
 
 NAMESPACE = "smtpgate-demo"
 
@@ -53,52 +48,13 @@ def free_port() -> int:
 
 
 def issue_certificate(folder: pathlib.Path) -> tuple[bytes, bytes, pathlib.Path]:
-    """What cert-manager would put in the Secret: a CA 'Contoso Issuing CA' and a
-    certificate for mail.contoso.com."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, "Contoso Issuing CA"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Contoso"),
-        ]
-    )
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.contoso.com")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("mail.contoso.com")]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    """What cert-manager would put in the Secret: a certificate for mail.contoso.com from
+    a CA 'Contoso Issuing CA'."""
+    authority = Authority("Contoso Issuing CA", "Contoso")
+    cert, key = authority.issue("mail.contoso.com", ["mail.contoso.com"], (-1, 90))
     ca_file = folder / "contoso-ca.crt"
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        ca_file,
-    )
+    ca_file.write_bytes(authority.pem())
+    return cert, key, ca_file
 
 
 class Demo:

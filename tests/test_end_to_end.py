@@ -18,9 +18,9 @@ import bcrypt
 import pytest
 
 from hack.controlplane import podfiles
+from hack.pki import Authority, tls_secret
 
 from .kube_helpers import condition, eventually, get
-from .pki import Authority, tls_secret
 
 CA = Authority("Contoso Issuing CA", "Contoso")
 

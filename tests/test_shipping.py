@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from hack.pki import Authority, tls_secret
+
 from .kube_helpers import condition, eventually, get
-from .pki import Authority, tls_secret
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "smtpgate"

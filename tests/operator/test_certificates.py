@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from hack.pki import Authority, tls_secret
+
 from ..kube_helpers import condition, eventually, get
-from ..pki import Authority, tls_secret
 
 CONTOSO_CA = Authority("Contoso CA", "Contoso")
 OTHER_CA = Authority("Other CA")

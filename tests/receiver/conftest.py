@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import pathlib
 import smtplib
 import socket
@@ -14,13 +13,11 @@ from typing import Any
 
 import bcrypt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from smtpgate.connectors import config, specs
 from smtpgate.receiver import delivery, server
 from smtpgate.receiver.users import UserDatabase
+
+from hack.pki import Authority
 
 from .helpers import Raw
 
@@ -38,31 +35,13 @@ def free_port() -> int:
 
 
 class Pki:
-    """A test CA and a server certificate for FQDN, made with cryptography."""
+    """A test CA and a server certificate for FQDN, as files."""
 
     def __init__(self, folder: pathlib.Path) -> None:
         self.folder = folder
-        now = dt.datetime.now(dt.UTC)
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca_name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, "Contoso Test CA"),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Contoso"),
-            ]
-        )
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(self.ca_name)
-            .issuer_name(self.ca_name)
-            .public_key(self.ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.ca_key, hashes.SHA256())
-        )
+        self.authority = Authority("Contoso Test CA", "Contoso")
         self.ca_file = folder / "ca.crt"
-        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self.ca_file.write_bytes(self.authority.pem())
         self.cert_file, self.key_file = self.issue("server", FQDN)
 
     def client_context(self) -> ssl.SSLContext:
@@ -73,28 +52,10 @@ class Pki:
         return context
 
     def issue(self, name: str, cn: str) -> tuple[pathlib.Path, pathlib.Path]:
-        now = dt.datetime.now(dt.UTC)
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(self.ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
-            .sign(self.ca_key, hashes.SHA256())
-        )
+        cert, key = self.authority.issue(cn, [cn], (-1, 30))
         cert_file, key_file = self.folder / f"{name}.crt", self.folder / f"{name}.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        cert_file.write_bytes(cert)
+        key_file.write_bytes(key)
         return cert_file, key_file
 
 

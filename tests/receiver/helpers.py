@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import pathlib
 import socket
 import ssl
+
+from smtpgate.connectors import config, specs
 
 
 class Raw:
@@ -82,3 +85,27 @@ class Raw:
 
 def plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def internet_config_file(folder: pathlib.Path) -> pathlib.Path:
+    """A ServerConfig file with one Internet connector on 0.0.0.0:25 (no tarpit) and the
+    accepted domain contoso.com, for tests that run the receiver as a process."""
+    server = specs.TransportServerSpec(fqdn="mail.contoso.com")
+    connector = specs.ReceiveConnectorSpec.model_validate(
+        {
+            "server": "ex01",
+            "usage": "Internet",
+            "bindings": ["0.0.0.0:25"],
+            "tarpitIntervalSeconds": 0,
+        }
+    )
+    compiled = config.compile_server(
+        "ex01",
+        "mail",
+        server,
+        [("Internet", connector)],
+        [specs.AcceptedDomainSpec(domain_name="contoso.com")],
+    )
+    path = folder / "config.json"
+    path.write_text(compiled.config.to_json())
+    return path

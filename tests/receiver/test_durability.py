@@ -14,31 +14,8 @@ import sys
 import threading
 import time
 
-from smtpgate.connectors import config, specs
-
 from .conftest import free_port
-
-
-def _config_file(folder: pathlib.Path) -> pathlib.Path:
-    server = specs.TransportServerSpec(fqdn="mail.contoso.com")
-    connector = specs.ReceiveConnectorSpec.model_validate(
-        {
-            "server": "ex01",
-            "usage": "Internet",
-            "bindings": ["0.0.0.0:25"],
-            "tarpitIntervalSeconds": 0,
-        }
-    )
-    compiled = config.compile_server(
-        "ex01",
-        "mail",
-        server,
-        [("Internet", connector)],
-        [specs.AcceptedDomainSpec(domain_name="contoso.com")],
-    )
-    path = folder / "config.json"
-    path.write_text(compiled.config.to_json())
-    return path
+from .helpers import internet_config_file
 
 
 def _start(
@@ -75,7 +52,7 @@ def _start(
 
 
 def test_sigkill_loses_no_acknowledged_message(tmp_path: pathlib.Path) -> None:
-    config_file, spool, port = _config_file(tmp_path), tmp_path / "spool", free_port()
+    config_file, spool, port = internet_config_file(tmp_path), tmp_path / "spool", free_port()
     log = tmp_path / "receiver.log"
     proc = _start(config_file, spool, port, log)
     acked: list[str] = []

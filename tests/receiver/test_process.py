@@ -12,32 +12,8 @@ import sys
 import time
 import urllib.request
 
-from smtpgate.connectors import config, specs
-
 from .conftest import free_port
-from .helpers import Raw
-
-
-def _config_file(folder: pathlib.Path) -> pathlib.Path:
-    server = specs.TransportServerSpec(fqdn="mail.contoso.com")
-    connector = specs.ReceiveConnectorSpec.model_validate(
-        {
-            "server": "ex01",
-            "usage": "Internet",
-            "bindings": ["0.0.0.0:25"],
-            "tarpitIntervalSeconds": 0,
-        }
-    )
-    compiled = config.compile_server(
-        "ex01",
-        "mail",
-        server,
-        [("Internet", connector)],
-        [specs.AcceptedDomainSpec(domain_name="contoso.com")],
-    )
-    path = folder / "config.json"
-    path.write_text(compiled.config.to_json())
-    return path
+from .helpers import Raw, internet_config_file
 
 
 def _start(tmp: pathlib.Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
@@ -47,7 +23,7 @@ def _start(tmp: pathlib.Path, port: int, *extra: str) -> subprocess.Popen[bytes]
             "-m",
             "smtpgate.receiver",
             "--config",
-            str(_config_file(tmp)),
+            str(internet_config_file(tmp)),
             "--spool",
             str(tmp / "spool"),
             "--listen-v4",

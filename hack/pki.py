@@ -1,4 +1,5 @@
-"""Certificates for tests, made with cryptography: a CA, and leaf certificates it signs."""
+"""Certificates for the tests and the demo, made with cryptography: a CA and the leaf
+certificates it signs, and the kubernetes.io/tls Secret cert-manager would write."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class Authority:
     def issue(
         self, subject: str, dns: list[str], days: tuple[int, int] = (-1, 60)
     ) -> tuple[bytes, bytes]:
-        """A leaf certificate valid from ``days[0]`` to ``days[1]`` days from now: (cert, key) PEM."""
+        """A leaf certificate valid ``days[0]`` to ``days[1]`` days from now: (cert, key) PEM."""
         now = dt.datetime.now(dt.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
