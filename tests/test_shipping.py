@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -164,7 +163,6 @@ def test_every_example_is_applied_and_becomes_ready(
         )
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_demo_runs_its_script(controlplane: Any) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "hack" / "demo.py"), "--exit-after-script"],
