@@ -209,7 +209,8 @@ class ConnectorSMTP(SMTP):
             if not session.connector.extensions.enhanced_status_codes:
                 line = replies.strip_enhanced(line)
         await super().push(line)
-        self.plog(">", line)
+        for part in line.split("\r\n"):
+            self.plog(">", part)
         if session is not None and line[:1] in ("4", "5") and line[:3] not in ("421",):
             health.MESSAGES_REFUSED.labels(session.connector.name, line[:3]).inc()
         if self._close_after is not None or self.refusal is not None:
@@ -287,7 +288,8 @@ class _Handler:
         session.host_name = hostname
         self.state().helo = hostname
         lines = [self.state().connector.fqdn, *policy.ehlo_keywords(self.state())]
-        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+        # One write for the whole reply: a line per keyword would cost a send() each.
+        return ["\r\n".join([f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"])]
 
     async def handle_HELO(
         self, server: SMTP, session: EngineSession, envelope: Envelope, hostname: str
