@@ -313,10 +313,22 @@ class TransportServerSpec(_Spec):
     )
 
 
+def _check_domain(value: Any) -> Any:
+    if isinstance(value, str):
+        name = value.strip().rstrip(".")
+        name = name[2:] if name.startswith("*.") else name
+        if not _HOSTNAME.match(name) or "." not in name and name != "localhost":
+            raise ValueError(f"{value!r} must be a domain such as contoso.com or *.contoso.com")
+    return value
+
+
+DomainName = Annotated[str, BeforeValidator(_check_domain)]
+
+
 class AcceptedDomainSpec(_Spec):
     """A domain the organisation accepts mail for."""
 
-    domain_name: str = Field(
+    domain_name: DomainName = Field(
         min_length=1, description="The domain, e.g. contoso.com, or *.contoso.com with subdomains."
     )
     domain_type: AcceptedDomainType = Field(

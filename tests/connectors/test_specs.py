@@ -250,3 +250,17 @@ def test_valid_spec_passes_every_rule() -> None:
     resolved = usage.resolve(specs.parse_spec(specs.ReceiveConnectorSpec, data), ServerRole.Mailbox)
     assert resolved.certificate_name is not None
     assert resolved.spec.max_message_size == 50 * 1024 * 1024
+
+
+@pytest.mark.parametrize("domain", ["contoso.com", "*.fabrikam.com", "Contoso.COM."])
+def test_accepted_domain_names(domain: str) -> None:
+    assert specs.parse_spec(specs.AcceptedDomainSpec, {"domainName": domain})
+
+
+@pytest.mark.parametrize(
+    "domain", ["not a domain", "*", "contoso", "a..b", "*.*.com", "user@contoso.com"]
+)
+def test_malformed_accepted_domain_is_refused_naming_the_field(domain: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        specs.parse_spec(specs.AcceptedDomainSpec, {"domainName": domain})
+    assert caught.value.field == "spec.domainName" and "must be a domain" in caught.value.message

@@ -349,3 +349,23 @@ def test_operator_converges_after_the_api_server_was_away(
         return partner["limits"]["maxMessageSize"] == 20 * 1024 * 1024
 
     eventually(followed, timeout=60, what="the edit made before the outage")
+
+
+def test_a_second_operator_replica_waits_for_the_lease(
+    controlplane: Any, operator: Any, tmp_path: Any
+) -> None:
+    from ..kube_helpers import Operator
+
+    eventually(lambda: "leading as" in operator.output(), what="the first replica to lead")
+    second = Operator(controlplane.kubeconfig, tmp_path / "second.log")
+    second.start()
+    try:
+        time.sleep(8)
+        assert second.proc is not None and second.proc.poll() is None
+        assert "leading as" not in second.output(), "only one replica may act at a time"
+        holder = get(controlplane, "lease", "smtpgate-operator", "default")["spec"][
+            "holderIdentity"
+        ]
+        assert holder and holder in operator.output()
+    finally:
+        second.stop()
