@@ -183,12 +183,21 @@ class Choice:
 
 
 def choose(
-    name: CertificateName, fqdn: str, candidates: Iterable[Candidate], now: dt.datetime
+    name: CertificateName | None, fqdn: str, candidates: Iterable[Candidate], now: dt.datetime
 ) -> Choice:
-    """The matching certificate valid now, naming ``fqdn``, that expires last."""
+    """The matching certificate valid now, naming ``fqdn``, that expires last. Without an
+    issuer and subject (``name`` None), any valid certificate that names ``fqdn``."""
     pool = sorted(candidates, key=lambda c: c.source)
     if not pool:
         return Choice(None, Reason.NoCertificates, "no kubernetes.io/tls Secret in the namespace")
+    if name is None:
+        usable = [c for c in pool if c.not_before <= now < c.not_after and c.names(fqdn)]
+        if not usable:
+            return Choice(
+                None, Reason.FqdnNotInSubjectAltName, f"no valid certificate names {fqdn!r}"
+            )
+        chosen = max(usable, key=lambda c: (c.not_after, c.source))
+        return Choice(chosen, None, f"{chosen.source} (expires {chosen.not_after.isoformat()})")
     by_issuer = [c for c in pool if c.issuer == name.issuer_key]
     if not by_issuer:
         return Choice(None, Reason.IssuerNotFound, f"no certificate is issued by {name.issuer!r}")

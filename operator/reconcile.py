@@ -4,7 +4,6 @@ computed from what the API holds. Pure: a Snapshot in, a Plan out."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,29 +92,6 @@ def _effective_permissions(connector: config.ConnectorConfig) -> list[Body]:
         for p, r in connector.denies.items()
     ]
     return rows
-
-
-def _choose(
-    resolved_spec: specs.ReceiveConnectorSpec,
-    name: certificates.CertificateName | None,
-    fqdn: str,
-    pool: Sequence[certificates.Candidate],
-    now: dt.datetime,
-) -> certificates.Choice:
-    if name is not None:
-        return certificates.choose(name, fqdn, pool, now)
-    # No issuer and subject given: any valid certificate that names the FQDN.
-    usable = [c for c in pool if c.not_before <= now < c.not_after and c.names(fqdn)]
-    if not usable:
-        return certificates.Choice(
-            None,
-            certificates.Reason.FqdnNotInSubjectAltName,
-            f"no valid certificate names {fqdn!r}",
-        )
-    chosen = max(usable, key=lambda c: (c.not_after, c.source))
-    return certificates.Choice(
-        chosen, None, f"{chosen.source} (expires {chosen.not_after.isoformat()})"
-    )
 
 
 def plan(snapshot: Snapshot, *, image: str, now: dt.datetime) -> Plan:
@@ -221,7 +197,7 @@ def plan(snapshot: Snapshot, *, image: str, now: dt.datetime) -> Plan:
                 )
             except ValueError:
                 continue
-            choice = _choose(connector_spec, cert_name, fqdn, pool, now)
+            choice = certificates.choose(cert_name, fqdn, pool, now)
             cgen = parsed[connector_name][0]["metadata"].get("generation")
             if choice.chosen is None:
                 cert_conditions[connector_name] = condition(

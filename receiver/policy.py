@@ -207,6 +207,16 @@ def rcpt(session: Session, recipient: str, so_far: int) -> Reply:
     return replies.RELAY_DENIED
 
 
+def message(session: Session, header_size: int, hop_count: int) -> Reply | None:
+    """At the end of DATA: the header size limit and the hop count (loop) limit."""
+    limits = session.connector.limits
+    if header_size > limits.max_header_size:
+        return replies.HEADER_TOO_BIG
+    if hop_count >= limits.max_hop_count:
+        return replies.HOP_COUNT_EXCEEDED
+    return None
+
+
 def exch50(session: Session) -> Reply:
     if P.AcceptExch50 not in session.rights:
         return replies.EXCH50_NOT_PERMITTED

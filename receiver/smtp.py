@@ -402,11 +402,9 @@ class _Handler:
             return self.smtp.reply(fault)
         content = envelope.original_content or b""
         parts = headers.split(content)
-        limits = state.connector.limits
-        if parts.header_size > limits.max_header_size:
-            return self.smtp.reply(replies.HEADER_TOO_BIG)
-        if headers.hop_count(parts) >= limits.max_hop_count:
-            return self.smtp.reply(replies.HOP_COUNT_EXCEEDED)
+        refusal = policy.message(state, parts.header_size, headers.hop_count(parts))
+        if refusal is not None:
+            return self.smtp.reply(refusal)
         rights = state.rights
         kept = headers.firewall(parts, rights)
         queue_id = delivery.new_queue_id()

@@ -85,3 +85,14 @@ def test_expired_candidate_is_skipped_for_a_valid_one() -> None:
         NAME, "mail.contoso.com", [_candidate("old", days=(-400, -5)), _candidate("ok")], NOW
     )
     assert choice.chosen is not None and choice.chosen.source == "ok"
+
+
+def test_without_issuer_and_subject_any_valid_certificate_naming_the_fqdn_is_chosen() -> None:
+    pool = [
+        _candidate("other", issuer="CN=Other CA", days=(-1, 300)),
+        _candidate("wrong-name", dns=("x.example",), days=(-1, 900)),
+    ]
+    choice = certificates.choose(None, "mail.contoso.com", pool, NOW)
+    assert choice.chosen is not None and choice.chosen.source == "other"
+    none = certificates.choose(None, "mail.contoso.com", pool[1:], NOW)
+    assert none.chosen is None and none.reason is Reason.FqdnNotInSubjectAltName
