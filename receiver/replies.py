@@ -67,6 +67,8 @@ HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header size exceeds limit")
 HOP_COUNT_EXCEEDED = Reply(554, "5.4.6", "Hop count exceeded - possible mail loop")
 BARE_LINE_ENDING_DATA = Reply(554, "5.6.11", "Bare CR or LF in message data is not permitted")
 BARE_LINE_ENDING_COMMAND = Reply(500, "5.5.2", "Bare CR or LF in command is not permitted")
+DATA_TOO_MUCH = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+DATA_LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (RFC 5321 4.5.3.1.6)")
 NUL_IN_DATA = Reply(554, "5.6.0", "NUL characters in message data are not permitted")
 DELIVERY_DEFERRED = Reply(451, "4.3.0", "Temporary failure delivering the message, try again later")
 

@@ -12,13 +12,13 @@ import binascii
 import logging
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 from aiosmtpd.smtp import Session as EngineSession
 from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.enums import ProtocolLoggingLevel
 from smtpgate.connectors.ranges import parse_address
 
-from . import delivery, headers, health, identity, policy, protocol_log, replies
+from . import data, delivery, headers, health, identity, policy, protocol_log, replies
 from .replies import Reply
 
 if TYPE_CHECKING:
@@ -238,6 +238,41 @@ class ConnectorSMTP(SMTP):
             return replies.BARE_LINE_ENDING_COMMAND.line()
         log.exception("session error on connector %s", self.policy and self.policy.connector.name)
         return "451 4.3.0 Internal error, try again later"
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        """DATA read in blocks (``data.DataReader``) rather than aiosmtpd's line at a time;
+        the same end-of-data, line-ending and size rules, at a fraction of the cost."""
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = self._reader._inner  # type: ignore[attr-defined]
+        collected = data.DataReader(self.data_size_limit)
+        rest: bytes | None = None
+        while rest is None:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return  # the client went away mid-DATA: nothing was acknowledged
+            rest = collected.feed(chunk)
+        if rest:
+            reader._buffer[0:0] = rest  # pipelined commands after the end marker
+        content, refusal = collected.result()
+        if refusal is not None and refusal.code != replies.BARE_LINE_ENDING_DATA.code:
+            self._set_post_data_state()
+            await self.push(refusal.line())
+            return
+        object.__setattr__(self._reader, "data_fault", refusal)
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
 
     async def smtp_XEXCH50(self, arg: str | None) -> None:
         if await self.check_helo_needed():

@@ -1,0 +1,71 @@
+"""The block-wise DATA reader, byte for byte (pure; no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from smtpgate.receiver import replies
+from smtpgate.receiver.data import DataReader
+
+
+def _read(
+    stream: bytes, cuts: list[int], limit: int | None = None
+) -> tuple[DataReader, bytes | None]:
+    reader = DataReader(limit)
+    points = sorted({c % (len(stream) + 1) for c in cuts}) + [len(stream)]
+    previous = 0
+    for point in points:
+        if point <= previous:
+            continue
+        rest = reader.feed(stream[previous:point])
+        previous = point
+        if rest is not None:
+            return reader, rest + stream[point:]
+    return reader, None
+
+
+MESSAGE = b"Subject: s\r\n\r\n..leading dot\r\nbody\r\n"
+
+
+@given(st.lists(st.integers(0, 200), max_size=8))
+def test_chunking_never_changes_the_result(cuts: list[int]) -> None:
+    reader, rest = _read(MESSAGE + b".\r\nMAIL FROM:<next@example.org>\r\n", cuts)
+    assert rest == b"MAIL FROM:<next@example.org>\r\n"
+    assert reader.result() == (b"Subject: s\r\n\r\n.leading dot\r\nbody\r\n", None)
+
+
+def test_empty_message_and_message_without_trailing_pipelining() -> None:
+    reader, rest = _read(b".\r\n", [])
+    assert rest == b"" and reader.result() == (b"", None)
+
+
+@pytest.mark.parametrize(
+    ("stream", "reply"),
+    [
+        (b"a\nb\r\n.\r\n", replies.BARE_LINE_ENDING_DATA),
+        (b"a\rb\r\n.\r\n", replies.BARE_LINE_ENDING_DATA),
+        (b"a\r\r\n.\r\n", replies.BARE_LINE_ENDING_DATA),
+        (b"a\r\n\x00.\r\n.\r\n", replies.NUL_IN_DATA),
+        (b"x" * 1001 + b"\r\n.\r\n", replies.DATA_LINE_TOO_LONG),
+    ],
+)
+def test_refusals(stream: bytes, reply: replies.Reply) -> None:
+    reader, rest = _read(stream, [3, 7])
+    assert rest == b""
+    assert reader.result() == (None, reply)
+
+
+@pytest.mark.parametrize("sequence", [b"\n.\r\n", b"\r.\r\n", b"\n.\n", b"\r\n.\n"])
+def test_smuggled_terminators_do_not_end_data(sequence: bytes) -> None:
+    reader, rest = _read(b"first" + sequence + b"MAIL FROM:<x@y>\r\n", [2, 9])
+    assert rest is None and not reader.done
+
+
+@given(st.lists(st.integers(0, 6000), max_size=6))
+def test_size_limit_holds_across_chunks(cuts: list[int]) -> None:
+    big = (b"x" * 78 + b"\r\n") * 60
+    reader, rest = _read(big + b".\r\nQUIT\r\n", cuts, limit=2000)
+    assert rest == b"QUIT\r\n"
+    assert reader.result() == (None, replies.DATA_TOO_MUCH)
+    assert len(reader.raw) <= 2000 + 65536
