@@ -33,36 +33,20 @@ class BareLineEnding(Exception):
 
 
 class LineGuard:
-    """Stands in for the session's StreamReader and watches line endings: a command line
-    must end in CRLF and hold no other CR; a DATA line (read up to CRLF) may hold no CR, LF
-    or NUL. DATA is never cut short here (that would let the rest be read as commands);
-    the finding is kept for the end of DATA."""
+    """Stands in for the session's StreamReader and watches command lines: each must end in
+    CRLF and hold no other CR. (DATA is read in blocks by ``data.DataReader``.)"""
 
     def __init__(self, inner: asyncio.StreamReader, on_command: Any = None) -> None:
         object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "data_fault", None)
         object.__setattr__(self, "on_command", on_command)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         line = await self._inner.readuntil(separator)
-        if separator == b"\n":
-            if self.on_command is not None:
-                self.on_command(line)
-            if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-                raise BareLineEnding()
-        else:
-            body = line[:-2]
-            if self.data_fault is None:
-                if b"\r" in body or b"\n" in body:
-                    object.__setattr__(self, "data_fault", replies.BARE_LINE_ENDING_DATA)
-                elif b"\x00" in body:
-                    object.__setattr__(self, "data_fault", replies.NUL_IN_DATA)
+        if self.on_command is not None:
+            self.on_command(line)
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            raise BareLineEnding()
         return line
-
-    def take_fault(self) -> Reply | None:
-        fault = self.data_fault
-        object.__setattr__(self, "data_fault", None)
-        return fault  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -85,6 +69,7 @@ class ConnectorSMTP(SMTP):
         self._deadline: asyncio.TimerHandle | None = None
         self._counted: tuple[str, str] | None = None
         self._open_metric: str | None = None
+        self.data_fault: Reply | None = None
         self.plog = protocol_log.SessionLog(None, "-", "-", "-", "-")
         super().__init__(
             _Handler(self),
@@ -268,7 +253,7 @@ class ConnectorSMTP(SMTP):
             self._set_post_data_state()
             await self.push(refusal.line())
             return
-        object.__setattr__(self._reader, "data_fault", refusal)
+        self.data_fault = refusal
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
@@ -413,7 +398,6 @@ class _Handler:
         if not answer.refusal:
             envelope.mail_from = address
             envelope.mail_options.extend(options)
-            self.smtp._reader.take_fault()  # type: ignore[attr-defined]
         return self.smtp.reply(answer)
 
     async def handle_RCPT(
@@ -432,7 +416,7 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: EngineSession, envelope: Envelope) -> str:
         state = self.state()
-        fault = self.smtp._reader.take_fault()  # type: ignore[attr-defined]
+        fault, self.smtp.data_fault = self.smtp.data_fault, None
         if fault is not None:
             return self.smtp.reply(fault)
         content = envelope.original_content or b""
