@@ -157,14 +157,14 @@ def plan(snapshot: Snapshot, *, image: str, now: dt.datetime) -> Plan:
     for server_name, server in sorted(servers.items()):
         gen = server["metadata"].get("generation")
         status: Body = {"observedGeneration": gen}
+        try:
+            server_spec = specs.parse_spec(specs.TransportServerSpec, server.get("spec", {}))
+        except SpecError as err:
+            status["conditions"] = [condition("Ready", False, "InvalidSpec", str(err), gen)]
+            out.server_status[server_name] = status
+            continue
         if (server.get("status") or {}).get("defaultConnectorsCreated") is not True:
-            try:
-                server_spec_check = specs.parse_spec(
-                    specs.TransportServerSpec, server.get("spec", {})
-                )
-            except SpecError:
-                server_spec_check = None
-            if server_spec_check is not None and server_spec_check.create_default_connectors:
+            if server_spec.create_default_connectors:
                 existing = {b["metadata"]["name"] for b in snapshot.connectors}
                 out.create += [
                     b
@@ -172,31 +172,19 @@ def plan(snapshot: Snapshot, *, image: str, now: dt.datetime) -> Plan:
                     if b["metadata"]["name"] not in existing
                 ]
             status["defaultConnectorsCreated"] = True
-        try:
-            server_spec = specs.parse_spec(specs.TransportServerSpec, server.get("spec", {}))
-        except SpecError as err:
-            status["conditions"] = [condition("Ready", False, "InvalidSpec", str(err), gen)]
-            out.server_status[server_name] = status
-            continue
         mine = [(n, s) for n, (b, s) in parsed.items() if s.server == server_name]
         tls: dict[str, config.TlsFiles] = {}
         cert_conditions: dict[str, Body] = {}
         chosen_secret: dict[str, Body] = {}
         for connector_name, connector_spec in mine:
-            auth = connector_spec.auth_mechanisms
-            if auth is None:
-                auth = list(usage.USAGE_DEFAULTS[connector_spec.usage].auth_mechanisms)
-            if AuthMechanism.TLS not in auth:
+            try:
+                resolved = usage.resolve(connector_spec, server_spec.role)
+            except SpecError:
+                continue  # the compiler rejects it and says why
+            if AuthMechanism.TLS not in resolved.auth_mechanisms:
                 continue
             fqdn = (connector_spec.fqdn or server_spec.fqdn).rstrip(".")
-            try:
-                cert_name = (
-                    certificates.parse_name(connector_spec.tls_certificate_name)
-                    if connector_spec.tls_certificate_name
-                    else None
-                )
-            except ValueError:
-                continue
+            cert_name = resolved.certificate_name
             choice = certificates.choose(cert_name, fqdn, pool, now)
             cgen = parsed[connector_name][0]["metadata"].get("generation")
             if choice.chosen is None:
