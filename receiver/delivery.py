@@ -39,10 +39,6 @@ class DeliveryError(Exception):
         self.text = text
         self.code = code
 
-    @property
-    def permanent(self) -> bool:
-        return self.code is not None and self.code >= 500
-
 
 class Delivery(Protocol):
     async def deliver(self, message: Message) -> None: ...

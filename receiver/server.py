@@ -197,18 +197,6 @@ class Receiver:
             self.failed.pop(str(binding), None)
             log.info("listening on %s for %s", binding, ", ".join(names))
 
-    def address_of(self, binding: str | Binding) -> tuple[str, int]:
-        """The real (host, port) a binding listens on (after the Listen mapping)."""
-        from smtpgate.connectors import bindings
-
-        parsed = bindings.parse(binding) if isinstance(binding, str) else binding
-        for server in self.servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                if (host, port) == self.listen.address(parsed):
-                    return host, port
-        raise KeyError(f"{binding} is not listening")
-
     async def stop(self, grace: float = 0) -> None:
         for server in self.servers:
             server.close()
