@@ -35,6 +35,10 @@ spec:
 """
 
 
+def _apply(controlplane: Any, manifests: str) -> None:
+    controlplane.kubectl("apply", "-f", "-", input=manifests)
+
+
 def _config(controlplane: Any, ns: str, server: str = "ex01") -> dict[str, Any]:
     cm = get(controlplane, "configmap", f"{server}-receiver", ns)
     return json.loads(cm["data"]["config.json"])
@@ -43,9 +47,7 @@ def _config(controlplane: Any, ns: str, server: str = "ex01") -> dict[str, Any]:
 def test_server_gets_its_defaults_config_workload_and_services(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    controlplane.kubectl(
-        "apply", "-f", "-", input=SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns)
-    )
+    _apply(controlplane, SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns))
     names = {
         "client-frontend-ex01",
         "default-frontend-ex01",
@@ -92,11 +94,9 @@ def test_server_gets_its_defaults_config_workload_and_services(
 def test_specific_binding_gets_its_own_port_and_service(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    controlplane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=SERVER.format(name="ex01", ns=ns)
+    _apply(
+        controlplane,
+        SERVER.format(name="ex01", ns=ns)
         + "---"
         + PARTNER.format(
             name="partner", ns=ns, server="ex01", ranges="198.51.100.0/24", size="50MB"
@@ -127,7 +127,7 @@ def test_edit_reaches_the_config_and_nothing_else_churns(
             name="partner", ns=ns, server="ex01", ranges="198.51.100.0/24", size="50MB"
         )
     )
-    controlplane.kubectl("apply", "-f", "-", input=manifests)
+    _apply(controlplane, manifests)
     eventually(lambda: any(c["name"] == "partner" for c in _config(controlplane, ns)["connectors"]))
     eventually(
         lambda: condition(get(controlplane, "rcvc", "partner", ns), "Ready")["status"] == "True"
@@ -147,12 +147,12 @@ def test_edit_reaches_the_config_and_nothing_else_churns(
 
     time.sleep(6)  # past one resync
     before = versions()
-    controlplane.kubectl("apply", "-f", "-", input=manifests)
+    _apply(controlplane, manifests)
     time.sleep(6)
     assert versions() == before, "re-applying the same manifests must change nothing"
 
     edited = manifests.replace("maxMessageSize: 50MB", "maxMessageSize: 70MB")
-    controlplane.kubectl("apply", "-f", "-", input=edited)
+    _apply(controlplane, edited)
 
     def size_followed() -> bool:
         partner = next(c for c in _config(controlplane, ns)["connectors"] if c["name"] == "partner")
@@ -181,22 +181,18 @@ def test_edit_reaches_the_config_and_nothing_else_churns(
 def test_conflicting_connector_is_not_accepted_and_names_the_other(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    controlplane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=SERVER.format(name="ex01", ns=ns)
+    _apply(
+        controlplane,
+        SERVER.format(name="ex01", ns=ns)
         + "---"
         + PARTNER.format(name="first", ns=ns, server="ex01", ranges="198.51.100.0/24", size="10MB"),
     )
     eventually(
         lambda: condition(get(controlplane, "rcvc", "first", ns), "Ready")["status"] == "True"
     )
-    controlplane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=PARTNER.format(
+    _apply(
+        controlplane,
+        PARTNER.format(
             name="second", ns=ns, server="ex01", ranges="198.51.100.0/25", size="10MB"
         ).replace("198.51.100.0/25", "198.51.100.128-198.51.101.10"),
     )
@@ -218,13 +214,9 @@ def test_conflicting_connector_is_not_accepted_and_names_the_other(
 
 
 def test_connector_waits_for_its_server(controlplane: Any, operator: Any, ns: str) -> None:
-    controlplane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=PARTNER.format(
-            name="early", ns=ns, server="later", ranges="198.51.100.7", size="10MB"
-        ),
+    _apply(
+        controlplane,
+        PARTNER.format(name="early", ns=ns, server="later", ranges="198.51.100.7", size="10MB"),
     )
     cond = eventually(lambda: condition(get(controlplane, "rcvc", "early", ns), "Accepted"))
     assert (
@@ -232,7 +224,7 @@ def test_connector_waits_for_its_server(controlplane: Any, operator: Any, ns: st
         and cond["reason"] == "ServerNotFound"
         and "'later'" in cond["message"]
     )
-    controlplane.kubectl("apply", "-f", "-", input=SERVER.format(name="later", ns=ns))
+    _apply(controlplane, SERVER.format(name="later", ns=ns))
     eventually(
         lambda: condition(get(controlplane, "rcvc", "early", ns), "Ready")["status"] == "True"
     )
@@ -242,11 +234,9 @@ def test_connector_waits_for_its_server(controlplane: Any, operator: Any, ns: st
 def test_invalid_connector_gets_a_condition_naming_the_field(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    controlplane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=SERVER.format(name="ex01", ns=ns)
+    _apply(
+        controlplane,
+        SERVER.format(name="ex01", ns=ns)
         + "---"
         + """
 apiVersion: smtpgate.io/v1alpha1
@@ -268,7 +258,7 @@ spec:
 def test_deleting_the_server_collects_its_children(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    controlplane.kubectl("apply", "-f", "-", input=SERVER.format(name="ex01", ns=ns))
+    _apply(controlplane, SERVER.format(name="ex01", ns=ns))
     eventually(lambda: get(controlplane, "statefulset", "ex01-receiver", ns))
     controlplane.kubectl("delete", "tsrv", "ex01", "-n", ns)
 
@@ -294,20 +284,13 @@ def test_operator_restart_converges_without_duplicates(
 ) -> None:
     operator.stop()
     try:
-        controlplane.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns),
-        )
+        _apply(controlplane, SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns))
         operator.start()
         eventually(lambda: len(_config(controlplane, ns)["connectors"]) == 6)
         operator.stop()
-        controlplane.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=PARTNER.format(
+        _apply(
+            controlplane,
+            PARTNER.format(
                 name="partner", ns=ns, server="ex01", ranges="198.51.100.0/24", size="10MB"
             ),
         )
@@ -338,9 +321,9 @@ def test_operator_converges_after_the_api_server_was_away(
             name="partner", ns=ns, server="ex01", ranges="198.51.100.0/24", size="10MB"
         )
     )
-    controlplane.kubectl("apply", "-f", "-", input=manifests)
+    _apply(controlplane, manifests)
     eventually(lambda: any(c["name"] == "partner" for c in _config(controlplane, ns)["connectors"]))
-    controlplane.kubectl("apply", "-f", "-", input=manifests.replace("10MB", "20MB"))
+    _apply(controlplane, manifests.replace("10MB", "20MB"))
     controlplane.plane.pause("kube-apiserver", 8)
     assert operator.proc is not None and operator.proc.poll() is None, "the operator survives"
 
