@@ -54,6 +54,18 @@ def test_contract_check_sees_a_violation(tmp_path: pathlib.Path) -> None:
 
 
 def test_operator_is_not_a_top_level_name() -> None:
-    import operator
+    """From the repository root, where the folder operator/ sits first on sys.path, the
+    name operator is still the standard library's and the operator is smtpgate.operator."""
+    import subprocess
+    import sys
 
-    assert hasattr(operator, "itemgetter"), "the standard library's operator must win"
+    code = (
+        "import operator, smtpgate.operator, sysconfig;"
+        "print(operator.__file__ or '', smtpgate.operator.__file__, sysconfig.get_paths()['stdlib'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    stdlib_operator, ours, stdlib = out.stdout.split()
+    assert stdlib_operator.startswith(stdlib)
+    assert ours.startswith(str(ROOT / "operator"))

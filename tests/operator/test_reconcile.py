@@ -352,3 +352,29 @@ def test_a_second_operator_replica_waits_for_the_lease(
         assert holder and holder in operator.output()
     finally:
         second.stop()
+
+
+def test_a_new_accepted_domain_reaches_every_server_config(
+    controlplane: Any, operator: Any, ns: str
+) -> None:
+    _apply(controlplane, SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns))
+    eventually(lambda: _config(controlplane, ns)["acceptedDomains"])
+    _apply(
+        controlplane,
+        f"""
+apiVersion: smtpgate.io/v1alpha1
+kind: AcceptedDomain
+metadata: {{name: fabrikam, namespace: {ns}}}
+spec: {{domainName: "*.fabrikam.com", domainType: InternalRelay}}
+""",
+    )
+    eventually(
+        lambda: (
+            {d["domain"] for d in _config(controlplane, ns)["acceptedDomains"]}
+            == {"contoso.com", "*.fabrikam.com"}
+        ),
+        what="the new accepted domain in the ConfigMap",
+    )
+    assert (
+        condition(get(controlplane, "accepteddomain", "fabrikam", ns), "Ready")["status"] == "True"
+    )

@@ -83,6 +83,10 @@ def test_sigterm_stops_accepting_and_lets_the_session_in_flight_finish(
         assert raw.reply()[0] == 250
         raw.command("QUIT")
         raw.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'smtpgate_messages_accepted_total{connector="Internet"} 1.0' in metrics
+        assert 'smtpgate_sessions_total{connector="Internet"} 1.0' in metrics
         assert proc.wait(15) == 0
         assert len(list((tmp_path / "spool" / "new").iterdir())) == 1
     finally:
