@@ -81,12 +81,13 @@ def test_sigterm_stops_accepting_and_lets_the_session_in_flight_finish(
         assert raw.command("DATA")[0] == 354
         raw.send(b"Subject: in flight\r\n\r\nbody\r\n.\r\n")
         assert raw.reply()[0] == 250
-        raw.command("QUIT")
-        raw.close()
+        # Read while the session is still open: once it ends the receiver exits.
         with urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=5) as response:
             metrics = response.read().decode()
         assert 'smtpgate_messages_accepted_total{connector="Internet"} 1.0' in metrics
         assert 'smtpgate_sessions_total{connector="Internet"} 1.0' in metrics
+        raw.command("QUIT")
+        raw.close()
         assert proc.wait(15) == 0
         assert len(list((tmp_path / "spool" / "new").iterdir())) == 1
     finally:
