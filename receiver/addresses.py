@@ -14,6 +14,10 @@ _DOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
 _ROUTING = set('%!@:"\\[]<>,;')
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(
+    rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+(.*))?"
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,17 @@ def parse(text: str) -> Address | None:
         return None
     plain = not (set(local) & _ROUTING) and not local.startswith(".")
     return Address(local=local, domain=domain, literal=literal, plain=plain)
+
+
+def simple_path(arg: str) -> tuple[str, str] | None:
+    """``(address, parameters)`` for the everyday MAIL/RCPT argument ``<dot-atom@domain>``
+    followed by nothing or by whitespace and parameters; None for anything else (quoted
+    local parts, source routes, comments, literals, the null path), which the full RFC 5322
+    parser reads instead."""
+    match = _SIMPLE_PATH.fullmatch(arg)
+    if match is None or (match[2] or "").startswith("("):
+        return None
+    return match[1], match[2] or ""
 
 
 def accepted_domain(domain: str, domains: Iterable[AcceptedDomain]) -> AcceptedDomain | None:

@@ -9,16 +9,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
+import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, _AuthMechAttr, login_always_fail, syntax
 from aiosmtpd.smtp import Session as EngineSession
+from aiosmtpd.smtp import __ident__ as ENGINE_IDENT
 from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.enums import ProtocolLoggingLevel
 from smtpgate.connectors.ranges import parse_address
 
-from . import data, delivery, headers, health, identity, policy, protocol_log, replies
+from . import (
+    addresses,
+    data,
+    delivery,
+    headers,
+    health,
+    identity,
+    policy,
+    protocol_log,
+    replies,
+)
 from .replies import Reply
 
 if TYPE_CHECKING:
@@ -55,8 +69,47 @@ class LineGuard:
         setattr(self._inner, name, value)
 
 
+@dataclass(frozen=True)
+class _MethodTables:
+    """The names behind aiosmtpd's per-connection method tables, found once per class."""
+
+    smtp: tuple[str, ...]  # smtp_<COMMAND> methods
+    hooks: tuple[str, ...]  # the handler's handle_<COMMAND> hooks
+    auth: tuple[tuple[str, str, bool], ...]  # (mechanism, attribute, built in)
+    ehlo_hook_ver: str | None
+
+
+def _method_tables(engine: type, handler: type) -> _MethodTables:
+    auth = []
+    for owner, builtin in ((engine, True), (handler, False)):
+        for name, function in inspect.getmembers(owner):
+            if name.startswith("auth_"):
+                mechanism = getattr(
+                    function,
+                    "__auth_mechanism_name__",
+                    name.replace("auth_", "").replace("__", "-"),
+                )
+                auth.append((mechanism, name, builtin))
+    hooks = tuple(m.replace("handle_", "") for m in dir(handler) if m.startswith("handle_"))
+    ehlo = getattr(handler, "handle_EHLO", None)
+    if ehlo is None:
+        version = None
+    elif len(inspect.signature(ehlo).parameters) == 6:  # self + the five arguments
+        version = "new"
+    else:
+        raise RuntimeError("the EHLO hook must take five arguments")
+    return _MethodTables(
+        smtp=tuple(m.replace("smtp_", "") for m in dir(engine) if m.startswith("smtp_")),
+        hooks=hooks,
+        auth=tuple(auth),
+        ehlo_hook_ver=version,
+    )
+
+
 class ConnectorSMTP(SMTP):
     """One SMTP connection on one binding."""
+
+    _tables: ClassVar[_MethodTables | None] = None
 
     def __init__(self, runtime: Runtime, binding: Binding) -> None:
         self.runtime = runtime
@@ -71,15 +124,58 @@ class ConnectorSMTP(SMTP):
         self._open_metric: str | None = None
         self.data_fault: Reply | None = None
         self.plog = protocol_log.SessionLog(None, "-", "-", "-", "-")
-        super().__init__(
-            _Handler(self),
-            data_size_limit=None,
-            enable_SMTPUTF8=False,
-            decode_data=False,
-            hostname=runtime.config.fqdn,
-            auth_require_tls=False,
-            timeout=300,
+        self._engine_init(_Handler(self), runtime.config.fqdn)
+
+    def _engine_init(self, handler: _Handler, hostname: str) -> None:
+        """What ``SMTP.__init__`` sets up for our settings (no size limit until the
+        connector is known, 8BITMIME, no SMTPUTF8, AUTH offered by ``policy``, no TLS until
+        the connector is known), with the method tables looked up once per class: aiosmtpd
+        finds them by reflection on every connection, which costs more than the rest of
+        the session's setup. ``tests/receiver/test_engine.py`` holds this to a stock
+        ``SMTP`` instance."""
+        cls = type(self)
+        tables = cls.__dict__.get("_tables")
+        if tables is None:
+            tables = cls._tables = _method_tables(cls, type(handler))
+        self.__ident__ = ENGINE_IDENT
+        self.loop = asyncio.get_running_loop()
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=self.loop,
         )
+        self.event_handler = handler
+        self.data_size_limit = None
+        self.enable_SMTPUTF8 = False
+        self._decode_data = False
+        # aiosmtpd keeps this in one dict shared by every connection; each gets its own.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.hostname = hostname
+        self.tls_context = None
+        self.require_starttls = None
+        self._timeout_duration = 300
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = False
+        self._proxy_timeout = None
+        self._auth_callback = login_always_fail
+        self._authenticator = None
+        self._auth_required = False
+        self._auth_methods = {
+            mechanism: _AuthMechAttr(getattr(self if builtin else handler, name), builtin)
+            for mechanism, name, builtin in tables.auth
+        }
+        self._handle_hooks = {name: getattr(handler, f"handle_{name}") for name in tables.hooks}
+        self._ehlo_hook_ver = tables.ehlo_hook_ver
+        self._smtp_methods = {name: getattr(self, f"smtp_{name}") for name in tables.smtp}
+        self._enforce_call_limit = False
 
     # -- connection ---------------------------------------------------------------------
 
@@ -210,6 +306,15 @@ class ConnectorSMTP(SMTP):
         return reply.line()
 
     # -- engine seams -------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        simple = addresses.simple_path(arg) if arg else None
+        if simple is not None:
+            return simple
+        try:
+            return super()._getaddr(arg)
+        except IndexError:  # the RFC 5322 parser trips over e.g. "a@": malformed (553)
+            return None, None
 
     def _getparams(self, params: Any) -> Any:
         result = super()._getparams(params)

@@ -135,3 +135,9 @@ def test_unreachable_next_hop_gives_451_never_250(start: Any) -> None:
     running.runtime.delivery = delivery.RelayDelivery("127.0.0.1", dead_port, timeout=5)
     code, text = _send(running, ["a@contoso.com"])
     assert code == 451 and text.startswith("4.3.0")
+
+
+def test_queue_ids_are_sixteen_hex_digits_and_do_not_repeat() -> None:
+    ids = [delivery.new_queue_id() for _ in range(100_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 16 and int(i, 16) >= 0 and i == i.upper() for i in ids)

@@ -179,6 +179,15 @@ def test_overlong_command_line_gets_500_and_the_session_goes_on(start: Any) -> N
     assert raw.command("NOOP")[0] == 250
 
 
+@pytest.mark.parametrize("path", ["a@", "<a@b..c>", "<@contoso.com>", "<a@>"])
+def test_malformed_paths_get_553_and_the_session_goes_on(start: Any, path: str) -> None:
+    raw = _greeted(start(_connector()))
+    assert raw.command(f"MAIL FROM:{path}")[0] == 553
+    assert raw.command("MAIL FROM:<s@example.org>")[0] == 250
+    assert raw.command(f"RCPT TO:{path}")[0] == 553
+    assert raw.command("RCPT TO:<u@contoso.com>")[0] == 250
+
+
 def test_overlong_data_line_is_refused(start: Any) -> None:
     running = start(_connector())
     raw = _greeted(running)

@@ -1,0 +1,151 @@
+"""``ConnectorSMTP`` sets aiosmtpd's engine up without ``SMTP.__init__`` (whose reflection
+costs more than the rest of a session's setup), and reads everyday MAIL/RCPT paths without
+the full RFC 5322 parser. Both must stay equal to what aiosmtpd itself would do: these tests
+compare against stock aiosmtpd, so an aiosmtpd upgrade that changes either fails here."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import pathlib
+import types
+
+import pytest
+from aiosmtpd.smtp import SMTP
+from smtpgate.connectors import bindings
+from smtpgate.connectors.config import ServerConfig
+from smtpgate.receiver import addresses, delivery, server
+from smtpgate.receiver.smtp import ConnectorSMTP, _Handler
+
+from .helpers import internet_config_file
+
+# Set by ConnectorSMTP itself, not by the engine.
+OWN = {
+    "runtime",
+    "binding",
+    "config",
+    "policy",
+    "refusal",
+    "_greeted",
+    "_close_after",
+    "_deadline",
+    "_counted",
+    "_open_metric",
+    "data_fault",
+    "plog",
+}
+
+
+def _pair(tmp_path: pathlib.Path) -> tuple[ConnectorSMTP, ConnectorSMTP]:
+    config = ServerConfig.from_json(internet_config_file(tmp_path).read_text())
+    runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
+    binding = bindings.parse("0.0.0.0:25")
+    ours = ConnectorSMTP(runtime, binding)
+    stock = ConnectorSMTP.__new__(ConnectorSMTP)
+    for name in OWN:
+        setattr(stock, name, getattr(ours, name))
+    SMTP.__init__(
+        stock,
+        _Handler(stock),
+        data_size_limit=None,
+        enable_SMTPUTF8=False,
+        decode_data=False,
+        hostname=config.fqdn,
+        auth_require_tls=False,
+        timeout=300,
+    )
+    return ours, stock
+
+
+def test_the_engine_is_set_up_as_aiosmtpd_would(tmp_path: pathlib.Path) -> None:
+    async def compare() -> None:
+        ours, stock = _pair(tmp_path)
+        # aiosmtpd shares one class-level dict among all connections; ours is per connection.
+        assert set(vars(ours)) == set(vars(stock)) | {"command_size_limits"}
+        for name in sorted(set(vars(stock)) - OWN | {"command_size_limits"}):
+            mine, theirs = getattr(ours, name), getattr(stock, name)
+            if name == "_auth_methods":
+                assert {k: v.is_builtin for k, v in mine.items()} == {
+                    k: v.is_builtin for k, v in theirs.items()
+                }
+                assert {k: v.method.__name__ for k, v in mine.items()} == {
+                    k: v.method.__name__ for k, v in theirs.items()
+                }
+            elif name in ("_handle_hooks", "_smtp_methods"):
+                assert set(mine) == set(theirs), name
+                assert all(mine[k].__func__ is theirs[k].__func__ for k in mine), name
+                assert all(m.__self__ in (ours, ours.event_handler) for m in mine.values())
+            elif isinstance(theirs, asyncio.StreamReader):
+                assert type(mine) is type(theirs) and mine._limit == theirs._limit, name
+            elif name in ("_stream_reader_wr", "event_handler"):
+                assert type(mine) is type(theirs), name
+            elif name == "command_size_limits":
+                assert dict(mine) == {} and mine is not theirs
+                assert mine["MAIL"] == SMTP.command_size_limit
+            elif name == "_closed":
+                assert type(mine) is type(theirs)
+            elif inspect.ismethod(theirs):
+                assert mine.__func__ is theirs.__func__ and mine.__self__ is ours, name
+            else:
+                assert mine == theirs, name
+        assert ours.event_handler.smtp is ours
+        assert ours._smtp_methods["DATA"].__func__ is ConnectorSMTP.smtp_DATA
+
+    asyncio.run(compare())
+
+
+def test_each_connection_has_its_own_command_size_limits(tmp_path: pathlib.Path) -> None:
+    async def compare() -> None:
+        one, _ = _pair(tmp_path)
+        two, _ = _pair(tmp_path)
+        one.command_size_limits["MAIL"] += 26  # what EHLO does when SIZE is offered
+        assert two.command_size_limits["MAIL"] == SMTP.command_size_limit
+
+    asyncio.run(compare())
+
+
+LOCALS = [
+    "a",
+    "user.name",
+    "user+tag",
+    "a..b",
+    ".a",
+    '"x y"',
+    "a b",
+    "a\\b",
+    "Ab-9_!#$%&'*/=?^`{|}~",
+]
+DOMAINS = ["b.c", "EX-1.com", "b..c", "-b.c", "[1.2.3.4]", "", "c"]
+SHAPES = ["<{}>", " <{}>", "<{}> SIZE=10", "<{}>\tBODY=8BITMIME SIZE=9 ", "<{}>  ", "<{}>x"]
+SHAPES += ["<{}> (c) X=1", "{}", "{} SIZE=1", "<{}", "< {} >", "<@r.e:{}>", "<{}> <x@y>"]
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        shape.format(f"{local}@{domain}")
+        for shape, local, domain in itertools.product(SHAPES, LOCALS, DOMAINS)
+    ]
+    + ["", "<>", "<> SIZE=5", "<a>", "<@b.c>", "<a@>", "<a(c)@b.c>"],
+)
+def test_everyday_paths_read_as_aiosmtpd_reads_them(arg: str) -> None:
+    try:
+        stock = SMTP._getaddr(types.SimpleNamespace(local_part_limit=0), arg)  # type: ignore[arg-type]
+    except IndexError:  # aiosmtpd's parser fails on some malformed paths, e.g. "a@"
+        stock = (None, None)
+    fast = addresses.simple_path(arg)
+    if fast is not None:
+        assert fast == stock
+    engine = ConnectorSMTP.__new__(ConnectorSMTP)  # _getaddr reads only class settings
+    assert engine._getaddr(arg) == stock
+
+
+def test_the_everyday_path_is_taken_for_everyday_addresses() -> None:
+    assert addresses.simple_path("<user@contoso.com> SIZE=1024") == (
+        "user@contoso.com",
+        "SIZE=1024",
+    )
+    assert addresses.simple_path("<a.b+c@mail.example.org>") == ("a.b+c@mail.example.org", "")
+    assert addresses.simple_path("<>") is None
+    assert addresses.simple_path('<"quoted"@contoso.com>') is None
