@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--spool", help="maildir spool folder (overrides the config's next hop path)"
     )
+    parser.add_argument(
+        "--spool-sync",
+        choices=("filesystem", "file"),
+        help="how a maildir group commit reaches stable storage: filesystem (syncfs, the "
+        "default) or file (an fsync per file, for filesystems whose syncfs does not flush)",
+    )
     parser.add_argument("--listen-v4", help="listen here for 0.0.0.0 bindings (tests, demo)")
     parser.add_argument("--listen-v6", help="listen here for [::] bindings (tests, demo)")
     parser.add_argument("--port-map", default="", help="configured=actual ports, comma separated")
@@ -79,7 +85,9 @@ def load(path: str) -> ServerConfig:
 
 async def run(args: argparse.Namespace) -> int:
     config = load(args.config)
-    spool = delivery.from_next_hop(config.next_hop, args.spool, helo=config.fqdn)
+    spool = delivery.from_next_hop(
+        config.next_hop, args.spool, helo=config.fqdn, spool_sync=args.spool_sync
+    )
     plog = ProtocolLog(args.protocol_log)
     runtime = server.Runtime(config, spool, files_root=args.files_root, protocol_log=plog)
     listen = server.Listen(
@@ -104,6 +112,7 @@ async def run(args: argparse.Namespace) -> int:
     log.info("stopping: new connections refused, sessions get %ss", args.grace_seconds)
     watcher.cancel()
     await receiver.stop(grace=args.grace_seconds)
+    await asyncio.to_thread(spool.close)
     await health.stop()
     return 0
 

@@ -4,18 +4,26 @@ durable; the client hears 250 only after that."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import ctypes
+import logging
 import os
 import pathlib
+import queue
 import random
 import smtplib
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from smtpgate.connectors.specs import NextHop
+
+from . import health
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class DeliveryError(Exception):
 class Delivery(Protocol):
     async def deliver(self, message: Message) -> None: ...
 
+    def close(self) -> None: ...
+
 
 def new_queue_id() -> str:
     """16 hex digits. Unique, not secret: the random module (reseeded in every forked
@@ -51,19 +61,133 @@ def new_queue_id() -> str:
 
 
 class MaildirDelivery:
-    """A maildir spool: each message is written to tmp/, fsynced, renamed into new/, and the
-    directory fsynced, before ``deliver`` returns. The envelope rides in a header line
-    ``X-Smtpgate-Envelope`` at the top of the file."""
+    """A maildir spool. Each message is written to tmp/ and renamed into new/, and
+    ``deliver`` returns only once both the file and its directory entry are on stable
+    storage. The envelope rides in a header line ``X-Smtpgate-Envelope`` at the top of the
+    file.
 
-    def __init__(self, root: str | pathlib.Path, writers: int = 64) -> None:
+    Group commit: one committer thread takes every message waiting at that moment, writes
+    them all into tmp/, makes the whole group durable at once, with ``syncfs(2)`` on the
+    spool's filesystem (``sync="filesystem"``, the default on Linux) or an fsync of each
+    file (``sync="file"``, for filesystems whose syncfs does not reach stable storage, such
+    as some network filesystems), then renames them into new/ and fsyncs that directory
+    once. While one group commits the next gathers, so the group grows with the load and a
+    lone message waits for no one. If the commit fails, every message of the group is taken
+    out of the spool again and its client hears 451."""
+
+    def __init__(self, root: str | pathlib.Path, sync: str | None = None) -> None:
         self.root = pathlib.Path(root)
-        # Many sessions fsync at once: the filesystem journal commits them together.
-        self._writers = concurrent.futures.ThreadPoolExecutor(writers, thread_name_prefix="spool")
+        self.sync = sync or ("filesystem" if _syncfs is not None else "file")
+        if self.sync not in ("filesystem", "file"):
+            raise ValueError(f"unknown spool sync {self.sync!r}: filesystem or file")
+        if self.sync == "filesystem" and _syncfs is None:
+            raise ValueError("syncfs(2) is not available here: use sync='file'")
         for sub in ("tmp", "new", "cur"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
+        self._waiting: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._committer: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.groups = 0  # group commits so far
 
-    def _write(self, message: Message) -> pathlib.Path:
+    async def deliver(self, message: Message) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._start()
+        self._waiting.put(_Pending(message, done, loop))
+        error = await done
+        if error is not None:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise DeliveryError(f"spool write failed: {reason}")
+
+    def close(self) -> None:
+        """Commit what is waiting, then stop the committer thread."""
+        with self._lock:
+            committer, self._committer = self._committer, None
+        if committer is not None:
+            self._waiting.put(None)
+            committer.join()
+
+    def _start(self) -> None:
+        if self._committer is None:
+            with self._lock:
+                if self._committer is None:
+                    self._committer = threading.Thread(
+                        target=self._commit_loop, name="spool-commit", daemon=True
+                    )
+                    self._committer.start()
+
+    def _commit_loop(self) -> None:
+        while True:
+            first = self._waiting.get()
+            group = [] if first is None else [first]
+            stop = first is None
+            while len(group) < MAX_GROUP:
+                try:
+                    more = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                group.append(more)
+            if group:
+                try:
+                    self._commit(group)
+                except Exception as err:  # never leave a session waiting for an answer
+                    log.exception("spool commit failed")
+                    for pending in group:
+                        pending.error = err
+                    self._settle(group)
+            if stop:
+                return
+
+    def _commit(self, group: list[_Pending]) -> None:
+        """Data first, then names: every file of the group is durable in tmp/ before any is
+        renamed into new/, so new/ never holds a message that a crash could leave empty."""
+        self.groups += 1
+        health.SPOOL_GROUP.observe(len(group))
+        staged: list[tuple[_Pending, pathlib.Path, pathlib.Path, int | None]] = []
+        for pending in group:
+            try:
+                staged.append((pending, *self._stage(pending.message)))
+            except OSError as err:
+                pending.error = err
+        try:
+            if staged:
+                if self.sync == "file":
+                    for *_, fd in staged:
+                        assert fd is not None
+                        os.fsync(fd)
+                else:
+                    _fsync_filesystem(self.root / "tmp")
+                for _, tmp, final, _ in staged:
+                    os.rename(tmp, final)
+                _fsync_path(self.root / "new")
+        except OSError as err:
+            for pending, tmp, final, _ in staged:
+                pending.error = err
+                for path in (tmp, final):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+        finally:
+            for *_, fd in staged:
+                if fd is not None:
+                    os.close(fd)
+        self._settle(group)
+
+    @staticmethod
+    def _settle(group: list[_Pending]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+        for pending in group:
+            by_loop.setdefault(pending.loop, []).append(pending)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a loop closed while we committed
+                loop.call_soon_threadsafe(_resolve, settled)
+
+    def _stage(self, message: Message) -> tuple[pathlib.Path, pathlib.Path, int | None]:
+        """Write ``message`` into tmp/: its path there, its path in new/, and the open file
+        when ``sync`` is "file" (for its fsync)."""
         name = f"{time.time_ns()}.{message.queue_id}.{self._host}"
         tmp = self.root / "tmp" / name
         envelope = (
@@ -72,24 +196,67 @@ class MaildirDelivery:
         ).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            os.write(fd, envelope + message.content)
-            os.fsync(fd)
-        finally:
+            data = memoryview(envelope + message.content)
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
             os.close(fd)
-        final = self.root / "new" / name
-        os.rename(tmp, final)
-        directory = os.open(self.root / "new", os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        return final
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        if self.sync == "file":
+            return tmp, self.root / "new" / name, fd
+        os.close(fd)
+        return tmp, self.root / "new" / name, None
 
-    async def deliver(self, message: Message) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._writers, self._write, message)
-        except OSError as err:
-            raise DeliveryError(f"spool write failed: {err.strerror}") from err
+
+MAX_GROUP = 256
+
+
+@dataclass
+class _Pending:
+    message: Message
+    done: asyncio.Future[Exception | None]
+    loop: asyncio.AbstractEventLoop
+    error: Exception | None = None
+
+
+def _resolve(group: list[_Pending]) -> None:
+    for pending in group:
+        if not pending.done.done():
+            pending.done.set_result(pending.error)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+
+
+def _fsync_filesystem(path: pathlib.Path) -> None:
+    """syncfs(2): everything written on ``path``'s filesystem reaches stable storage (Linux
+    reports writeback errors from it since 5.8)."""
+    assert _syncfs is not None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _syncfs(fd) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class RelayDelivery:
@@ -144,6 +311,9 @@ class RelayDelivery:
             if code != 250:
                 raise DeliveryError(text.decode("utf-8", "replace"), code)
 
+    def close(self) -> None:
+        pass  # a connection per message: nothing stays open
+
     async def deliver(self, message: Message) -> None:
         try:
             await asyncio.to_thread(self._send, message)
@@ -155,10 +325,15 @@ class RelayDelivery:
             raise DeliveryError(f"next hop {self.host}:{self.port} unavailable: {err}") from err
 
 
-def from_next_hop(next_hop: NextHop, spool: str | None = None, helo: str | None = None) -> Delivery:
+def from_next_hop(
+    next_hop: NextHop,
+    spool: str | None = None,
+    helo: str | None = None,
+    spool_sync: str | None = None,
+) -> Delivery:
     """The delivery a server's next hop asks for (``spool`` overrides a Maildir path)."""
     if next_hop.type == "Maildir" or spool:
-        return MaildirDelivery(spool or next_hop.path)
+        return MaildirDelivery(spool or next_hop.path, sync=spool_sync)
     if not next_hop.host or not next_hop.port:
         raise ValueError(f"a {next_hop.type} next hop needs host and port")
     return RelayDelivery(next_hop.host, next_hop.port, lmtp=next_hop.type == "Lmtp", helo=helo)

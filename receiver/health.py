@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 SESSIONS = Counter("smtpgate_sessions_total", "SMTP sessions opened", ["connector"])
 SESSIONS_OPEN = Gauge("smtpgate_sessions_open", "SMTP sessions open now", ["connector"])
@@ -20,6 +20,11 @@ MESSAGES_REFUSED = Counter(
 )
 BYTES_ACCEPTED = Counter(
     "smtpgate_bytes_accepted_total", "Bytes of accepted messages", ["connector"]
+)
+SPOOL_GROUP = Histogram(
+    "smtpgate_spool_commit_messages",
+    "Messages made durable together by one maildir group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 CONFIG_RELOADS = Counter("smtpgate_config_reloads_total", "Config reloads", ["result"])
 

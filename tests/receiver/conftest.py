@@ -151,6 +151,7 @@ class Running:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+        self.runtime.delivery.close()
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,120 @@
+"""The maildir spool's group commit: what it writes, that concurrent messages share a
+commit, and that a failed commit answers every message of its group with an error and
+leaves nothing of them behind."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import pathlib
+import shutil
+from typing import Any
+
+import pytest
+from smtpgate.receiver import delivery
+
+from .helpers import Raw
+
+
+def _message(n: int, size: int = 100) -> delivery.Message:
+    return delivery.Message(
+        queue_id=delivery.new_queue_id(),
+        connector="Internet",
+        mail_from=f"s{n}@example.org",
+        recipients=(f"u{n}@contoso.com", "v@contoso.com"),
+        content=f"Subject: {n}\r\n\r\n".encode() + bytes([65 + n % 26]) * size,
+    )
+
+
+def _deliver_all(spool: delivery.MaildirDelivery, messages: list[delivery.Message]) -> list[Any]:
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(spool.deliver(m) for m in messages), return_exceptions=True)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize("sync", ["filesystem", "file"])
+def test_concurrent_messages_land_whole_and_share_commits(
+    tmp_path: pathlib.Path, sync: str
+) -> None:
+    spool = delivery.MaildirDelivery(tmp_path, sync=sync)
+    messages = [_message(n, size=n * 977) for n in range(300)]
+    assert _deliver_all(spool, messages) == [None] * 300
+    files = sorted((tmp_path / "new").iterdir())
+    assert list((tmp_path / "tmp").iterdir()) == []
+    stored = {p.read_bytes() for p in files}
+    expected = {
+        (
+            f"X-Smtpgate-Envelope: from=<{m.mail_from}>; "
+            f"to=<{m.recipients[0]}>,<{m.recipients[1]}>\r\n"
+        ).encode()
+        + m.content
+        for m in messages
+    }
+    assert stored == expected
+    assert {p.name.split(".")[1] for p in files} == {m.queue_id for m in messages}
+    assert 1 <= spool.groups < 300  # messages waiting together were committed together
+
+
+def test_messages_that_cannot_be_staged_get_an_error(tmp_path: pathlib.Path) -> None:
+    spool = delivery.MaildirDelivery(tmp_path)
+    shutil.rmtree(tmp_path / "tmp")  # staging fails: ENOENT
+    results = _deliver_all(spool, [_message(0), _message(1)])
+    assert all(isinstance(r, delivery.DeliveryError) for r in results)
+    assert "No such file or directory" in str(results[0])
+    assert list((tmp_path / "new").iterdir()) == []
+
+
+@pytest.mark.parametrize("sync", ["filesystem", "file"])
+def test_a_failed_commit_fails_its_whole_group_and_leaves_nothing(
+    tmp_path: pathlib.Path, sync: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that reports a write-back error cannot be made here: the flush stands in for
+    # one by failing with EIO, as syncfs(2) or fsync(2) would.
+    def failing(*_: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(delivery, "_fsync_filesystem", failing)
+    monkeypatch.setattr(delivery.os, "fsync", failing)
+    spool = delivery.MaildirDelivery(tmp_path, sync=sync)
+    results = _deliver_all(spool, [_message(n) for n in range(20)])
+    assert all(isinstance(r, delivery.DeliveryError) for r in results)
+    assert "Input/output error" in str(results[0])
+    assert list((tmp_path / "new").iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_an_unknown_sync_is_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="filesystem or file"):
+        delivery.MaildirDelivery(tmp_path, sync="sometimes")
+
+
+def test_a_spool_that_cannot_be_written_gives_451_never_250(start: Any) -> None:
+    running = start(
+        [
+            (
+                "Internet",
+                {"usage": "Internet", "bindings": ["0.0.0.0:25"], "tarpitIntervalSeconds": 0},
+            )
+        ]
+    )
+    shutil.rmtree(running.spool / "tmp")
+    raw = Raw(running.port(25))
+    raw.reply()
+    raw.command("EHLO client.example")
+    raw.command("MAIL FROM:<s@example.org>")
+    assert raw.command("RCPT TO:<u@contoso.com>")[0] == 250
+    assert raw.command("DATA")[0] == 354
+    raw.send(b"Subject: lost?\r\n\r\nbody\r\n.\r\n")
+    code, text = raw.reply()
+    assert code == 451, text
+    (running.spool / "tmp").mkdir()
+    raw.command("MAIL FROM:<s@example.org>")
+    raw.command("RCPT TO:<u@contoso.com>")
+    raw.command("DATA")
+    raw.send(b"Subject: retried\r\n\r\nbody\r\n.\r\n")
+    assert raw.reply()[0] == 250
+    assert [m.count(b"Subject: retried") for m in running.messages()] == [1]
