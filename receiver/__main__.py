@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     if count > 1:
         return workers.supervise(_without_workers(argv), count, lambda: _ready(args))
-    return asyncio.run(run(args))
+    with asyncio.Runner(loop_factory=server.new_event_loop) as runner:
+        return runner.run(run(args))
 
 
 def _without_workers(argv: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import uvloop
 from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.config import ConnectorConfig, ServerConfig
 
@@ -22,6 +23,12 @@ from .smtp import ConnectorSMTP
 from .users import UserDatabase
 
 log = logging.getLogger(__name__)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The receiver's event loop: uvloop's, whose sockets and timers cost a fraction of
+    the standard loop's on every connection. Tests run on it too."""
+    return uvloop.new_event_loop()
 
 
 class RateWindow:

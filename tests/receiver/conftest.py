@@ -118,7 +118,7 @@ class Running:
             protocol_log=protocol_log,
         )
         self.receiver = server.Receiver(self.runtime, self.listen)
-        self.loop = asyncio.new_event_loop()
+        self.loop = server.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.call(self.receiver.start())
