@@ -18,6 +18,7 @@ import pathlib
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -251,68 +252,81 @@ SCENARIOS = [
 ]
 
 
+NAMES = [
+    "smtpgate maildir",
+    "smtpgate relay",
+    "postfix smtp-sink (discard)",
+    "postfix smtpd + queue (fsync)",
+]
+
+
+def measure(server: Server, work: pathlib.Path, label: str, n: int) -> tuple[float, float]:
+    """One run of ``label`` against ``server``: msgs/s and CPU seconds per 1000 messages."""
+    _, sessions, length, reuse = next(s for s in SCENARIOS if s[0] == label)
+    pids = server.pids or postfix_pids(work / "postfix")
+    before = cpu_seconds(pids, server.children)
+    seconds = run_clients(server.port, sessions, n, length, reuse)
+    if server.name.startswith("postfix smtpd"):
+        time.sleep(1)  # let cleanup and qmgr finish what smtpd queued
+    pids = server.pids or postfix_pids(work / "postfix")
+    cpu = cpu_seconds(pids, server.children) - before
+    return n / seconds, cpu * 1000 / n
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--messages", type=int, default=2000, help="messages per 1 KB scenario")
-    parser.add_argument("--quick", action="store_true", help="fewer messages")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each scenario per server")
+    parser.add_argument("--quick", action="store_true", help="fewer messages, one round")
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if shutil.which(tool) is None:
             print(f"{tool} is missing: apt-get install postfix", file=sys.stderr)
             return 2
     count = 300 if args.quick else args.messages
+    rounds = 1 if args.quick else args.rounds
     work = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-bench-"))
-    results: dict[str, dict[str, tuple[float, float]]] = {}
-    sink_for_relay = start_sink(work)
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    started: list[Server] = []
     try:
-        for starter in ("smtpgate maildir", "smtpgate relay", "sink", "postfix"):
-            if starter == "smtpgate maildir":
-                server = start_smtpgate(work, "maildir", None)
-            elif starter == "smtpgate relay":
-                server = start_smtpgate(work, "relay", sink_for_relay.port)
-            elif starter == "sink":
-                server = start_sink(work)
-            else:
-                server = start_postfix(work)
-            try:
-                for label, sessions, length, reuse in SCENARIOS:
-                    n = count if length <= 1024 else max(100, count // 4)
-                    pids = server.pids or postfix_pids(work / "postfix")
-                    before = cpu_seconds(pids, server.children)
-                    seconds = run_clients(server.port, sessions, n, length, reuse)
-                    if server.name.startswith("postfix smtpd"):
-                        time.sleep(1)  # let cleanup and qmgr finish what smtpd queued
-                    pids = server.pids or postfix_pids(work / "postfix")
-                    cpu = cpu_seconds(pids, server.children) - before
-                    results.setdefault(label, {})[server.name] = (n / seconds, cpu * 1000 / n)
+        sink_for_relay = start_sink(work)
+        started.append(sink_for_relay)
+        servers = [
+            start_smtpgate(work, "maildir", None),
+            start_smtpgate(work, "relay", sink_for_relay.port),
+            start_sink(work),
+            start_postfix(work),
+        ]
+        started += servers
+        # All servers run throughout; each round takes every scenario on every server in
+        # turn (the order rotating), so a slow spell of the machine falls on all of them.
+        for label, _, length, _ in SCENARIOS:
+            n = count if length <= 1024 else max(100, count // 4)
+            for round_ in range(rounds):
+                for server in servers[round_ % len(servers) :] + servers[: round_ % len(servers)]:
+                    rate, cpu = measure(server, work, label, n)
+                    runs.setdefault((label, server.name), []).append((rate, cpu))
                     print(
-                        f"  {server.name:32} {label:28} {n / seconds:8.0f} msg/s  "
-                        f"{cpu * 1000 / n:6.2f} CPU s/1000",
+                        f"  {server.name:32} {label:28} {rate:8.0f} msg/s  {cpu:6.2f} CPU s/1000",
                         flush=True,
                     )
-            finally:
-                server.stop()  # type: ignore[operator]
     finally:
-        sink_for_relay.stop()  # type: ignore[operator]
-    names = [
-        "smtpgate maildir",
-        "smtpgate relay",
-        "postfix smtp-sink (discard)",
-        "postfix smtpd + queue (fsync)",
-    ]
-    print()
-    print(f"{'scenario':28} " + " ".join(f"{n[:22]:>22}" for n in names) + "   maildir/postfix")
+        for server in reversed(started):
+            server.stop()  # type: ignore[operator]
+    print(f"\nmedian of {rounds} round(s), {count} messages per 1 KB run\n")
+    print(f"{'scenario':28} " + " ".join(f"{n[:22]:>22}" for n in NAMES) + "   maildir/postfix")
     for label, *_ in SCENARIOS:
-        row = results.get(label, {})
-        cells = []
-        for name in names:
-            rate, cpu = row.get(name, (0.0, 0.0))
+        cells, medians = [], {}
+        for name in NAMES:
+            measured = runs.get((label, name), [])
+            rate = statistics.median(r for r, _ in measured) if measured else 0.0
+            cpu = statistics.median(c for _, c in measured) if measured else 0.0
+            medians[name] = rate
             cells.append(f"{rate:8.0f}/s {cpu:6.2f}cpu")
-        ours = row.get("smtpgate maildir", (0.0, 0.0))[0]
-        theirs = row.get("postfix smtpd + queue (fsync)", (0.0, 0.0))[0]
-        ratio = ours / theirs if theirs else 0.0
+        theirs = medians["postfix smtpd + queue (fsync)"]
+        ratio = medians["smtpgate maildir"] / theirs if theirs else 0.0
         print(f"{label:28} " + " ".join(f"{c:>22}" for c in cells) + f"   {ratio:5.2f}x")
     print("\nmsg/s = messages per second; cpu = server CPU seconds per 1000 messages")
     return 0

@@ -283,6 +283,16 @@ class NextHop(_Spec):
     host: str | None = Field(None, description="Relay host (Smtp, Lmtp).")
     port: int | None = Field(None, ge=1, le=65535, description="Relay port (Smtp, Lmtp).")
     path: str = Field("/var/spool/smtpgate", description="Spool folder in the pod (Maildir).")
+    sync: str = Field(
+        "Filesystem",
+        pattern="^(Filesystem|File)$",
+        description=(
+            "How the Maildir spool makes a group of messages durable before 250: Filesystem "
+            "(one syncfs of the spool volume per group) or File (an fsync per message file, "
+            "for volumes whose syncfs does not reach stable storage, such as some network "
+            "filesystems)."
+        ),
+    )
 
 
 class SecretKeyRef(_Spec):

@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--spool-sync",
         choices=("filesystem", "file"),
-        help="how a maildir group commit reaches stable storage: filesystem (syncfs, the "
-        "default) or file (an fsync per file, for filesystems whose syncfs does not flush)",
+        help="how a maildir group commit reaches stable storage (overrides the config's "
+        "nextHop.sync): filesystem (one syncfs) or file (an fsync per message file)",
     )
     parser.add_argument("--listen-v4", help="listen here for 0.0.0.0 bindings (tests, demo)")
     parser.add_argument("--listen-v6", help="listen here for [::] bindings (tests, demo)")

@@ -331,9 +331,10 @@ def from_next_hop(
     helo: str | None = None,
     spool_sync: str | None = None,
 ) -> Delivery:
-    """The delivery a server's next hop asks for (``spool`` overrides a Maildir path)."""
+    """The delivery a server's next hop asks for (``spool`` and ``spool_sync`` override a
+    Maildir path and its sync)."""
     if next_hop.type == "Maildir" or spool:
-        return MaildirDelivery(spool or next_hop.path, sync=spool_sync)
+        return MaildirDelivery(spool or next_hop.path, sync=spool_sync or next_hop.sync.lower())
     if not next_hop.host or not next_hop.port:
         raise ValueError(f"a {next_hop.type} next hop needs host and port")
     return RelayDelivery(next_hop.host, next_hop.port, lmtp=next_hop.type == "Lmtp", helo=helo)

@@ -264,3 +264,12 @@ def test_malformed_accepted_domain_is_refused_naming_the_field(domain: str) -> N
     with pytest.raises(SpecError) as caught:
         specs.parse_spec(specs.AcceptedDomainSpec, {"domainName": domain})
     assert caught.value.field == "spec.domainName" and "must be a domain" in caught.value.message
+
+
+def test_next_hop_sync_is_filesystem_or_file() -> None:
+    server = {"fqdn": "mail.contoso.com", "nextHop": {"type": "Maildir"}}
+    assert specs.parse_spec(specs.TransportServerSpec, server).next_hop.sync == "Filesystem"
+    server["nextHop"] = {"type": "Maildir", "sync": "Sometimes"}
+    with pytest.raises(SpecError) as caught:
+        specs.parse_spec(specs.TransportServerSpec, server)
+    assert caught.value.field == "spec.nextHop.sync"

@@ -11,6 +11,7 @@ import shutil
 from typing import Any
 
 import pytest
+from smtpgate.connectors import specs
 from smtpgate.receiver import delivery
 
 from .helpers import Raw
@@ -118,3 +119,11 @@ def test_a_spool_that_cannot_be_written_gives_451_never_250(start: Any) -> None:
     raw.send(b"Subject: retried\r\n\r\nbody\r\n.\r\n")
     assert raw.reply()[0] == 250
     assert [m.count(b"Subject: retried") for m in running.messages()] == [1]
+
+
+def test_the_next_hop_chooses_how_the_spool_syncs(tmp_path: pathlib.Path) -> None:
+    by_file = specs.NextHop(path=str(tmp_path), sync="File")
+    assert delivery.from_next_hop(by_file).sync == "file"  # type: ignore[attr-defined]
+    assert delivery.from_next_hop(specs.NextHop(path=str(tmp_path))).sync == "filesystem"  # type: ignore[attr-defined]
+    overridden = delivery.from_next_hop(by_file, spool_sync="filesystem")
+    assert overridden.sync == "filesystem"  # type: ignore[attr-defined]
