@@ -68,16 +68,17 @@ def forbidden_prefixes(rights: Iterable[P]) -> tuple[bytes, ...]:
     return tuple(prefixes)
 
 
-def _matches(name: bytes, prefix: bytes) -> bool:
-    if prefix == b"received":
-        return name == b"received"
-    return name.startswith(prefix)
-
-
 def firewall(parts: Split, rights: Iterable[P]) -> Split:
-    """Drop the fields the session's rights do not let through."""
-    prefixes = forbidden_prefixes(rights)
-    kept = [f for f in parts.fields if not any(_matches(_name(f), p) for p in prefixes)]
+    """Drop the fields the session's rights do not let through ("received" is a whole
+    name, the others are prefixes)."""
+    forbidden = forbidden_prefixes(rights)
+    whole = b"received" in forbidden
+    prefixes = tuple(p for p in forbidden if p != b"received")
+    kept = []
+    for header_field in parts.fields:
+        name = _name(header_field)
+        if not name.startswith(prefixes) and not (whole and name == b"received"):
+            kept.append(header_field)
     return Split(kept, parts.body)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from smtpgate.connectors.config import AcceptedDomain, ConnectorConfig
 from smtpgate.connectors.enums import AuthMechanism, MessageRateSource, SizeMode
@@ -35,10 +35,17 @@ class Session:
     helo: str | None = None
     logon_failures: int = 0
     protocol_errors: int = 0
+    _rights: tuple[identity.Principals, frozenset[P]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def rights(self) -> frozenset[P]:
-        return self.connector.acl.effective(self.principals)
+        """The connector's rights for the principals held now (worked out again whenever
+        the principals change)."""
+        if self._rights is None or self._rights[0] is not self.principals:
+            self._rights = (self.principals, self.connector.acl.effective(self.principals))
+        return self._rights[1]
 
     @property
     def anonymous(self) -> bool:

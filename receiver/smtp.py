@@ -253,7 +253,8 @@ class ConnectorSMTP(SMTP):
         super()._cb_client_connected(LineGuard(reader, self._received), writer)  # type: ignore[arg-type]
 
     def _received(self, line: bytes) -> None:
-        self.plog("<", protocol_log.redact(line.decode("utf-8", "replace").rstrip("\r\n")))
+        if self.plog.log is not None:
+            self.plog("<", protocol_log.redact(line.decode("utf-8", "replace").rstrip("\r\n")))
 
     async def _handle_client(self) -> None:
         if self.refusal is not None:
@@ -290,8 +291,9 @@ class ConnectorSMTP(SMTP):
             if not session.connector.extensions.enhanced_status_codes:
                 line = replies.strip_enhanced(line)
         await super().push(line)
-        for part in line.split("\r\n"):
-            self.plog(">", part)
+        if self.plog.log is not None:
+            for part in line.split("\r\n"):
+                self.plog(">", part)
         if session is not None and line[:1] in ("4", "5") and line[:3] not in ("421",):
             health.MESSAGES_REFUSED.labels(session.connector.name, line[:3]).inc()
         if self._close_after is not None or self.refusal is not None:
