@@ -262,7 +262,11 @@ def _fsync_path(path: pathlib.Path) -> None:
 class RelayDelivery:
     """Relay over SMTP or LMTP to the next hop, synchronously: ``deliver`` returns only when
     the next hop accepted the message for every recipient. A recipient the next hop refuses
-    aborts the transaction (RSET) before DATA, so nothing is delivered twice on retry."""
+    aborts the transaction (RSET) before DATA, so nothing is delivered twice on retry.
+
+    Connections are kept for the next message (up to ``idle_seconds`` unused). A kept
+    connection the next hop has closed in the meantime is noticed at MAIL, before anything
+    of the message was sent, and the message goes on a new connection instead."""
 
     def __init__(
         self,
@@ -271,48 +275,13 @@ class RelayDelivery:
         lmtp: bool = False,
         helo: str | None = None,
         timeout: float = 120,
+        idle_seconds: float = 20,
     ) -> None:
         self.host, self.port, self.lmtp = host, port, lmtp
-        self.helo, self.timeout = helo, timeout
-
-    def _refusal(self, client: smtplib.SMTP, code: int, text: bytes, stage: str) -> DeliveryError:
-        with contextlib.suppress(smtplib.SMTPException, OSError):
-            client.rset()
-        reply = text.decode("utf-8", "replace").replace("\n", " ")
-        if code < 400:
-            return DeliveryError(f"next hop answered {code} at {stage}: {reply}")
-        return DeliveryError(reply, code)
-
-    def _send(self, message: Message) -> None:
-        factory = smtplib.LMTP if self.lmtp else smtplib.SMTP
-        with factory(
-            self.host, self.port, local_hostname=self.helo, timeout=self.timeout
-        ) as client:
-            client.ehlo_or_helo_if_needed()
-            code, text = client.mail(message.mail_from)
-            if code != 250:
-                raise self._refusal(client, code, text, "MAIL")
-            for recipient in message.recipients:
-                code, text = client.rcpt(recipient)
-                if code not in (250, 251):
-                    raise self._refusal(client, code, text, "RCPT")
-            try:
-                code, text = client.data(message.content)
-            except smtplib.SMTPDataError as err:
-                raise DeliveryError(
-                    err.smtp_error.decode("utf-8", "replace"), err.smtp_code
-                ) from err
-            if self.lmtp:
-                # LMTP answers once per recipient after DATA.
-                for _ in message.recipients[1:]:
-                    more_code, more_text = client.getreply()
-                    if more_code != 250:
-                        code, text = more_code, more_text
-            if code != 250:
-                raise DeliveryError(text.decode("utf-8", "replace"), code)
-
-    def close(self) -> None:
-        pass  # a connection per message: nothing stays open
+        self.helo, self.timeout, self.idle_seconds = helo, timeout, idle_seconds
+        self._idle: list[tuple[smtplib.SMTP, float]] = []
+        self._lock = threading.Lock()
+        self._closed = False
 
     async def deliver(self, message: Message) -> None:
         try:
@@ -323,6 +292,129 @@ class RelayDelivery:
             raise DeliveryError(err.smtp_error.decode("utf-8", "replace"), err.smtp_code) from err
         except (smtplib.SMTPException, OSError) as err:
             raise DeliveryError(f"next hop {self.host}:{self.port} unavailable: {err}") from err
+
+    def close(self) -> None:
+        """QUIT every kept connection; from now on none is kept."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for client, _ in idle:
+            _quit(client)
+
+    def _send(self, message: Message) -> None:
+        client = self._kept()
+        if client is not None:
+            try:
+                self._transaction(client, message, kept=True)
+            except _Gone:
+                client.close()
+                self._drop_kept()  # the next hop went away: the others are gone too
+            except _Clean:
+                self._keep(client)
+                raise
+            except BaseException:
+                client.close()  # in an unknown state: no QUIT, which could wait as long
+                raise
+            else:
+                self._keep(client)
+                return
+        factory = smtplib.LMTP if self.lmtp else smtplib.SMTP
+        client = factory(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
+        try:
+            client.ehlo_or_helo_if_needed()
+            self._transaction(client, message, kept=False)
+        except _Clean:
+            self._keep(client)
+            raise
+        except BaseException:
+            client.close()
+            raise
+        self._keep(client)
+
+    def _transaction(self, client: smtplib.SMTP, message: Message, kept: bool) -> None:
+        try:
+            code, text = client.mail(message.mail_from)
+        except (smtplib.SMTPServerDisconnected, OSError):
+            if kept:
+                raise _Gone() from None
+            raise
+        if kept and code == 421:
+            raise _Gone()  # e.g. the next hop's idle timeout
+        if code != 250:
+            raise self._refusal(client, code, text, "MAIL")
+        for recipient in message.recipients:
+            code, text = client.rcpt(recipient)
+            if code not in (250, 251):
+                raise self._refusal(client, code, text, "RCPT")
+        try:
+            code, text = client.data(message.content)
+        except smtplib.SMTPDataError as err:
+            raise self._refusal(client, err.smtp_code, err.smtp_error, "DATA") from err
+        if self.lmtp:
+            # LMTP answers once per recipient after DATA.
+            for _ in message.recipients[1:]:
+                more_code, more_text = client.getreply()
+                if more_code != 250:
+                    code, text = more_code, more_text
+        if code != 250:
+            raise _Clean(text.decode("utf-8", "replace"), code)
+
+    def _refusal(self, client: smtplib.SMTP, code: int, text: bytes, stage: str) -> DeliveryError:
+        """The next hop's refusal, to pass back; the connection is kept when RSET shows it
+        is still in a clean state."""
+        try:
+            clean = client.rset()[0] == 250
+        except (smtplib.SMTPException, OSError):
+            clean = False
+        reply = text.decode("utf-8", "replace").replace("\n", " ")
+        if code < 400:
+            reply, code = f"next hop answered {code} at {stage}: {reply}", 0
+        if clean:
+            return _Clean(reply, code or None)
+        return DeliveryError(reply, code or None)
+
+    def _kept(self) -> smtplib.SMTP | None:
+        now, expired, found = time.monotonic(), [], None
+        with self._lock:
+            while self._idle:
+                client, since = self._idle.pop()
+                if now - since < self.idle_seconds:
+                    found = client
+                    break
+                expired.append(client)
+        for client in expired:
+            _quit(client)
+        return found
+
+    def _keep(self, client: smtplib.SMTP) -> None:
+        with self._lock:
+            if not self._closed and self.idle_seconds > 0:
+                self._idle.append((client, time.monotonic()))
+                return
+        _quit(client)
+
+    def _drop_kept(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for client, _ in idle:
+            _quit(client)
+
+
+class _Gone(Exception):
+    """A kept connection the next hop closed before this message began."""
+
+
+class _Clean(DeliveryError):
+    """A refusal after which the connection is in a clean state and may be kept."""
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    """Say goodbye on a connection in a known good state, waiting briefly for the answer."""
+    if client.sock is not None:
+        client.sock.settimeout(2)
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        client.quit()
+    client.close()
 
 
 def from_next_hop(

@@ -22,6 +22,8 @@ class NextHop:
         self.refuse_rcpt, self.refuse_data = refuse_rcpt, refuse_data
         self.lmtp = False
         self.messages: list[tuple[str, list[str], bytes]] = []
+        self.connections: list[Any] = []  # the server side of every connection made
+        self.drop_at_data = False  # go away before answering a message
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -32,6 +34,9 @@ class NextHop:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.drop_at_data:
+            server.transport.close()
+            return "250 never seen"
         if self.refuse_data:
             return self.refuse_data
         self.messages.append(
@@ -51,8 +56,13 @@ def _serve(running: Any, hop: NextHop, lmtp: bool = False) -> int:
     factory = LMTP if lmtp else SMTP
     hop.lmtp = lmtp
 
+    def connection() -> Any:
+        protocol = factory(hop)
+        hop.connections.append(protocol)
+        return protocol
+
     async def start() -> Any:
-        return await asyncio.get_running_loop().create_server(lambda: factory(hop), sock=sock)
+        return await asyncio.get_running_loop().create_server(connection, sock=sock)
 
     server = running.call(start())
     running.hops.append(server)
@@ -81,12 +91,12 @@ def _send(running: Any, recipients: list[str]) -> tuple[int, str]:
 def relaying(start: Any) -> Iterator[Any]:
     made: list[Any] = []
 
-    def make(hop: NextHop, lmtp: bool = False) -> Any:
+    def make(hop: NextHop, lmtp: bool = False, idle_seconds: float = 20) -> Any:
         running = start(_connector())
         running.hops = []
         port = _serve(running, hop, lmtp)
         running.runtime.delivery = delivery.RelayDelivery(
-            "127.0.0.1", port, lmtp=lmtp, helo="mail.contoso.com"
+            "127.0.0.1", port, lmtp=lmtp, helo="mail.contoso.com", idle_seconds=idle_seconds
         )
         made.append(running)
         return running
@@ -125,6 +135,53 @@ def test_next_hop_refusal_at_data_is_passed_back(relaying: Any) -> None:
     hop = NextHop(refuse_data="554 5.7.1 Message rejected as spam")
     running = relaying(hop)
     assert _send(running, ["a@contoso.com"]) == (554, "5.7.1 Message rejected as spam")
+
+
+@pytest.mark.parametrize("lmtp", [False, True], ids=["smtp", "lmtp"])
+def test_one_connection_to_the_next_hop_carries_message_after_message(
+    relaying: Any, lmtp: bool
+) -> None:
+    hop = NextHop(refuse_rcpt="nobody@contoso.com")
+    running = relaying(hop, lmtp)
+    for n in range(3):
+        assert _send(running, [f"u{n}@contoso.com"])[0] == 250
+    assert _send(running, ["nobody@contoso.com"])[0] == 550  # refused, RSET: still clean
+    assert _send(running, ["last@contoso.com"])[0] == 250
+    assert len(hop.messages) == 4 and len(hop.connections) == 1
+
+
+def test_a_connection_the_next_hop_closed_is_replaced_before_the_message(
+    relaying: Any,
+) -> None:
+    hop = NextHop()
+    running = relaying(hop)
+    assert _send(running, ["a@contoso.com"])[0] == 250
+    hop.connections[0].transport.close()  # the next hop ends the idle connection
+    assert _send(running, ["b@contoso.com"])[0] == 250
+    assert [m[1] for m in hop.messages] == [["a@contoso.com"], ["b@contoso.com"]]
+    assert len(hop.connections) == 2
+
+
+def test_connections_idle_too_long_are_not_used_again(relaying: Any) -> None:
+    hop = NextHop()
+    running = relaying(hop, idle_seconds=0)
+    for n in range(3):
+        assert _send(running, [f"u{n}@contoso.com"])[0] == 250
+    assert len(hop.messages) == 3 and len(hop.connections) == 3
+
+
+def test_a_next_hop_that_fails_mid_message_gives_451_and_a_new_connection_next(
+    relaying: Any,
+) -> None:
+    hop = NextHop()
+    running = relaying(hop)
+    assert _send(running, ["a@contoso.com"])[0] == 250
+    hop.drop_at_data = True
+    assert _send(running, ["b@contoso.com"])[0] == 451
+    hop.drop_at_data = False
+    assert _send(running, ["c@contoso.com"])[0] == 250
+    assert [m[1] for m in hop.messages] == [["a@contoso.com"], ["c@contoso.com"]]
+    assert len(hop.connections) == 2
 
 
 def test_unreachable_next_hop_gives_451_never_250(start: Any) -> None:
