@@ -84,11 +84,21 @@ class MaildirDelivery:
             raise ValueError("syncfs(2) is not available here: use sync='file'")
         for sub in ("tmp", "new", "cur"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._clear_stale()
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
         self._waiting: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._committer: threading.Thread | None = None
         self._lock = threading.Lock()
         self.groups = 0  # group commits so far
+
+    def _clear_stale(self) -> None:
+        """Remove what a killed receiver left in tmp/: never acknowledged, never in new/.
+        Only files older than maildir's 36 hours, as other workers share the folder."""
+        cutoff = time.time() - STALE_SECONDS
+        for entry in os.scandir(self.root / "tmp"):
+            with contextlib.suppress(OSError):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
 
     async def deliver(self, message: Message) -> None:
         loop = asyncio.get_running_loop()
@@ -211,6 +221,7 @@ class MaildirDelivery:
 
 
 MAX_GROUP = 256
+STALE_SECONDS = 36 * 3600
 
 
 @dataclass

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import pathlib
 import shutil
+import time
 from typing import Any
 
 import pytest
@@ -127,3 +129,16 @@ def test_the_next_hop_chooses_how_the_spool_syncs(tmp_path: pathlib.Path) -> Non
     assert delivery.from_next_hop(specs.NextHop(path=str(tmp_path))).sync == "filesystem"  # type: ignore[attr-defined]
     overridden = delivery.from_next_hop(by_file, spool_sync="filesystem")
     assert overridden.sync == "filesystem"  # type: ignore[attr-defined]
+
+
+def test_files_a_killed_receiver_left_in_tmp_are_cleared_after_36_hours(
+    tmp_path: pathlib.Path,
+) -> None:
+    (tmp_path / "tmp").mkdir()
+    old, recent = tmp_path / "tmp" / "old", tmp_path / "tmp" / "recent"
+    old.write_bytes(b"half a message")
+    recent.write_bytes(b"another worker's message being written")
+    long_ago = time.time() - 37 * 3600
+    os.utime(old, (long_ago, long_ago))
+    delivery.MaildirDelivery(tmp_path).close()
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == ["recent"]
