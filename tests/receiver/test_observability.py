@@ -105,6 +105,8 @@ def test_metrics_count_what_the_session_did(start: Any) -> None:
         "accepted": _metric("smtpgate_messages_accepted_total", **labels),
         "bytes": _metric("smtpgate_bytes_accepted_total", **labels),
         "relay": _metric("smtpgate_messages_refused_total", connector="Logged", reason="550"),
+        "commits": _metric("smtpgate_spool_commit_messages_count"),
+        "committed": _metric("smtpgate_spool_commit_messages_sum"),
     }
     running = start(_connector(protocolLoggingLevel="None"))
     raw = Raw(running.port(25))
@@ -124,3 +126,5 @@ def test_metrics_count_what_the_session_did(start: Any) -> None:
         _metric("smtpgate_messages_refused_total", connector="Logged", reason="550")
         == before["relay"] + 1
     )
+    assert _metric("smtpgate_spool_commit_messages_count") == before["commits"] + 1
+    assert _metric("smtpgate_spool_commit_messages_sum") == before["committed"] + 1
