@@ -101,10 +101,9 @@ class MaildirDelivery:
                     os.unlink(entry.path)
 
     async def deliver(self, message: Message) -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
+        done = asyncio.get_running_loop().create_future()
         self._start()
-        self._waiting.put(_Pending(message, done, loop))
+        self._waiting.put(_Pending(message, done))
         error = await done
         if error is not None:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
@@ -190,7 +189,7 @@ class MaildirDelivery:
     def _settle(group: list[_Pending]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for pending in group:
-            by_loop.setdefault(pending.loop, []).append(pending)
+            by_loop.setdefault(pending.done.get_loop(), []).append(pending)
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a loop closed while we committed
                 loop.call_soon_threadsafe(_resolve, settled)
@@ -228,7 +227,6 @@ STALE_SECONDS = 36 * 3600
 class _Pending:
     message: Message
     done: asyncio.Future[Exception | None]
-    loop: asyncio.AbstractEventLoop
     error: Exception | None = None
 
 
@@ -316,24 +314,21 @@ class RelayDelivery:
         client = self._kept()
         if client is not None:
             try:
-                self._transaction(client, message, kept=True)
-            except _Gone:
-                client.close()
-                self._drop_kept()  # the next hop went away: the others are gone too
-            except _Clean:
-                self._keep(client)
-                raise
-            except BaseException:
-                client.close()  # in an unknown state: no QUIT, which could wait as long
-                raise
-            else:
-                self._keep(client)
+                self._attempt(client, message, kept=True)
                 return
+            except _Gone:
+                self._drop_kept()  # the next hop went away: the others are gone too
         factory = smtplib.LMTP if self.lmtp else smtplib.SMTP
         client = factory(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
+        self._attempt(client, message, kept=False)
+
+    def _attempt(self, client: smtplib.SMTP, message: Message, kept: bool) -> None:
+        """One try on ``client``: kept for the next message when it ends in a clean state,
+        closed otherwise (without QUIT, which could wait as long as the failure did)."""
         try:
-            client.ehlo_or_helo_if_needed()
-            self._transaction(client, message, kept=False)
+            if not kept:
+                client.ehlo_or_helo_if_needed()
+            self._transaction(client, message, kept)
         except _Clean:
             self._keep(client)
             raise
