@@ -260,9 +260,10 @@ NAMES = [
 ]
 
 
-def measure(server: Server, work: pathlib.Path, label: str, n: int) -> tuple[float, float]:
-    """One run of ``label`` against ``server``: msgs/s and CPU seconds per 1000 messages."""
-    _, sessions, length, reuse = next(s for s in SCENARIOS if s[0] == label)
+def measure(
+    server: Server, work: pathlib.Path, sessions: int, length: int, reuse: bool, n: int
+) -> tuple[float, float]:
+    """One run against ``server``: msgs/s and CPU seconds per 1000 messages."""
     pids = server.pids or postfix_pids(work / "postfix")
     before = cpu_seconds(pids, server.children)
     seconds = run_clients(server.port, sessions, n, length, reuse)
@@ -302,11 +303,11 @@ def main() -> int:
         started += servers
         # All servers run throughout; each round takes every scenario on every server in
         # turn (the order rotating), so a slow spell of the machine falls on all of them.
-        for label, _, length, _ in SCENARIOS:
+        for label, sessions, length, reuse in SCENARIOS:
             n = count if length <= 1024 else max(100, count // 4)
             for round_ in range(rounds):
                 for server in servers[round_ % len(servers) :] + servers[: round_ % len(servers)]:
-                    rate, cpu = measure(server, work, label, n)
+                    rate, cpu = measure(server, work, sessions, length, reuse, n)
                     runs.setdefault((label, server.name), []).append((rate, cpu))
                     print(
                         f"  {server.name:32} {label:28} {rate:8.0f} msg/s  {cpu:6.2f} CPU s/1000",
