@@ -1,2 +1,2 @@
-"""The kopf operator: turns TransportServer, ReceiveConnector and AcceptedDomain resources
-and TLS Secrets into each server's receiver config, workload and Services."""
+"""The operator: watches TransportServer, ReceiveConnector and AcceptedDomain resources and
+TLS Secrets, and turns them into each server's receiver config, workload and Services."""

@@ -18,7 +18,7 @@ Body = dict[str, Any]
 
 @dataclass
 class Snapshot:
-    """The objects of one namespace that a reconcile reads."""
+    """The objects of one namespace that a reconcile reads (from the operator's cache)."""
 
     namespace: str
     servers: list[Body]
@@ -26,17 +26,30 @@ class Snapshot:
     domains: list[Body]
     secrets: list[Body]
     workloads: dict[str, Body] = field(default_factory=dict)
+    pods: dict[str, list[Body]] = field(default_factory=dict)
+    serving: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass
-class Plan:
-    """What to write: children, statuses by object name, and connectors to create."""
+class ServerPlan:
+    """What one server should look like. ``children`` None: the spec does not parse, so what
+    was serving stays as it is."""
 
-    children: list[Body] = field(default_factory=list)
+    server: Body
+    children: list[Body] | None = None
+    status: Body = field(default_factory=dict)
     connector_status: dict[str, Body] = field(default_factory=dict)
-    server_status: dict[str, Body] = field(default_factory=dict)
-    domain_status: dict[str, Body] = field(default_factory=dict)
     create: list[Body] = field(default_factory=list)
+    recheck_after: float | None = None
+
+
+@dataclass
+class NamespacePlan:
+    """Statuses that belong to no server: accepted domains and connectors whose server does
+    not exist."""
+
+    connector_status: dict[str, Body] = field(default_factory=dict)
+    domain_status: dict[str, Body] = field(default_factory=dict)
 
 
 def condition(kind: str, ok: bool, reason: str, message: str, generation: int | None) -> Body:
@@ -94,230 +107,446 @@ def _effective_permissions(connector: config.ConnectorConfig) -> list[Body]:
     return rows
 
 
-def plan(snapshot: Snapshot, *, image: str, now: dt.datetime) -> Plan:
-    out = Plan()
-    ns = snapshot.namespace
-    pool = certs.candidates(snapshot.secrets)
-    servers = {
+def server_of(connector: Body) -> str | None:
+    """The server a connector names, read from its raw spec (it may not parse)."""
+    server = (connector.get("spec") or {}).get("server")
+    return server if isinstance(server, str) else None
+
+
+def _live_servers(snapshot: Snapshot) -> dict[str, Body]:
+    return {
         s["metadata"]["name"]: s
         for s in snapshot.servers
         if not s["metadata"].get("deletionTimestamp")
     }
-    domain_specs = []
+
+
+def _domain_specs(snapshot: Snapshot) -> tuple[list[specs.AcceptedDomainSpec], dict[str, Body]]:
+    parsed, status = [], {}
     for body in snapshot.domains:
         gen = body["metadata"].get("generation")
         try:
-            domain_specs.append(specs.parse_spec(specs.AcceptedDomainSpec, body.get("spec", {})))
-            out.domain_status[body["metadata"]["name"]] = {
-                "observedGeneration": gen,
+            parsed.append(specs.parse_spec(specs.AcceptedDomainSpec, body.get("spec", {})))
+            cond = condition("Ready", True, "Accepted", "in every server's config", gen)
+        except SpecError as err:
+            cond = condition("Ready", False, "InvalidSpec", str(err), gen)
+        status[body["metadata"]["name"]] = {"observedGeneration": gen, "conditions": [cond]}
+    return parsed, status
+
+
+def _invalid_connector(err: SpecError, gen: int | None) -> Body:
+    return {
+        "observedGeneration": gen,
+        "conditions": [
+            condition("Accepted", False, "InvalidSpec", str(err), gen),
+            condition("Ready", False, "InvalidSpec", "not in any server's config", gen),
+        ],
+    }
+
+
+def plan_namespace(snapshot: Snapshot) -> NamespacePlan:
+    """Accepted domains' statuses, and those of connectors whose server does not exist."""
+    out = NamespacePlan()
+    _, out.domain_status = _domain_specs(snapshot)
+    servers = _live_servers(snapshot)
+    for body in snapshot.connectors:
+        server = server_of(body)
+        if server in servers:
+            continue
+        name, gen = body["metadata"]["name"], body["metadata"].get("generation")
+        try:
+            specs.parse_spec(specs.ReceiveConnectorSpec, body.get("spec", {}))
+        except SpecError as err:
+            out.connector_status[name] = _invalid_connector(err, gen)
+            continue
+        out.connector_status[name] = {
+            "observedGeneration": gen,
+            "conditions": [
+                condition(
+                    "Accepted",
+                    False,
+                    "ServerNotFound",
+                    f"TransportServer {server!r} does not exist in {snapshot.namespace}; "
+                    "waiting for it",
+                    gen,
+                ),
+                condition("Ready", False, "ServerNotFound", "not in any server's config", gen),
+            ],
+        }
+    return out
+
+
+_WAITING_REASONS = (
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "InvalidImageName",
+    "RunContainerError",
+)
+
+
+def pod_problems(pods: list[Body]) -> list[str]:
+    """Why pods are not ready, in the words of their status: unschedulable, image pulls,
+    crash loops, failing readiness probes."""
+    found: list[str] = []
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        name, status = pod["metadata"]["name"], pod.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        scheduled = conditions.get("PodScheduled") or {}
+        if scheduled.get("status") == "False":
+            found.append(f"{name}: {scheduled.get('reason')}: {scheduled.get('message', '')}")
+            continue
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _WAITING_REASONS:
+                found.append(f"{name}: {waiting['reason']}: {waiting.get('message', '')}".strip())
+                break
+            terminated = (container.get("lastState") or {}).get("terminated") or {}
+            if not container.get("ready") and terminated.get("reason"):
+                found.append(
+                    f"{name}: restarted {container.get('restartCount', 0)} times, last "
+                    f"{terminated['reason']} (exit {terminated.get('exitCode')})"
+                )
+                break
+            if container.get("started") and not container.get("ready"):
+                found.append(f"{name}: running, readiness probe failing")
+                break
+    return [p.rstrip(": ") for p in found]
+
+
+def serving(
+    workload: Body | None, pods: list[Body], replicas: int, kind: str, name: str
+) -> tuple[bool, str, str]:
+    """Whether the server's receivers serve: (ready, reason, message)."""
+    if replicas == 0:
+        return False, "NoReplicas", "replicas is 0; nothing serves"
+    if not workload:
+        return False, "WorkloadPending", f"waiting for {kind} {name}"
+    meta, status = workload["metadata"], workload.get("status") or {}
+    want = int((workload.get("spec") or {}).get("replicas") or 0)
+    if want != replicas or int(status.get("observedGeneration") or 0) < int(
+        meta.get("generation") or 0
+    ):
+        return False, "Progressing", f"{kind} {name} is taking the new spec"
+    ready = int(status.get("readyReplicas") or 0)
+    updated = status.get("updatedReplicas")
+    if ready >= replicas and (updated is None or int(updated) >= replicas):
+        return True, "Serving", f"{ready}/{replicas} replicas ready"
+    problems = pod_problems(pods)
+    detail = ("; " + "; ".join(problems[:3])) if problems else ""
+    return False, "ReplicasNotReady", f"{ready}/{replicas} replicas ready{detail}"[:1000]
+
+
+def _next_boundary(pool: list[certificates.Candidate], now: dt.datetime) -> float | None:
+    """Seconds until some certificate becomes valid or expires (then choose again)."""
+    times = [t for c in pool for t in (c.not_before, c.not_after) if t > now]
+    return (min(times) - now).total_seconds() + 1 if times else None
+
+
+def plan_server(
+    snapshot: Snapshot, server_name: str, *, image: str, now: dt.datetime
+) -> ServerPlan | None:
+    """Children and statuses of one server; None when the server is gone or going."""
+    ns = snapshot.namespace
+    server = _live_servers(snapshot).get(server_name)
+    if server is None:
+        return None
+    out = ServerPlan(server=server)
+    gen = server["metadata"].get("generation")
+    previous = server.get("status") or {}
+    status: Body = {"observedGeneration": gen}
+    if previous.get("defaultConnectorsCreated") is True:
+        status["defaultConnectorsCreated"] = True
+    bodies = [b for b in snapshot.connectors if server_of(b) == server_name]
+    try:
+        server_spec = specs.parse_spec(specs.TransportServerSpec, server.get("spec", {}))
+    except SpecError as err:
+        keep = (
+            "; the last good configuration keeps serving"
+            if snapshot.workloads.get(server_name)
+            else ""
+        )
+        status["conditions"] = [condition("Ready", False, "InvalidSpec", f"{err}{keep}", gen)]
+        for key in ("connectors", "readyReplicas", "configHash"):
+            if key in previous:
+                status[key] = previous[key]
+        out.status = status
+        for body in bodies:
+            cgen = body["metadata"].get("generation")
+            out.connector_status[body["metadata"]["name"]] = {
+                **(body.get("status") or {}),
+                "observedGeneration": cgen,
                 "conditions": [
-                    condition("Ready", True, "Accepted", "in every server's config", gen)
+                    c
+                    for c in (body.get("status") or {}).get("conditions") or []
+                    if c.get("type") != "Ready"
+                ]
+                + [
+                    condition(
+                        "Ready",
+                        False,
+                        "ServerInvalid",
+                        f"TransportServer {server_name} has an invalid spec{keep}",
+                        cgen,
+                    )
                 ],
             }
-        except SpecError as err:
-            out.domain_status[body["metadata"]["name"]] = {
-                "observedGeneration": gen,
-                "conditions": [condition("Ready", False, "InvalidSpec", str(err), gen)],
-            }
+        return out
+
+    pending: list[Body] = []
+    if status.get("defaultConnectorsCreated") is not True:
+        if server_spec.create_default_connectors:
+            existing = {b["metadata"]["name"] for b in snapshot.connectors}
+            pending = [
+                b for b in default_connector_bodies(server) if b["metadata"]["name"] not in existing
+            ]
+            out.create = pending
+        status["defaultConnectorsCreated"] = True
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for body in pending:  # compiled now, as they will be, so the config is written once
+        body["metadata"]["creationTimestamp"] = stamp
+    in_service = snapshot.serving.get(server_name, frozenset())
+
+    def precedence(body: Body) -> tuple[bool, str, str]:
+        # What serves keeps serving: an edit that makes an older connector clash with one
+        # in the config is the one refused. Then oldest first.
+        return (body["metadata"]["name"] not in in_service, *_age(body))
 
     parsed: dict[str, tuple[Body, specs.ReceiveConnectorSpec]] = {}
-    for body in sorted(snapshot.connectors, key=_age):
-        name, gen = body["metadata"]["name"], body["metadata"].get("generation")
+    for body in sorted([*bodies, *pending], key=precedence):
+        name, cgen = body["metadata"]["name"], body["metadata"].get("generation")
         try:
             parsed[name] = (
                 body,
                 specs.parse_spec(specs.ReceiveConnectorSpec, body.get("spec", {})),
             )
         except SpecError as err:
-            out.connector_status[name] = {
-                "observedGeneration": gen,
-                "conditions": [
-                    condition("Accepted", False, "InvalidSpec", str(err), gen),
-                    condition("Ready", False, "InvalidSpec", "not in any server's config", gen),
-                ],
-            }
-
-    for name, (body, spec) in parsed.items():
-        if spec.server not in servers:
-            gen = body["metadata"].get("generation")
-            out.connector_status[name] = {
-                "observedGeneration": gen,
-                "conditions": [
-                    condition(
-                        "Accepted",
-                        False,
-                        "ServerNotFound",
-                        f"TransportServer {spec.server!r} does not exist in {ns}; waiting for it",
-                        gen,
-                    ),
-                    condition("Ready", False, "ServerNotFound", "not in any server's config", gen),
-                ],
-            }
-
-    for server_name, server in sorted(servers.items()):
-        gen = server["metadata"].get("generation")
-        status: Body = {"observedGeneration": gen}
+            out.connector_status[name] = _invalid_connector(err, cgen)
+    domain_specs, _ = _domain_specs(snapshot)
+    pool = certs.candidates(snapshot.secrets)
+    out.recheck_after = _next_boundary(pool, now)
+    mine = [(n, s) for n, (b, s) in parsed.items()]
+    tls: dict[str, config.TlsFiles] = {}
+    cert_conditions: dict[str, Body] = {}
+    chosen_secret: dict[str, Body] = {}
+    for connector_name, connector_spec in mine:
         try:
-            server_spec = specs.parse_spec(specs.TransportServerSpec, server.get("spec", {}))
-        except SpecError as err:
-            status["conditions"] = [condition("Ready", False, "InvalidSpec", str(err), gen)]
-            out.server_status[server_name] = status
+            resolved = usage.resolve(connector_spec, server_spec.role)
+        except SpecError:
+            continue  # the compiler rejects it and says why
+        if AuthMechanism.TLS not in resolved.auth_mechanisms:
             continue
-        if (server.get("status") or {}).get("defaultConnectorsCreated") is not True:
-            if server_spec.create_default_connectors:
-                existing = {b["metadata"]["name"] for b in snapshot.connectors}
-                out.create += [
-                    b
-                    for b in default_connector_bodies(server)
-                    if b["metadata"]["name"] not in existing
-                ]
-            status["defaultConnectorsCreated"] = True
-        mine = [(n, s) for n, (b, s) in parsed.items() if s.server == server_name]
-        tls: dict[str, config.TlsFiles] = {}
-        cert_conditions: dict[str, Body] = {}
-        chosen_secret: dict[str, Body] = {}
-        for connector_name, connector_spec in mine:
-            try:
-                resolved = usage.resolve(connector_spec, server_spec.role)
-            except SpecError:
-                continue  # the compiler rejects it and says why
-            if AuthMechanism.TLS not in resolved.auth_mechanisms:
-                continue
-            fqdn = (connector_spec.fqdn or server_spec.fqdn).rstrip(".")
-            cert_name = resolved.certificate_name
-            choice = certificates.choose(cert_name, fqdn, pool, now)
-            cgen = parsed[connector_name][0]["metadata"].get("generation")
-            if choice.chosen is None:
-                cert_conditions[connector_name] = condition(
-                    "CertificateReady",
-                    False,
-                    str(choice.reason),
-                    choice.message + "; STARTTLS is not offered",
-                    cgen,
-                )
-                continue
-            crt, key = resources.tls_paths(choice.chosen.source)
-            tls[connector_name] = config.TlsFiles(
-                cert_file=crt,
-                key_file=key,
-                source=choice.chosen.source,
-                not_after=choice.chosen.not_after.isoformat(),
-            )
+        fqdn = (connector_spec.fqdn or server_spec.fqdn).rstrip(".")
+        choice = certificates.choose(resolved.certificate_name, fqdn, pool, now)
+        cgen = parsed[connector_name][0]["metadata"].get("generation")
+        if choice.chosen is None:
             cert_conditions[connector_name] = condition(
-                "CertificateReady", True, "Selected", choice.message, cgen
+                "CertificateReady",
+                False,
+                str(choice.reason),
+                choice.message + "; STARTTLS is not offered",
+                cgen,
             )
-            chosen_secret[connector_name] = {
-                "secretName": choice.chosen.source,
-                "notAfter": choice.chosen.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
-        implicit = []
-        if server_spec.role is ServerRole.Mailbox:
-            delivery = defaults.MAILBOX_DELIVERY
-            implicit = [(resources.slug(delivery.named(server_name)), delivery.spec(server_name))]
-        users_file = None
-        if server_spec.user_database_secret_ref is not None:
-            users_file = resources.users_path(server_spec.user_database_secret_ref.key)
-        compiled = config.compile_server(
-            server_name,
-            ns,
-            server_spec,
-            mine,
-            domain_specs,
-            tls=tls,
-            user_database_file=users_file,
-            implicit=implicit,
+            continue
+        crt, key = resources.tls_paths(choice.chosen.source)
+        tls[connector_name] = config.TlsFiles(
+            cert_file=crt,
+            key_file=key,
+            source=choice.chosen.source,
+            not_after=choice.chosen.not_after.isoformat(),
         )
-        owner = resources.owner_reference(server)
-        out.children.append(resources.configmap(server_name, ns, compiled.config, owner))
-        out.children.append(
-            resources.workload(
-                server_name,
-                ns,
-                server_spec,
-                compiled.config,
-                image=server_spec.image or image,
-                owner=owner,
-                tls_secrets=sorted(
-                    {tls[c.name].source for c in compiled.config.connectors if c.name in tls}
-                ),
+        cert_conditions[connector_name] = condition(
+            "CertificateReady", True, "Selected", choice.message, cgen
+        )
+        chosen_secret[connector_name] = {
+            "secretName": choice.chosen.source,
+            "notAfter": choice.chosen.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    implicit = []
+    if server_spec.role is ServerRole.Mailbox:
+        delivery = defaults.MAILBOX_DELIVERY
+        implicit = [(resources.slug(delivery.named(server_name)), delivery.spec(server_name))]
+    users_file = None
+    if server_spec.user_database_secret_ref is not None:
+        users_file = resources.users_path(server_spec.user_database_secret_ref.key)
+    compiled = config.compile_server(
+        server_name,
+        ns,
+        server_spec,
+        mine,
+        domain_specs,
+        tls=tls,
+        user_database_file=users_file,
+        implicit=implicit,
+    )
+    owner = resources.owner_reference(server)
+    workload_body = resources.workload(
+        server_name,
+        ns,
+        server_spec,
+        compiled.config,
+        image=server_spec.image or image,
+        owner=owner,
+        tls_secrets=sorted(
+            {tls[c.name].source for c in compiled.config.connectors if c.name in tls}
+        ),
+    )
+    out.children = [
+        resources.configmap(server_name, ns, compiled.config, owner),
+        workload_body,
+        *resources.services(server_name, ns, server_spec, compiled.config, owner),
+    ]
+    workload = snapshot.workloads.get(server_name)
+    if workload is not None and workload.get("kind") != workload_body["kind"]:
+        workload = None  # the next hop changed the workload's kind; the new one is coming
+    ok, reason, message = serving(
+        workload,
+        snapshot.pods.get(server_name, []),
+        server_spec.replicas,
+        workload_body["kind"],
+        resources.receiver_name(server_name),
+    )
+    in_config = {c.name: c for c in compiled.config.connectors}
+    to_create = {b["metadata"]["name"] for b in pending}
+    for connector_name, _ in mine:
+        body = parsed[connector_name][0]
+        if connector_name in to_create:
+            continue
+        cgen = body["metadata"].get("generation")
+        conditions = []
+        entry: Body = {"observedGeneration": cgen}
+        if connector_name in compiled.rejected:
+            err = compiled.rejected[connector_name]
+            reason_ = "Conflict" if isinstance(err, ConflictError) else "InvalidSpec"
+            conditions.append(condition("Accepted", False, reason_, str(err), cgen))
+        elif not body.get("spec", {}).get("enabled", True):
+            conditions.append(
+                condition("Accepted", True, "Disabled", "valid; disabled, so not listening", cgen)
             )
-        )
-        out.children += resources.services(server_name, ns, server_spec, compiled.config, owner)
-        in_config = {c.name: c for c in compiled.config.connectors}
-        for connector_name, _ in mine:
-            body = parsed[connector_name][0]
-            cgen = body["metadata"].get("generation")
-            conditions = []
-            entry: Body = {"observedGeneration": cgen}
-            if connector_name in compiled.rejected:
-                err = compiled.rejected[connector_name]
-                reason = "Conflict" if isinstance(err, ConflictError) else "InvalidSpec"
-                conditions.append(condition("Accepted", False, reason, str(err), cgen))
-            elif not body.get("spec", {}).get("enabled", True):
-                conditions.append(
-                    condition(
-                        "Accepted", True, "Disabled", "valid; disabled, so not listening", cgen
-                    )
+        else:
+            conditions.append(
+                condition("Accepted", True, "Valid", "valid, no conflict on its server", cgen)
+            )
+        if connector_name in cert_conditions:
+            conditions.append(cert_conditions[connector_name])
+        if connector_name in in_config:
+            where = f"in ConfigMap {resources.receiver_name(server_name)}"
+            conditions.append(
+                condition("Ready", True, "Serving", f"{where}; {message}", cgen)
+                if ok
+                else condition("Ready", False, "ServerNotReady", f"{where}; {message}", cgen)
+            )
+            entry["effectivePermissions"] = _effective_permissions(in_config[connector_name])
+            if connector_name in chosen_secret:
+                entry["certificate"] = chosen_secret[connector_name]
+        else:
+            conditions.append(
+                condition("Ready", False, "NotInConfig", "left out of the server's config", cgen)
+            )
+        entry["conditions"] = conditions
+        out.connector_status[connector_name] = entry
+    ready_replicas = int(((workload or {}).get("status") or {}).get("readyReplicas") or 0)
+    status.update(
+        {
+            "connectors": len(compiled.config.connectors),
+            "readyReplicas": ready_replicas,
+            "configHash": resources.config_hash(compiled.config),
+            "conditions": [
+                condition(
+                    "Ready",
+                    ok,
+                    reason,
+                    f"{len(compiled.config.connectors)} connectors in "
+                    f"{resources.receiver_name(server_name)}; {message}",
+                    gen,
                 )
-            else:
-                conditions.append(
-                    condition("Accepted", True, "Valid", "valid, no conflict on its server", cgen)
-                )
-            if connector_name in cert_conditions:
-                conditions.append(cert_conditions[connector_name])
-            if connector_name in in_config:
-                conditions.append(
+            ]
+            + (
+                [
                     condition(
-                        "Ready",
+                        "ConnectorsRejected",
                         True,
-                        "InConfig",
-                        f"in ConfigMap {resources.receiver_name(server_name)}",
-                        cgen,
-                    )
-                )
-                entry["effectivePermissions"] = _effective_permissions(in_config[connector_name])
-                if connector_name in chosen_secret:
-                    entry["certificate"] = chosen_secret[connector_name]
-            else:
-                conditions.append(
-                    condition(
-                        "Ready", False, "NotInConfig", "left out of the server's config", cgen
-                    )
-                )
-            entry["conditions"] = conditions
-            out.connector_status[connector_name] = entry
-        workload = snapshot.workloads.get(server_name) or {}
-        ready = int((workload.get("status") or {}).get("readyReplicas") or 0)
-        status.update(
-            {
-                "connectors": len(compiled.config.connectors),
-                "readyReplicas": ready,
-                "configHash": resources.config_hash(compiled.config),
-                "conditions": [
-                    condition(
-                        "Ready",
-                        True,
-                        "Reconciled",
-                        f"{len(compiled.config.connectors)} connectors in "
-                        f"{resources.receiver_name(server_name)}; {ready}/{server_spec.replicas} "
-                        "replicas ready",
+                        "Rejected",
+                        ", ".join(sorted(compiled.rejected)),
                         gen,
                     )
                 ]
-                + (
-                    [
-                        condition(
-                            "ConnectorsRejected",
-                            True,
-                            "Rejected",
-                            ", ".join(sorted(compiled.rejected)),
-                            gen,
-                        )
-                    ]
-                    if compiled.rejected
-                    else []
-                ),
-            }
-        )
-        out.server_status[server_name] = status
+                if compiled.rejected
+                else []
+            ),
+        }
+    )
+    out.status = status
     return out
+
+
+def failed(plan: ServerPlan, message: str) -> None:
+    """A write of this server's children failed: say so in its status and its connectors'."""
+    gen = plan.server["metadata"].get("generation")
+    conditions = [c for c in plan.status.get("conditions", []) if c["type"] != "Ready"]
+    plan.status["conditions"] = [
+        condition("Ready", False, "ApplyFailed", message, gen),
+        *conditions,
+    ]
+    for entry in plan.connector_status.values():
+        conds = entry.get("conditions", [])
+        for i, cond in enumerate(conds):
+            if cond["type"] == "Ready" and cond["status"] == "True":
+                conds[i] = condition(
+                    "Ready",
+                    False,
+                    "ServerNotReady",
+                    f"its server's objects could not be written: {message}",
+                    cond["observedGeneration"],
+                )
+
+
+# -- what to write ------------------------------------------------------------------------
+def contains(actual: Any, desired: Any) -> bool:
+    """Whether ``actual`` already holds everything ``desired`` says (the API server adds
+    defaults and status, so extra keys in ``actual`` do not count)."""
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(
+            contains(actual.get(k), v) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(desired)
+            and all(contains(a, d) for a, d in zip(actual, desired, strict=True))
+        )
+    return bool(actual == desired)
+
+
+def merged_status(current: Body | None, desired: Body, now: str) -> Body | None:
+    """The merge patch that turns ``current`` into ``desired``, keeping each condition's
+    lastTransitionTime while its status stays the same; None when nothing would change."""
+    current = current or {}
+    old_conditions = {c["type"]: c for c in current.get("conditions") or []}
+    merged = dict(desired)
+    if "conditions" in desired:
+        merged["conditions"] = []
+        for cond in desired["conditions"]:
+            old = old_conditions.get(cond["type"])
+            stamp = (
+                old.get("lastTransitionTime") if old and old["status"] == cond["status"] else now
+            )
+            merged["conditions"].append({**cond, "lastTransitionTime": stamp or now})
+    gone = {key: None for key in current if key not in merged}
+    if not gone and all(current.get(k) == v for k, v in merged.items()):
+        return None
+    return {**merged, **gone}
+
+
+def transitions(current: Body | None, patch: Body) -> list[Body]:
+    """Conditions whose status or reason a status patch changes (each gets an Event)."""
+    old = {c["type"]: c for c in (current or {}).get("conditions") or []}
+    return [
+        c
+        for c in patch.get("conditions") or []
+        if c["type"] not in old
+        or old[c["type"]].get("status") != c["status"]
+        or old[c["type"]].get("reason") != c["reason"]
+    ]

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))  # for hack.controlplane
 
 from hack.controlplane.harness import ControlPlane  # noqa: E402
 
-from .kube_helpers import Operator  # noqa: E402
+from .kube_helpers import Operator, WorkloadStatusStandIn  # noqa: E402
 
 CRDS = ROOT / "crds"
 
@@ -74,12 +74,15 @@ def controlplane() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def operator(controlplane: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    standin = WorkloadStatusStandIn(controlplane.kubeconfig)
+    standin.start()
     running = Operator(
         controlplane.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log"
     )
     running.start()
     yield running
     running.stop()
+    standin.stop()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,6 +72,100 @@ class Operator:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    @property
+    def user_agent(self) -> str:
+        """What this process sends as User-Agent (and the audit log records)."""
+        assert self.proc is not None
+        return f"smtpgate-operator/{socket.gethostname()}-{self.proc.pid}"
+
+
+def writes_by(events: list[dict[str, Any]], agent: str, since: str = "") -> list[dict[str, Any]]:
+    """Audit events of writes made with User-Agent ``agent`` at or after ``since`` (an
+    RFC 3339 timestamp as the audit log writes them)."""
+    return [
+        e
+        for e in events
+        if e.get("userAgent") == agent
+        and e.get("verb") in ("create", "update", "patch", "delete", "deletecollection")
+        and e.get("stage") == "ResponseComplete"
+        and e.get("requestReceivedTimestamp", "") >= since
+    ]
+
+
+NO_STANDIN_PREFIX = "nokubelet-"
+
+
+class WorkloadStatusStandIn:
+    """Stands in for the kubelet and the workload controllers, which this control plane does
+    not run: marks every receiver StatefulSet and Deployment as having all its replicas
+    ready for its current generation, as they report once pods serve. Namespaces named
+    ``nokubelet-...`` are left alone, for tests of what status says while pods do not serve.
+    The real node replaces this."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="standin")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from kubernetes import client, config
+
+        api = client.ApiClient(config.load_kube_config(config_file=self.kubeconfig) or None)
+        api.user_agent = "smtpgate-test/workload-status-standin"
+        apps = client.AppsV1Api(api)
+        while not self.stop_flag.wait(0.3):
+            try:
+                for lister, patcher in (
+                    (
+                        apps.list_stateful_set_for_all_namespaces,
+                        apps.patch_namespaced_stateful_set_status,
+                    ),
+                    (
+                        apps.list_deployment_for_all_namespaces,
+                        apps.patch_namespaced_deployment_status,
+                    ),
+                ):
+                    items = lister(
+                        label_selector="app.kubernetes.io/managed-by=smtpgate-operator",
+                        _request_timeout=10,
+                    ).items
+                    for item in items:
+                        meta, want = item.metadata, item.spec.replicas or 0
+                        if meta.namespace.startswith(NO_STANDIN_PREFIX):
+                            continue
+                        status = item.status
+                        if (
+                            status is not None
+                            and status.observed_generation == meta.generation
+                            and status.ready_replicas == want
+                            and status.updated_replicas == want
+                        ):
+                            continue
+                        patcher(
+                            meta.name,
+                            meta.namespace,
+                            {
+                                "status": {
+                                    "observedGeneration": meta.generation,
+                                    "replicas": want,
+                                    "readyReplicas": want,
+                                    "updatedReplicas": want,
+                                    "availableReplicas": want,
+                                    "currentReplicas": want,
+                                }
+                            },
+                            _request_timeout=10,
+                        )
+            except Exception:  # noqa: BLE001 - the API server may be paused by a test
+                continue
 
 
 def eventually(check: Callable[[], Any], timeout: float = 45, what: str = "condition") -> Any:

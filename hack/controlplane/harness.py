@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import ipaddress
+import json
 import os
 import pathlib
 import shutil
@@ -24,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +33,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 HERE = pathlib.Path(__file__).resolve().parent
+
+
+# Writes only, at Metadata level: enough to count who wrote what, small enough to keep.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    verbs: [get, list, watch]
+  - level: Metadata
+"""
 
 
 class ControlPlaneError(RuntimeError):
@@ -239,9 +252,14 @@ current-context: smtpgate
                 "--log-level=warn",
             ],
         )
+        audit_policy = self.workdir / "audit-policy.yaml"
+        audit_policy.write_text(AUDIT_POLICY)
         self._spawn(
             "kube-apiserver",
             [
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
                 f"--etcd-servers=http://{self.host}:{etcd_port}",
                 f"--bind-address={self.host}",
                 f"--advertise-address={self.host}",
@@ -275,7 +293,10 @@ current-context: smtpgate
                     "--leader-elect=false",
                     "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,"
                     "-persistentvolume-binder,-attachdetach,-persistentvolume-expander,"
-                    "-ttl,-bootstrapsigner,-tokencleaner",
+                    "-ttl,-bootstrapsigner,-tokencleaner,"
+                    # No node runs pods here: the workload controllers would only make Pending
+                    # pods and report 0 ready; tests set workload status themselves.
+                    "-statefulset,-deployment,-replicaset,-daemonset,-job,-cronjob",
                     "--concurrent-gc-syncs=5",
                     "--v=1",
                 ],
@@ -313,6 +334,22 @@ current-context: smtpgate
             tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
             lines += [f"--- {name}.log (last {len(tail)} lines) ---", *tail]
         return "\n".join(lines)
+
+    @property
+    def audit_log(self) -> pathlib.Path:
+        return self.workdir / "audit.log"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every write the API server has answered so far (reads are not recorded)."""
+        if not self.audit_log.exists():
+            return []
+        events = []
+        for line in self.audit_log.read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # a line being written
+        return events
 
     def pause(self, name: str, seconds: float) -> None:
         """Freeze one component (SIGSTOP) for a while: an API server that is briefly away."""

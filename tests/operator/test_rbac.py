@@ -1,4 +1,5 @@
-"""The operator runs with nothing but the chart's ClusterRole."""
+"""The operator runs with nothing but the chart's rules, bound as the chart binds them when
+it watches named namespaces: a Role there and the Lease Role in its own namespace."""
 
 from __future__ import annotations
 
@@ -11,38 +12,38 @@ import yaml
 
 from ..kube_helpers import Operator, condition, eventually, get
 
-RULES = (
-    pathlib.Path(__file__).resolve().parents[2]
-    / "charts"
-    / "smtpgate"
-    / "files"
-    / "operator-rules.yaml"
-)
+FILES = pathlib.Path(__file__).resolve().parents[2] / "charts" / "smtpgate" / "files"
 
 
-def test_operator_works_with_the_least_privilege_cluster_role(
+def _role(ns: str, name: str, rules_file: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": name, "namespace": ns},
+            "rules": yaml.safe_load((FILES / rules_file).read_text()),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
+        },
+    ]
+
+
+def test_operator_works_with_the_least_privilege_namespaced_roles(
     controlplane: Any, operator: Any, ns: str, tmp_path: pathlib.Path
 ) -> None:
     name = f"smtpgate-operator-{uuid.uuid4().hex[:6]}"
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": name},
-        "rules": yaml.safe_load(RULES.read_text()),
-    }
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
-    }
     controlplane.kubectl("create", "serviceaccount", "operator", "-n", ns)
+    items = _role(ns, name, "operator-rules.yaml") + _role(ns, f"{name}-lease", "lease-rules.yaml")
     controlplane.kubectl(
         "apply",
         "-f",
         "-",
-        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [role, binding]}),
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
     )
     token = controlplane.kubectl(
         "create", "token", "operator", "-n", ns, "--duration=1h"
