@@ -101,12 +101,15 @@ class Demo:
                 )
             )
 
-    def ready(self, kind: str, name: str) -> bool:
+    def condition(self, kind: str, name: str, kind_of_condition: str) -> dict[str, Any]:
         body = json.loads(self.kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json"))
-        return any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in (body.get("status") or {}).get("conditions") or []
-        )
+        for cond in (body.get("status") or {}).get("conditions") or []:
+            if cond["type"] == kind_of_condition:
+                return dict(cond)
+        return {}
+
+    def accepted(self, kind: str, name: str) -> bool:
+        return self.condition(kind, name, "Accepted").get("status") == "True"
 
     def start_receiver(self, config_file: pathlib.Path) -> dict[str, int]:
         ports = {"internet": free_port(), "submission": free_port()}
@@ -258,12 +261,19 @@ def main() -> int:
             say("== Applying examples/ (the TLS Secret stands in for cert-manager's) ==")
             say(demo.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples")).rstrip())
             for name in ("internet-mx01", "partner-fabrikam", "submission-mx01"):
-                demo.wait_for(f"{name} Ready", lambda n=name: demo.ready("receiveconnector", n))
+                demo.wait_for(
+                    f"{name} Accepted", lambda n=name: demo.accepted("receiveconnector", n)
+                )
             demo.wait_for(
                 "the default connectors of ex01",
-                lambda: demo.ready("receiveconnector", "default-frontend-ex01"),
+                lambda: demo.accepted("receiveconnector", "default-frontend-ex01"),
             )
             say(demo.kubectl("get", "receiveconnectors", "-n", NAMESPACE).rstrip())
+            ready = demo.condition("transportserver", "mx01", "Ready")
+            say(
+                "== Ready means serving: this control plane runs no node, so no receiver pod "
+                f"starts and Ready stays False ({ready.get('reason')}: {ready.get('message')}) =="
+            )
             config_file = podfiles.lay_out(demo.kubectl_args, NAMESPACE, "mx01", work / "pod")
             say(
                 "== The operator wrote ConfigMap mx01-receiver; "

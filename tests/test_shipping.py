@@ -11,6 +11,7 @@ import tomllib
 from typing import Any
 
 import pytest
+import yaml
 
 from hack.pki import Authority, tls_secret
 
@@ -79,7 +80,7 @@ def test_chart_installs_into_the_apiserver(controlplane: Any, ns: str) -> None:
     }
     role = get(controlplane, "clusterrole", "gate-smtpgate-operator", "")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert {"receiveconnectors", "transportservers/status", "leases", "statefulsets"} <= resources
+    assert {"receiveconnectors", "transportservers/status", "statefulsets"} <= resources
     assert not any("*" in rule["verbs"] for rule in role["rules"]), "least privilege: no wildcards"
     binding = get(controlplane, "clusterrolebinding", "gate-smtpgate-operator", "")
     assert binding["subjects"][0] == {
@@ -87,7 +88,33 @@ def test_chart_installs_into_the_apiserver(controlplane: Any, ns: str) -> None:
         "name": "gate-smtpgate",
         "namespace": ns,
     }
+    lease_role = get(controlplane, "role", "gate-smtpgate-operator-lease", ns)
+    named = [r for r in lease_role["rules"] if "get" in r["verbs"]]
+    assert named and all(r["resourceNames"] == ["smtpgate-operator"] for r in named)
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "/tmp" in mounts, "the API client needs a writable temporary directory"
     _helm(controlplane, "uninstall", "gate", "-n", ns)
+
+
+def test_chart_with_watched_namespaces_binds_roles_there_only(controlplane: Any, ns: str) -> None:
+    out = _helm(
+        controlplane,
+        "template",
+        "gate",
+        str(CHART),
+        "-n",
+        ns,
+        "--set",
+        "operator.watchNamespaces={mail-a,mail-b}",
+    ).stdout
+    documents = [yaml.safe_load(d) for d in out.split("\n---\n") if d.strip()]
+    kinds = {(d["kind"], d["metadata"].get("namespace")) for d in documents if d}
+    assert ("Role", "mail-a") in kinds and ("RoleBinding", "mail-b") in kinds
+    assert not any(k in ("ClusterRole", "ClusterRoleBinding") for k, _ in kinds)
+    args = next(d for d in documents if d and d["kind"] == "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"][0]["args"]
+    assert "--namespace=mail-a" in args and "--namespace=mail-b" in args
 
 
 def test_chart_renders_the_crds_kept_on_uninstall(controlplane: Any) -> None:
