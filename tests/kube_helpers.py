@@ -29,12 +29,16 @@ class Operator:
         log: pathlib.Path,
         lease_namespace: str = "default",
         namespaces: list[str] | None = None,
+        extra: list[str] | None = None,
     ) -> None:
         self.kubeconfig, self.log = kubeconfig, log
         self.lease_namespace, self.namespaces = lease_namespace, namespaces or []
+        self.extra = extra or []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.health_port = 0
 
     def start(self) -> None:
+        self.health_port = _free_port()
         env = dict(
             os.environ,
             KUBECONFIG=self.kubeconfig,
@@ -48,12 +52,13 @@ class Operator:
                     "-m",
                     "smtpgate.operator",
                     "--liveness",
-                    f"http://127.0.0.1:{_free_port()}/healthz",
+                    f"http://127.0.0.1:{self.health_port}/healthz",
                     "--lease-namespace",
                     self.lease_namespace,
                     "--log-level",
                     "INFO",
                     *(f"--namespace={n}" for n in self.namespaces),
+                    *self.extra,
                 ],
                 env=env,
                 stdout=log,
@@ -69,6 +74,19 @@ class Operator:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def http(self, path: str) -> tuple[int, str]:
+        """GET one of the operator's own endpoints (/healthz, /readyz, /metrics)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}{path}", timeout=5
+            ) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -133,6 +133,7 @@ class ControlPlane:
     workdir: pathlib.Path
     host: str = "127.0.0.1"
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _args: dict[str, list[str]] = field(default_factory=dict)
     api_port: int = 0
     keep_workdir: bool = False
 
@@ -224,7 +225,8 @@ current-context: smtpgate
         )
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        with open(self.workdir / f"{name}.log", "wb") as log:
+        self._args[name] = args
+        with open(self.workdir / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen(
                 [str(self.bin_dir / name), *args],
                 stdout=log,
@@ -350,6 +352,16 @@ current-context: smtpgate
             except ValueError:
                 continue  # a line being written
         return events
+
+    def restart(self, name: str, down_seconds: float) -> None:
+        """Kill one component (SIGKILL), keep it down for a while, start it again as it was
+        started, and wait for the API server to be ready again."""
+        proc = self.processes[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(down_seconds)
+        self._spawn(name, self._args[name])
+        self._wait_ready(f"{self.server}/readyz", name, timeout=90)
 
     def pause(self, name: str, seconds: float) -> None:
         """Freeze one component (SIGSTOP) for a while: an API server that is briefly away."""
