@@ -310,9 +310,13 @@ def plan_server(
     in_service = snapshot.serving.get(server_name, frozenset())
 
     def precedence(body: Body) -> tuple[bool, str, str]:
-        # What serves keeps serving: an edit that makes an older connector clash with one
-        # in the config is the one refused. Then oldest first.
-        return (body["metadata"]["name"] not in in_service, *_age(body))
+        # What serves keeps serving: a connector in the config whose spec has not changed
+        # since (its status observed this generation) comes first, so that an edit which
+        # makes an older connector clash with it is the one refused. Then oldest first.
+        meta = body["metadata"]
+        observed = (body.get("status") or {}).get("observedGeneration")
+        steady = meta["name"] in in_service and observed == meta.get("generation")
+        return (not steady, *_age(body))
 
     parsed: dict[str, tuple[Body, specs.ReceiveConnectorSpec]] = {}
     for body in sorted([*bodies, *pending], key=precedence):
