@@ -17,6 +17,11 @@ from smtpgate.connectors.ranges import IPAddress
 from . import addresses, identity, replies
 from .replies import Reply
 
+# Commands that move no message forward (NOOP, RSET, HELP, VRFY, a repeated EHLO or HELO,
+# MAIL without a completed transaction) a session may send before it is closed; a message
+# accepted starts the count again. Postfix's smtpd_junk_command_limit has the same default.
+JUNK_COMMAND_LIMIT = 100
+
 # With ms-Exch-Bypass-Message-Size-Limit a message may exceed the connector's limit, but
 # never this: the receiver keeps memory bounded whoever the client is.
 HARD_MESSAGE_CEILING = 1 << 30
@@ -35,6 +40,7 @@ class Session:
     helo: str | None = None
     logon_failures: int = 0
     protocol_errors: int = 0
+    junk_commands: int = 0
     _rights: tuple[identity.Principals, frozenset[P]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -115,6 +121,21 @@ def ehlo_keywords(session: Session) -> list[str]:
     if P.AcceptExch50 in session.rights:
         keywords.append("XEXCH50")
     return keywords
+
+
+def line_allowances(session: Session) -> dict[bytes, int]:
+    """Octets a MAIL or RCPT line may have beyond 512 for the extensions EHLO offers:
+    SIZE (RFC 1870: 26), DSN (RFC 3461: 100 for MAIL, 500 for RCPT)."""
+    ext = session.connector.extensions
+    mail = (26 if ext.size is not SizeMode.Disabled else 0) + (100 if ext.dsn else 0)
+    return {b"MAIL": mail, b"RCPT": 500 if ext.dsn else 0}
+
+
+def junk_command(session: Session) -> Reply | None:
+    """A command that moves no message forward was counted: whether the session ends."""
+    if session.junk_commands > JUNK_COMMAND_LIMIT:
+        return replies.TOO_MANY_JUNK_COMMANDS
+    return None
 
 
 def auth_start(session: Session, mechanism: str) -> Reply | None:

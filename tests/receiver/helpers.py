@@ -8,6 +8,7 @@ import socket
 import ssl
 
 from smtpgate.connectors import config, specs
+from smtpgate.receiver.replies import Reply
 
 
 class Raw:
@@ -79,8 +80,22 @@ class Raw:
         except TimeoutError:
             return False
 
+    def replies_until_closed(self) -> list[tuple[int, str]]:
+        """Every reply still to come, until the server closes the connection."""
+        found = []
+        while True:
+            try:
+                found.append(self.reply())
+            except (ConnectionError, TimeoutError):
+                return found
+
     def close(self) -> None:
         self.sock.close()
+
+
+def expected(reply: Reply) -> tuple[int, str]:
+    """What ``Raw.reply`` reads for ``reply``."""
+    return reply.code, reply.line()[4:]
 
 
 def plain(user: str, password: str) -> str:
