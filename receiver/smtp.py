@@ -16,7 +16,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, _AuthMechAttr, login_always_fail, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    Envelope,
+    TLSSetupException,
+    _AuthMechAttr,
+    login_always_fail,
+    syntax,
+)
 from aiosmtpd.smtp import Session as EngineSession
 from aiosmtpd.smtp import __ident__ as ENGINE_IDENT
 from smtpgate.connectors.bindings import Binding
@@ -429,6 +437,14 @@ class ConnectorSMTP(SMTP):
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, RefusedLine):
             return error.reply.line()
+        if isinstance(error, TLSSetupException):
+            # Anyone can fail a handshake: one line, not a traceback per connection.
+            log.info(
+                "STARTTLS from %s failed: %s",
+                self.session and self.session.peer and self.session.peer[0],
+                error.__cause__,
+            )
+            return ""  # the engine closes the connection and sends nothing
         log.exception("session error on connector %s", self.policy and self.policy.connector.name)
         return "451 4.3.0 Internal error, try again later"
 

@@ -4,15 +4,23 @@ characters, talking before the greeting, junk commands."""
 from __future__ import annotations
 
 import base64
+import csv
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 from smtpgate.receiver import replies
+from smtpgate.receiver.protocol_log import EscapingFormatter, ProtocolLog
 
-from .conftest import PASSWORDS
-from .helpers import Raw, expected, plain
+from .conftest import PASSWORDS, free_port
+from .helpers import Raw, expected, internet_config_file, plain
 
 
 def _connector(**extra: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -252,3 +260,99 @@ def test_many_messages_on_one_connection_are_not_junk(start: Any) -> None:
         assert raw.command("RSET")[0] == 250
     assert raw.command("QUIT")[0] == 221
     assert len(running.messages()) == 150
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+def test_plain_text_after_starttls_logs_one_line(
+    start: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = start(_connector())
+    caplog.set_level(logging.DEBUG)
+    raw = _greeted(running)
+    assert raw.command("STARTTLS")[0] == 220
+    raw.send(b"EHLO not-tls.example\r\nMAIL FROM:<s@example.org>\r\n")
+    assert raw.closed()
+    time.sleep(0.2)
+    (shown,) = [r for r in caplog.records if r.levelno >= logging.INFO and r.name != "mail.log"]
+    assert shown.exc_info is None and "\n" not in shown.getMessage()
+    assert "STARTTLS" in shown.getMessage()
+
+
+HOSTILE = [b"NOOP \x1b]0;owned\x07\x1b[2J\r\n", b"NOOP a\x00b\x7fc\r\n", b"NOOP one\rtwo\r\n"]
+HOSTILE_COMMANDS = [b"\x1b[31mXYZZY\r\n", b"EHLO a\x00b\r\n", b"EHLO a\rb\r\n", *HOSTILE]
+RAW_CONTROLS = [bytes([c]) for c in (*range(0, 9), *range(11, 32), 127)]
+
+
+def test_the_protocol_log_escapes_control_characters(start: Any, tmp_path: pathlib.Path) -> None:
+    log_file = tmp_path / "RECV.LOG"
+    plog = ProtocolLog(str(log_file))
+    running = start(_connector(protocolLoggingLevel="Verbose"), protocol_log=plog)
+    raw = _greeted(running)
+    for line in HOSTILE:
+        raw.send(line)
+        assert raw.reply()[0] in (500, 501)
+    running.stop()
+    plog.close()
+    written = log_file.read_bytes()
+    assert not any(c in written for c in RAW_CONTROLS if c != b"\n")
+    rows = list(csv.reader(written.decode().splitlines()[5:]))
+    received = [row[7] for row in rows if row[6] == "<"]
+    assert r"NOOP \x1b]0;owned\x07\x1b[2J" in received
+    assert r"NOOP a\x00b\x7fc" in received
+    assert r"NOOP one\x0dtwo" in received
+
+
+def test_the_process_log_escapes_control_characters(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtpgate.receiver",
+            "--config",
+            str(internet_config_file(tmp_path)),
+            "--spool",
+            str(tmp_path / "spool"),
+            "--listen-v4",
+            "127.0.0.1",
+            "--port-map",
+            f"25={port}",
+            "--protocol-log",
+            os.devnull,
+            "--log-level",
+            "DEBUG",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        for line in HOSTILE_COMMANDS:
+            raw = Raw(port)
+            raw.reply()
+            raw.send(line)
+            assert raw.reply()[0] >= 500
+            raw.command("QUIT")
+            raw.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+    assert not any(c in stderr for c in RAW_CONTROLS if c != b"\n")
+
+
+def test_log_lines_escape_control_characters_in_messages_and_tracebacks() -> None:
+    formatter = EscapingFormatter("%(levelname)s %(message)s")
+    try:
+        raise ValueError("bad \x1b[2J input\r\nforged line")
+    except ValueError:
+        record = logging.LogRecord(
+            "t", logging.WARNING, "", 0, "from %s", ("a\x00b\nINFO forged",), sys.exc_info()
+        )
+    text = formatter.format(record)
+    head, *trace = text.split("\n")
+    assert head == r"WARNING from a\x00b\x0aINFO forged"
+    assert r"ValueError: bad \x1b[2J input\x0d" in trace
+    assert "forged line" in trace
+    assert "\x1b" not in text and "\r" not in text
