@@ -11,6 +11,7 @@ import os
 import pathlib
 import queue
 import random
+import re
 import smtplib
 import socket
 import threading
@@ -64,7 +65,7 @@ class MaildirDelivery:
     """A maildir spool. Each message is written to tmp/ and renamed into new/, and
     ``deliver`` returns only once both the file and its directory entry are on stable
     storage. The envelope rides in a header line ``X-Smtpgate-Envelope`` at the top of the
-    file.
+    file: ``from=<sender>; to=<recipient>,<recipient>``, each address in ``xtext``.
 
     Group commit: one committer thread takes every message waiting at that moment, writes
     them all into tmp/, makes the whole group durable at once, with ``syncfs(2)`` on the
@@ -200,8 +201,8 @@ class MaildirDelivery:
         name = f"{time.time_ns()}.{message.queue_id}.{self._host}"
         tmp = self.root / "tmp" / name
         envelope = (
-            f"X-Smtpgate-Envelope: from=<{message.mail_from}>; "
-            f"to={','.join(f'<{r}>' for r in message.recipients)}\r\n"
+            f"X-Smtpgate-Envelope: from=<{xtext(message.mail_from)}>; "
+            f"to={','.join(f'<{xtext(r)}>' for r in message.recipients)}\r\n"
         ).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
@@ -217,6 +218,23 @@ class MaildirDelivery:
             return tmp, self.root / "new" / name, fd
         os.close(fd)
         return tmp, self.root / "new" / name, None
+
+
+_XTEXT_SAFE = re.compile(r"[A-Za-z0-9!#$%&'*/?^_`{|}~.@-]*")
+
+
+def xtext(address: str) -> str:
+    """``address`` as RFC 3461 xtext, where also every character the envelope header's own
+    syntax uses (``<>;,"\\`` and space) is written ``+HH``: a quoted local part such as
+    ``"x>; to=<evil@victim.example>"`` cannot pass for another field or recipient."""
+    if _XTEXT_SAFE.fullmatch(address):
+        return address
+    return "".join(
+        char
+        if _XTEXT_SAFE.fullmatch(char)
+        else "".join(f"+{b:02X}" for b in char.encode("utf-8", "surrogateescape"))
+        for char in address
+    )
 
 
 MAX_GROUP = 256

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from smtpgate.connectors.config import AcceptedDomain, ConnectorConfig
-from smtpgate.connectors.enums import AuthMechanism, MessageRateSource, SizeMode
+from smtpgate.connectors.enums import (
+    AcceptedDomainType,
+    AuthMechanism,
+    MessageRateSource,
+    SizeMode,
+)
 from smtpgate.connectors.enums import Permission as P
 from smtpgate.connectors.ranges import IPAddress
 
@@ -233,6 +238,20 @@ def rcpt(session: Session, recipient: str, so_far: int) -> Reply:
     ):
         return replies.RECIPIENT_OK
     return replies.RELAY_DENIED
+
+
+def postmaster(session: Session) -> str:
+    """Where ``RCPT TO:<postmaster>`` (no domain, any case; RFC 5321 4.5.1 requires it to
+    be accepted) goes: postmaster at the authoritative domain the connector's FQDN is in,
+    else at the first authoritative domain by name, else at the FQDN itself."""
+    fqdn = session.connector.fqdn.lower()
+    own = [
+        d.domain
+        for d in session.accepted_domains
+        if d.domain_type is AcceptedDomainType.Authoritative and not d.domain.startswith("*.")
+    ]
+    domain = next((d for d in own if fqdn == d or fqdn.endswith("." + d)), own[0] if own else fqdn)
+    return f"postmaster@{domain}"
 
 
 def message(session: Session, header_size: int, hop_count: int) -> Reply | None:

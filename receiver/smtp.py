@@ -660,6 +660,8 @@ class _Handler:
         address: str,
         options: list[str],
     ) -> str:
+        if "@" not in address and address.lower() == "postmaster":
+            address = policy.postmaster(self.state())
         answer = policy.rcpt(self.state(), address, len(envelope.rcpt_tos))
         if not answer.refusal:
             envelope.rcpt_tos.append(address)

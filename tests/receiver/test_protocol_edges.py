@@ -8,6 +8,7 @@ import csv
 import logging
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -356,3 +357,79 @@ def test_log_lines_escape_control_characters_in_messages_and_tracebacks() -> Non
     assert r"ValueError: bad \x1b[2J input\x0d" in trace
     assert "forged line" in trace
     assert "\x1b" not in text and "\r" not in text
+
+
+# -- addresses -------------------------------------------------------------------------
+
+
+def _envelope(message: bytes) -> str:
+    first, _ = message.split(b"\r\n", 1)
+    assert first.startswith(b"X-Smtpgate-Envelope: ")
+    return first.decode()
+
+
+def _send(raw: Raw, sender: str, recipients: list[str]) -> None:
+    assert raw.command(f"MAIL FROM:{sender}")[0] == 250
+    for recipient in recipients:
+        assert raw.command(f"RCPT TO:{recipient}")[0] == 250
+    assert raw.command("DATA")[0] == 354
+    raw.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    assert raw.reply()[0] == 250
+
+
+@pytest.mark.parametrize("spelling", ["<postmaster>", "<Postmaster>", "<POSTMASTER>"])
+def test_postmaster_without_a_domain_is_this_servers_postmaster(start: Any, spelling: str) -> None:
+    # The FQDN mail.contoso.com is in contoso.com; fabrikam.org sorts first.
+    running = start(
+        _connector(), domains=[{"domainName": "fabrikam.org"}, {"domainName": "contoso.com"}]
+    )
+    raw = _greeted(running)
+    _send(raw, "<s@example.org>", [spelling])
+    (message,) = running.messages()
+    assert _envelope(message).endswith("to=<postmaster@contoso.com>")
+
+
+def test_postmaster_goes_to_the_first_authoritative_domain_otherwise(start: Any) -> None:
+    domains = [
+        {"domainName": "relay.example", "domainType": "InternalRelay"},
+        {"domainName": "tailspin.example"},
+        {"domainName": "wingtip.example"},
+    ]
+    running = start(_connector(), domains=domains)
+    _send(_greeted(running), "<s@example.org>", ["<postmaster>"])
+    (message,) = running.messages()
+    assert _envelope(message).endswith("to=<postmaster@tailspin.example>")
+
+
+def test_postmaster_without_a_domain_is_no_sender(start: Any) -> None:
+    raw = _greeted(start(_connector()))
+    assert raw.command("MAIL FROM:<postmaster>") == expected(replies.BAD_ADDRESS)
+
+
+def test_local_parts_longer_than_64_octets_are_accepted(start: Any) -> None:
+    # SRS and VERP senders routinely exceed RFC 5321's 64; Postfix accepts them too.
+    running = start(_connector())
+    sender = "SRS0=Hx2q=T4=example.org=" + "s" * 40 + "@forwarder.example"
+    recipient = "u" * 65 + "@contoso.com"
+    assert len(sender.split("@")[0]) > 64
+    _send(_greeted(running), f"<{sender}>", [f"<{recipient}>"])
+    (message,) = running.messages()
+    assert (
+        _envelope(message)
+        == f"X-Smtpgate-Envelope: from=<{sender.replace('=', '+3D')}>; to=<{recipient}>"
+    )
+
+
+def test_the_envelope_header_encodes_quoted_local_parts(start: Any) -> None:
+    running = start(_connector())
+    raw = _greeted(running)
+    _send(raw, '<"x>; to=<evil@victim.example>; y=<"@sender.example>', ["<u@contoso.com>"])
+    (message,) = running.messages()
+    header = _envelope(message)
+    assert header == (
+        "X-Smtpgate-Envelope: from=<+22x+3E+3B+20to+3D+3Cevil@victim.example+3E+3B+20y+3D"
+        "+3C+22@sender.example>; to=<u@contoso.com>"
+    )
+    # A naive reader finds the one real recipient and one sender.
+    assert re.findall(r"to=<([^>]*)>", header) == ["u@contoso.com"]
+    assert re.findall(r"from=<([^>]*)>", header)[0].endswith("@sender.example")
