@@ -99,7 +99,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     receiver = server.Receiver(runtime, listen)
     await receiver.start()
-    health = HealthServer(lambda: bool(receiver.servers) and not stopping.is_set())
+    health = HealthServer(lambda: receiver.serving and not stopping.is_set())
     stopping = asyncio.Event()
     watcher = asyncio.create_task(reload.Watcher(args.config, receiver).run())
     if args.health_port:

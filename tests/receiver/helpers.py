@@ -102,15 +102,18 @@ def plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
-def internet_config_file(folder: pathlib.Path) -> pathlib.Path:
-    """A ServerConfig file with one Internet connector on 0.0.0.0:25 (no tarpit) and the
-    accepted domain contoso.com, for tests that run the receiver as a process."""
+def internet_config_file(
+    folder: pathlib.Path, bindings: tuple[str, ...] = ("0.0.0.0:25",)
+) -> pathlib.Path:
+    """A ServerConfig file with one Internet connector on 0.0.0.0:25 (or ``bindings``; no
+    tarpit) and the accepted domain contoso.com, for tests that run the receiver as a
+    process."""
     server = specs.TransportServerSpec(fqdn="mail.contoso.com")
     connector = specs.ReceiveConnectorSpec.model_validate(
         {
             "server": "ex01",
             "usage": "Internet",
-            "bindings": ["0.0.0.0:25"],
+            "bindings": list(bindings),
             "tarpitIntervalSeconds": 0,
         }
     )

@@ -433,3 +433,36 @@ def test_the_envelope_header_encodes_quoted_local_parts(start: Any) -> None:
     # A naive reader finds the one real recipient and one sender.
     assert re.findall(r"to=<([^>]*)>", header) == ["u@contoso.com"]
     assert re.findall(r"from=<([^>]*)>", header)[0].endswith("@sender.example")
+
+
+# -- timers ----------------------------------------------------------------------------
+
+
+def _slow_data(start: Any) -> tuple[Any, Raw]:
+    running = start(_connector(connectionInactivityTimeoutSeconds=1, connectionTimeoutSeconds=60))
+    raw = _greeted(running)
+    assert raw.command("MAIL FROM:<s@example.org>")[0] == 250
+    assert raw.command("RCPT TO:<u@contoso.com>")[0] == 250
+    assert raw.command("DATA")[0] == 354
+    raw.send(b"Subject: slow\r\n\r\n")
+    return running, raw
+
+
+def test_a_slow_but_steady_upload_is_not_idle(start: Any) -> None:
+    running, raw = _slow_data(start)
+    began = time.monotonic()
+    while time.monotonic() - began < 2.5:  # well past the 1 s inactivity timeout
+        time.sleep(0.3)
+        raw.send(b"a line of the body\r\n")
+    raw.send(b".\r\n")
+    assert raw.reply()[0] == 250
+    assert len(running.messages()) == 1
+
+
+def test_a_sender_who_stops_mid_data_is_cut_off(start: Any) -> None:
+    running, raw = _slow_data(start)
+    raw.send(b"half a body\r\n")
+    began = time.monotonic()
+    assert raw.closed()  # Raw waits up to 10 s
+    assert time.monotonic() - began < 3
+    assert running.messages() == []
