@@ -4,6 +4,7 @@ durable; the client hears 250 only after that."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import logging
@@ -293,7 +294,11 @@ class RelayDelivery:
 
     Connections are kept for the next message (up to ``idle_seconds`` unused). A kept
     connection the next hop has closed in the meantime is noticed at MAIL, before anything
-    of the message was sent, and the message goes on a new connection instead."""
+    of the message was sent, and the message goes on a new connection instead.
+
+    Relaying runs on threads of its own, at most ``concurrency`` messages at once (more
+    wait their turn): a next hop that hangs holds those threads and nothing else, not the
+    threads that check passwords (``users``) or the event loop's default pool."""
 
     def __init__(
         self,
@@ -303,16 +308,18 @@ class RelayDelivery:
         helo: str | None = None,
         timeout: float = 120,
         idle_seconds: float = 20,
+        concurrency: int = 32,
     ) -> None:
         self.host, self.port, self.lmtp = host, port, lmtp
         self.helo, self.timeout, self.idle_seconds = helo, timeout, idle_seconds
+        self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, "relay")
         self._idle: list[tuple[smtplib.SMTP, float]] = []
         self._lock = threading.Lock()
         self._closed = False
 
     async def deliver(self, message: Message) -> None:
         try:
-            await asyncio.to_thread(self._send, message)
+            await asyncio.get_running_loop().run_in_executor(self._threads, self._send, message)
         except DeliveryError:
             raise
         except smtplib.SMTPResponseException as err:
@@ -327,6 +334,7 @@ class RelayDelivery:
             idle, self._idle = self._idle, []
         for client, _ in idle:
             _quit(client)
+        self._threads.shutdown(wait=False)
 
     def _send(self, message: Message) -> None:
         client = self._kept()
