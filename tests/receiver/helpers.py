@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import os
 import pathlib
 import socket
 import ssl
+import subprocess
+import sys
+from typing import Any
 
 from smtpgate.connectors import config, specs
 from smtpgate.receiver.replies import Reply
@@ -127,3 +131,56 @@ def internet_config_file(
     path = folder / "config.json"
     path.write_text(compiled.config.to_json())
     return path
+
+
+def start_process(
+    tmp: pathlib.Path,
+    port: int,
+    *extra: str,
+    config: pathlib.Path | None = None,
+    stderr: Any = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """The receiver as a process, serving ``config`` (``internet_config_file``'s by
+    default) with port 25 on ``port``, once it says it is ready."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtpgate.receiver",
+            "--config",
+            str(config or internet_config_file(tmp)),
+            "--spool",
+            str(tmp / "spool"),
+            "--listen-v4",
+            "127.0.0.1",
+            "--port-map",
+            f"25={port}",
+            "--protocol-log",
+            os.devnull,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
+    return proc
+
+
+def custom_connector(name: str = "Edge", **extra: Any) -> list[tuple[str, dict[str, Any]]]:
+    """One Custom connector on 0.0.0.0:25 for loopback clients: anonymous and BasicAuth
+    users, TLS, no tarpit; ``extra`` spec fields on top."""
+    return [
+        (
+            name,
+            {
+                "usage": "Custom",
+                "bindings": ["0.0.0.0:25"],
+                "remoteIPRanges": ["127.0.0.0/8"],
+                "authMechanisms": ["TLS", "BasicAuth"],
+                "permissionGroups": ["AnonymousUsers", "ExchangeUsers"],
+                "tarpitIntervalSeconds": 0,
+                **extra,
+            },
+        )
+    ]

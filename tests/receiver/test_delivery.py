@@ -15,7 +15,7 @@ from aiosmtpd.smtp import SMTP
 from smtpgate.receiver import delivery
 
 from .conftest import PASSWORDS
-from .helpers import Raw, plain
+from .helpers import Raw, custom_connector, plain
 
 
 class NextHop:
@@ -204,21 +204,7 @@ def test_queue_ids_are_sixteen_hex_digits_and_do_not_repeat() -> None:
 
 
 def test_auth_is_prompt_while_the_next_hop_hangs(start: Any) -> None:
-    running = start(
-        [
-            (
-                "Client",
-                {
-                    "usage": "Custom",
-                    "bindings": ["0.0.0.0:25"],
-                    "remoteIPRanges": ["127.0.0.0/8"],
-                    "authMechanisms": ["TLS", "BasicAuth"],
-                    "permissionGroups": ["AnonymousUsers", "ExchangeUsers"],
-                    "tarpitIntervalSeconds": 0,
-                },
-            )
-        ]
-    )
+    running = start(custom_connector("Client"))
     # A next hop that takes connections and never says a word.
     hanging = socket.socket()
     hanging.bind(("127.0.0.1", 0))

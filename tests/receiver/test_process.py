@@ -2,47 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
 import smtplib
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
 from .conftest import free_port
-from .helpers import Raw, internet_config_file
-
-
-def _start(
-    tmp: pathlib.Path, port: int, *extra: str, config: pathlib.Path | None = None
-) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smtpgate.receiver",
-            "--config",
-            str(config or internet_config_file(tmp)),
-            "--spool",
-            str(tmp / "spool"),
-            "--listen-v4",
-            "127.0.0.1",
-            "--port-map",
-            f"25={port}",
-            "--protocol-log",
-            os.devnull,
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == b"ready"
-    return proc
+from .helpers import Raw, internet_config_file, start_process
 
 
 def _children(pid: int) -> list[int]:
@@ -54,7 +23,7 @@ def test_sigterm_stops_accepting_and_lets_the_session_in_flight_finish(
     tmp_path: pathlib.Path,
 ) -> None:
     port, health = free_port(), free_port()
-    proc = _start(
+    proc = start_process(
         tmp_path,
         port,
         "--grace-seconds",
@@ -103,7 +72,7 @@ def test_sigterm_stops_accepting_and_lets_the_session_in_flight_finish(
 
 def test_workers_share_the_port_and_stop_together(tmp_path: pathlib.Path) -> None:
     port = free_port()
-    proc = _start(tmp_path, port, "--workers", "2")
+    proc = start_process(tmp_path, port, "--workers", "2")
     try:
         workers = _children(proc.pid)
         assert len(workers) == 2
@@ -142,7 +111,7 @@ def test_not_ready_while_a_binding_cannot_listen(tmp_path: pathlib.Path) -> None
     occupied.bind(("127.0.0.1", submission))
     occupied.listen()
     config = internet_config_file(tmp_path, ("0.0.0.0:25", "0.0.0.0:587"))
-    proc = _start(
+    proc = start_process(
         tmp_path,
         port,
         "--port-map",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import csv
 import logging
-import os
 import pathlib
 import re
 import signal
@@ -21,24 +20,11 @@ from smtpgate.receiver import replies
 from smtpgate.receiver.protocol_log import EscapingFormatter, ProtocolLog
 
 from .conftest import PASSWORDS, free_port
-from .helpers import Raw, expected, internet_config_file, plain
+from .helpers import Raw, custom_connector, expected, plain, start_process
 
 
 def _connector(**extra: Any) -> list[tuple[str, dict[str, Any]]]:
-    return [
-        (
-            "Edge",
-            {
-                "usage": "Custom",
-                "bindings": ["0.0.0.0:25"],
-                "remoteIPRanges": ["127.0.0.0/8"],
-                "authMechanisms": ["TLS", "BasicAuth"],
-                "permissionGroups": ["AnonymousUsers", "ExchangeUsers"],
-                "tarpitIntervalSeconds": 0,
-                **extra,
-            },
-        )
-    ]
+    return custom_connector("Edge", **extra)
 
 
 def _greeted(running: Any, helo: str = "EHLO client.example") -> Raw:
@@ -307,29 +293,8 @@ def test_the_protocol_log_escapes_control_characters(start: Any, tmp_path: pathl
 
 def test_the_process_log_escapes_control_characters(tmp_path: pathlib.Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smtpgate.receiver",
-            "--config",
-            str(internet_config_file(tmp_path)),
-            "--spool",
-            str(tmp_path / "spool"),
-            "--listen-v4",
-            "127.0.0.1",
-            "--port-map",
-            f"25={port}",
-            "--protocol-log",
-            os.devnull,
-            "--log-level",
-            "DEBUG",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_process(tmp_path, port, "--log-level", "DEBUG", stderr=subprocess.PIPE)
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         for line in HOSTILE_COMMANDS:
             raw = Raw(port)
             raw.reply()
