@@ -12,7 +12,6 @@ import binascii
 import functools
 import inspect
 import logging
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,6 +37,7 @@ from . import (
     headers,
     health,
     identity,
+    lines,
     policy,
     protocol_log,
     replies,
@@ -49,78 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EXCH50_MAX = 1 << 20
-
-
-COMMAND_LIMIT = 512  # octets including CRLF, RFC 5321 4.5.3.1.4
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-class RefusedLine(Exception):
-    """A command line refused before the engine parses it; ``reply`` says why."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.text)
-        self.reply = reply
-
-
-class LineGuard:
-    """Stands in for the session's StreamReader and watches command lines: each must end in
-    CRLF, hold no other CR and no control character, and fit in 512 octets (more for MAIL
-    and RCPT where an extension says so, ``allowances``). A line longer than the reader's
-    buffer is read to its end and thrown away whole, so nothing of it is read as a command.
-    (DATA is read in blocks by ``data.DataReader``.)"""
-
-    def __init__(self, inner: asyncio.StreamReader, on_command: Any = None) -> None:
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "on_command", on_command)
-        object.__setattr__(self, "allowances", {})
-
-    def allow(self, allowances: dict[bytes, int]) -> None:
-        """Octets beyond 512 per command (``b"MAIL"``), as the EHLO reply offered."""
-        object.__setattr__(self, "allowances", allowances)
-
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        try:
-            line = await self._inner.readuntil(separator)
-        except asyncio.LimitOverrunError:
-            await self._discard_line()
-            raise RefusedLine(replies.COMMAND_TOO_LONG) from None
-        if self.on_command is not None:
-            self.on_command(line)
-        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            raise RefusedLine(replies.BARE_LINE_ENDING_COMMAND)
-        if len(line) > COMMAND_LIMIT and len(line) > COMMAND_LIMIT + self.allowances.get(
-            line[:4].upper(), 0
-        ):
-            raise RefusedLine(replies.COMMAND_TOO_LONG)
-        if _CONTROL.search(line, 0, len(line) - 2) is not None:
-            raise RefusedLine(replies.CONTROL_IN_COMMAND)
-        return line
-
-    async def readline(self) -> bytes:
-        """An AUTH response line (never logged): up to the reader's limit, or refused."""
-        try:
-            return await self._inner.readuntil(b"\n")
-        except asyncio.IncompleteReadError as error:
-            return error.partial
-        except asyncio.LimitOverrunError:
-            await self._discard_line()
-            raise RefusedLine(replies.COMMAND_TOO_LONG) from None
-
-    async def _discard_line(self) -> None:
-        """Read up to and including the next LF, holding no more than the buffer's limit."""
-        while True:
-            try:
-                await self._inner.readuntil(b"\n")
-                return
-            except asyncio.LimitOverrunError as error:
-                await self._inner.read(error.consumed)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._inner, name, value)
 
 
 class _EngineLimits(dict[str, int]):
@@ -332,7 +260,7 @@ class ConnectorSMTP(SMTP):
     def _cb_client_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        super()._cb_client_connected(LineGuard(reader, self._received), writer)  # type: ignore[arg-type]
+        super()._cb_client_connected(lines.LineGuard(reader, self._received), writer)  # type: ignore[arg-type]
 
     def _received(self, line: bytes) -> None:
         if self.plog.log is not None:
@@ -435,7 +363,7 @@ class ConnectorSMTP(SMTP):
         return result
 
     async def handle_exception(self, error: Exception) -> str:
-        if isinstance(error, RefusedLine):
+        if isinstance(error, lines.RefusedLine):
             return error.reply.line()
         if isinstance(error, TLSSetupException):
             # Anyone can fail a handshake: one line, not a traceback per connection.
@@ -551,9 +479,9 @@ class _Handler:
         session.host_name = hostname
         state.helo = hostname
         self.smtp._reader.allow(policy.line_allowances(state))  # type: ignore[attr-defined]
-        lines = [state.connector.fqdn, *policy.ehlo_keywords(state)]
+        answer = [state.connector.fqdn, *policy.ehlo_keywords(state)]
         # One write for the whole reply: a line per keyword would cost a send() each.
-        return ["\r\n".join([f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"])]
+        return ["\r\n".join([f"250-{line}" for line in answer[:-1]] + [f"250 {answer[-1]}"])]
 
     async def handle_HELO(
         self, server: SMTP, session: EngineSession, envelope: Envelope, hostname: str
