@@ -14,7 +14,7 @@ from smtpgate.connectors.config import ServerConfig
 
 from . import delivery, reload, server, workers
 from .health import HealthServer
-from .protocol_log import ProtocolLog
+from .protocol_log import EscapingFormatter, ProtocolLog
 
 log = logging.getLogger("smtpgate.receiver")
 
@@ -99,7 +99,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     receiver = server.Receiver(runtime, listen)
     await receiver.start()
-    health = HealthServer(lambda: bool(receiver.servers) and not stopping.is_set())
+    health = HealthServer(lambda: receiver.serving and not stopping.is_set())
     stopping = asyncio.Event()
     watcher = asyncio.create_task(reload.Watcher(args.config, receiver).run())
     if args.health_port:
@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     count = os.cpu_count() or 1 if args.workers == "auto" else int(args.workers)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     # aiosmtpd logs every command line at INFO, AUTH payloads included: keep it quiet.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     if count > 1:

@@ -4,6 +4,7 @@ durable; the client hears 250 only after that."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import logging
@@ -11,6 +12,7 @@ import os
 import pathlib
 import queue
 import random
+import re
 import smtplib
 import socket
 import threading
@@ -64,7 +66,7 @@ class MaildirDelivery:
     """A maildir spool. Each message is written to tmp/ and renamed into new/, and
     ``deliver`` returns only once both the file and its directory entry are on stable
     storage. The envelope rides in a header line ``X-Smtpgate-Envelope`` at the top of the
-    file.
+    file: ``from=<sender>; to=<recipient>,<recipient>``, each address in ``xtext``.
 
     Group commit: one committer thread takes every message waiting at that moment, writes
     them all into tmp/, makes the whole group durable at once, with ``syncfs(2)`` on the
@@ -200,8 +202,8 @@ class MaildirDelivery:
         name = f"{time.time_ns()}.{message.queue_id}.{self._host}"
         tmp = self.root / "tmp" / name
         envelope = (
-            f"X-Smtpgate-Envelope: from=<{message.mail_from}>; "
-            f"to={','.join(f'<{r}>' for r in message.recipients)}\r\n"
+            f"X-Smtpgate-Envelope: from=<{xtext(message.mail_from)}>; "
+            f"to={','.join(f'<{xtext(r)}>' for r in message.recipients)}\r\n"
         ).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
@@ -217,6 +219,23 @@ class MaildirDelivery:
             return tmp, self.root / "new" / name, fd
         os.close(fd)
         return tmp, self.root / "new" / name, None
+
+
+_XTEXT_SAFE = re.compile(r"[A-Za-z0-9!#$%&'*/?^_`{|}~.@-]*")
+
+
+def xtext(address: str) -> str:
+    """``address`` as RFC 3461 xtext, where also every character the envelope header's own
+    syntax uses (``<>;,"\\`` and space) is written ``+HH``: a quoted local part such as
+    ``"x>; to=<evil@victim.example>"`` cannot pass for another field or recipient."""
+    if _XTEXT_SAFE.fullmatch(address):
+        return address
+    return "".join(
+        char
+        if _XTEXT_SAFE.fullmatch(char)
+        else "".join(f"+{b:02X}" for b in char.encode("utf-8", "surrogateescape"))
+        for char in address
+    )
 
 
 MAX_GROUP = 256
@@ -275,7 +294,11 @@ class RelayDelivery:
 
     Connections are kept for the next message (up to ``idle_seconds`` unused). A kept
     connection the next hop has closed in the meantime is noticed at MAIL, before anything
-    of the message was sent, and the message goes on a new connection instead."""
+    of the message was sent, and the message goes on a new connection instead.
+
+    Relaying runs on threads of its own, at most ``concurrency`` messages at once (more
+    wait their turn): a next hop that hangs holds those threads and nothing else, not the
+    threads that check passwords (``users``) or the event loop's default pool."""
 
     def __init__(
         self,
@@ -285,16 +308,18 @@ class RelayDelivery:
         helo: str | None = None,
         timeout: float = 120,
         idle_seconds: float = 20,
+        concurrency: int = 32,
     ) -> None:
         self.host, self.port, self.lmtp = host, port, lmtp
         self.helo, self.timeout, self.idle_seconds = helo, timeout, idle_seconds
+        self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, "relay")
         self._idle: list[tuple[smtplib.SMTP, float]] = []
         self._lock = threading.Lock()
         self._closed = False
 
     async def deliver(self, message: Message) -> None:
         try:
-            await asyncio.to_thread(self._send, message)
+            await asyncio.get_running_loop().run_in_executor(self._threads, self._send, message)
         except DeliveryError:
             raise
         except smtplib.SMTPResponseException as err:
@@ -309,6 +334,7 @@ class RelayDelivery:
             idle, self._idle = self._idle, []
         for client, _ in idle:
             _quit(client)
+        self._threads.shutdown(wait=False)
 
     def _send(self, message: Message) -> None:
         client = self._kept()

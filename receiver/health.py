@@ -21,6 +21,11 @@ MESSAGES_REFUSED = Counter(
 BYTES_ACCEPTED = Counter(
     "smtpgate_bytes_accepted_total", "Bytes of accepted messages", ["connector"]
 )
+SESSIONS_DROPPED = Counter(
+    "smtpgate_sessions_dropped_total",
+    "Sessions the receiver closed for misbehaviour (pregreet, junk-commands)",
+    ["connector", "reason"],
+)
 SPOOL_GROUP = Histogram(
     "smtpgate_spool_commit_messages",
     "Messages made durable together by one maildir group commit",

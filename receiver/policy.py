@@ -10,12 +10,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from smtpgate.connectors.config import AcceptedDomain, ConnectorConfig
-from smtpgate.connectors.enums import AuthMechanism, MessageRateSource, SizeMode
+from smtpgate.connectors.enums import (
+    AcceptedDomainType,
+    AuthMechanism,
+    MessageRateSource,
+    SizeMode,
+)
 from smtpgate.connectors.enums import Permission as P
 from smtpgate.connectors.ranges import IPAddress
 
 from . import addresses, identity, replies
 from .replies import Reply
+
+# Commands that move no message forward (NOOP, RSET, HELP, VRFY, a repeated EHLO or HELO,
+# MAIL without a completed transaction) a session may send before it is closed; a message
+# accepted starts the count again. Postfix's smtpd_junk_command_limit has the same default.
+JUNK_COMMAND_LIMIT = 100
 
 # With ms-Exch-Bypass-Message-Size-Limit a message may exceed the connector's limit, but
 # never this: the receiver keeps memory bounded whoever the client is.
@@ -35,6 +45,7 @@ class Session:
     helo: str | None = None
     logon_failures: int = 0
     protocol_errors: int = 0
+    junk_commands: int = 0
     _rights: tuple[identity.Principals, frozenset[P]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -115,6 +126,21 @@ def ehlo_keywords(session: Session) -> list[str]:
     if P.AcceptExch50 in session.rights:
         keywords.append("XEXCH50")
     return keywords
+
+
+def line_allowances(session: Session) -> dict[bytes, int]:
+    """Octets a MAIL or RCPT line may have beyond 512 for the extensions EHLO offers:
+    SIZE (RFC 1870: 26), DSN (RFC 3461: 100 for MAIL, 500 for RCPT)."""
+    ext = session.connector.extensions
+    mail = (26 if ext.size is not SizeMode.Disabled else 0) + (100 if ext.dsn else 0)
+    return {b"MAIL": mail, b"RCPT": 500 if ext.dsn else 0}
+
+
+def junk_command(session: Session) -> Reply | None:
+    """A command that moves no message forward was counted: whether the session ends."""
+    if session.junk_commands > JUNK_COMMAND_LIMIT:
+        return replies.TOO_MANY_JUNK_COMMANDS
+    return None
 
 
 def auth_start(session: Session, mechanism: str) -> Reply | None:
@@ -212,6 +238,20 @@ def rcpt(session: Session, recipient: str, so_far: int) -> Reply:
     ):
         return replies.RECIPIENT_OK
     return replies.RELAY_DENIED
+
+
+def postmaster(session: Session) -> str:
+    """Where ``RCPT TO:<postmaster>`` (no domain, any case; RFC 5321 4.5.1 requires it to
+    be accepted) goes: postmaster at the authoritative domain the connector's FQDN is in,
+    else at the first authoritative domain by name, else at the FQDN itself."""
+    fqdn = session.connector.fqdn.lower()
+    own = [
+        d.domain
+        for d in session.accepted_domains
+        if d.domain_type is AcceptedDomainType.Authoritative and not d.domain.startswith("*.")
+    ]
+    domain = next((d for d in own if fqdn == d or fqdn.endswith("." + d)), own[0] if own else fqdn)
+    return f"postmaster@{domain}"
 
 
 def message(session: Session, header_size: int, hop_count: int) -> Reply | None:

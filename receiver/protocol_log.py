@@ -2,7 +2,9 @@
 sequence-number, local-endpoint, remote-endpoint, event, data, context.
 
 Events: ``+`` connect, ``-`` disconnect, ``>`` sent to the client, ``<`` received from the
-client, ``*`` information. AUTH payloads and passwords are never written."""
+client, ``*`` information. AUTH payloads and passwords are never written. Control
+characters are written escaped (``\x1b``, a backslash as ``\\``), here and on stderr
+(``EscapingFormatter``): one line per event, nothing a terminal would act on."""
 
 from __future__ import annotations
 
@@ -14,13 +16,39 @@ import logging.handlers
 import re
 import sys
 import threading
-from typing import TextIO
+from typing import Any, TextIO
 
 FIELDS = (
     "date-time,connector-id,session-id,sequence-number,local-endpoint,remote-endpoint,"
     "event,data,context"
 )
 _AUTH = re.compile(r"^(AUTH\s+\S+)(\s+.*)?$", re.IGNORECASE)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match[0]
+    return "\\\\" if char == "\\" else f"\\x{ord(char):02x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters (C0, DEL, C1) and backslashes escaped."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(_escaped, text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a message stays on one line, and a
+    traceback keeps its line breaks and nothing else."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        text = super().formatException(ei)
+        return "\n".join(escape(line) for line in text.split("\n"))
 
 
 def redact(line: str) -> str:
@@ -81,7 +109,17 @@ class ProtocolLog:
         buffer = io.StringIO()
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         csv.writer(buffer, lineterminator="").writerow(
-            [stamp, connector, session, sequence, local, remote, event, data, context]
+            [
+                stamp,
+                connector,
+                session,
+                sequence,
+                local,
+                remote,
+                event,
+                escape(data),
+                escape(context),
+            ]
         )
         self._emit(buffer.getvalue())
 

@@ -1,4 +1,5 @@
-"""Follows the config file and the certificate files while the receiver runs.
+"""Follows the config file and the certificate files while the receiver runs, and tries
+again the bindings that could not listen.
 
 ConfigMap and Secret volumes change by swapping a symlink, so files are compared by
 content, not by inode or mtime alone. A config that does not parse, or has a version this
@@ -50,6 +51,7 @@ class Watcher:
         return {p: _digest(pathlib.Path(p)) for p in sorted(paths)}
 
     async def check(self) -> None:
+        await self.receiver.retry()
         digest = _digest(self.config_file)
         if digest is not None and digest != self._config_digest:
             self._config_digest = digest

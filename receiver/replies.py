@@ -41,6 +41,8 @@ TOO_MANY_FROM_SOURCE = Reply(421, "4.7.0", "Too many connections from your addre
 CONNECTION_TIMEOUT = Reply(421, "4.4.2", "Connection timed out", True)
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors on this connection, closing", True)
 TOO_MANY_LOGON_FAILURES = Reply(421, "4.7.0", "Too many failed logons, closing", True)
+PREGREET = Reply(554, "5.5.0", "SMTP protocol synchronization: you spoke before the greeting", True)
+TOO_MANY_JUNK_COMMANDS = Reply(421, "4.7.0", "Too many commands without a message, closing", True)
 
 NOT_AUTHENTICATED = Reply(530, "5.7.1", "Client was not authenticated")
 MUST_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
@@ -50,6 +52,10 @@ AUTH_UNKNOWN_MECHANISM = Reply(504, "5.7.4", "Unrecognized authentication type")
 AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated")
 AUTH_NOT_PERMITTED = Reply(530, "5.7.1", "Client is not permitted to submit on this connector")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not permitted during a mail transaction")
+AUTH_AUTHZID = Reply(
+    535, "5.7.8", "Authorization identity must be empty or the authentication identity"
+)
 
 MESSAGE_RATE_EXCEEDED = Reply(452, "4.7.0", "Message rate limit exceeded, try again later")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
@@ -64,6 +70,8 @@ HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header size exceeds limit")
 HOP_COUNT_EXCEEDED = Reply(554, "5.4.6", "Hop count exceeded - possible mail loop")
 BARE_LINE_ENDING_DATA = Reply(554, "5.6.11", "Bare CR or LF in message data is not permitted")
 BARE_LINE_ENDING_COMMAND = Reply(500, "5.5.2", "Bare CR or LF in command is not permitted")
+COMMAND_TOO_LONG = Reply(500, "5.5.6", "Command line too long (RFC 5321 4.5.3.1.4)")
+CONTROL_IN_COMMAND = Reply(501, "5.5.2", "Control characters in commands are not permitted")
 DATA_TOO_MUCH = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 DATA_LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (RFC 5321 4.5.3.1.6)")
 NUL_IN_DATA = Reply(554, "5.6.0", "NUL characters in message data are not permitted")

@@ -10,7 +10,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import uvloop
@@ -32,11 +32,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class RateWindow:
-    """Messages accepted per key in the last minute (message rate limits)."""
+    """Messages accepted per key in the last minute (message rate limits). Keys whose
+    messages are all older than the window are forgotten, at most one window apart, so
+    the map holds only the sources of the last two windows."""
 
-    def __init__(self, window: float = 60.0) -> None:
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
+        self.clock = clock
         self.stamps: dict[str, collections.deque[float]] = {}
+        self._swept = clock()
 
     def _trim(self, key: str, now: float) -> collections.deque[float]:
         stamps = self.stamps.setdefault(key, collections.deque())
@@ -47,11 +51,19 @@ class RateWindow:
             return collections.deque()
         return stamps
 
+    def _sweep(self, now: float) -> None:
+        if now - self._swept >= self.window:
+            self._swept = now
+            cutoff = now - self.window
+            for key in [k for k, stamps in self.stamps.items() if stamps[-1] <= cutoff]:
+                del self.stamps[key]
+
     def count(self, key: str) -> int:
-        return len(self._trim(key, time.monotonic()))
+        return len(self._trim(key, self.clock()))
 
     def add(self, key: str) -> None:
-        now = time.monotonic()
+        now = self.clock()
+        self._sweep(now)
         self._trim(key, now)
         self.stamps.setdefault(key, collections.deque()).append(now)
 
@@ -175,6 +187,16 @@ class Receiver:
     async def start(self) -> None:
         await self._listen(self.bindings())
 
+    @property
+    def serving(self) -> bool:
+        """Every binding of the config listens (readiness)."""
+        return bool(self.listeners) and not self.failed
+
+    async def retry(self) -> None:
+        """Try again the bindings that could not listen (a port in use, say)."""
+        if self.failed:
+            await self._listen({b: n for b, n in self.bindings().items() if str(b) in self.failed})
+
     async def apply(self, config: ServerConfig) -> None:
         """Serve ``config`` from now on: new sessions use it, sessions in flight keep the
         config they started with; listeners open and close as bindings come and go."""
@@ -184,6 +206,7 @@ class Receiver:
             if binding not in wanted:
                 self.listeners.pop(binding).close()
                 log.info("stopped listening on %s", binding)
+        self.failed = {b: m for b, m in self.failed.items() if b in {str(w) for w in wanted}}
         await self._listen({b: n for b, n in wanted.items() if b not in self.listeners})
 
     async def _listen(self, wanted: dict[Binding, list[str]]) -> None:
@@ -194,8 +217,9 @@ class Receiver:
                 sock = _listening_socket(host, port, binding.version, self.listen.reuse_port)
             except OSError as err:
                 message = f"cannot listen on {host}:{port}: {err.strerror}"
+                if self.failed.get(str(binding)) != message:
+                    log.error("binding %s of %s: %s", binding, ", ".join(names), message)
                 self.failed[str(binding)] = message
-                log.error("binding %s of %s: %s", binding, ", ".join(names), message)
                 continue
             server = await loop.create_server(
                 lambda b=binding: ConnectorSMTP(self.runtime, b), sock=sock

@@ -9,13 +9,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
+import functools
 import inspect
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, _AuthMechAttr, login_always_fail, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    Envelope,
+    TLSSetupException,
+    _AuthMechAttr,
+    login_always_fail,
+    syntax,
+)
 from aiosmtpd.smtp import Session as EngineSession
 from aiosmtpd.smtp import __ident__ as ENGINE_IDENT
 from smtpgate.connectors.bindings import Binding
@@ -29,6 +37,7 @@ from . import (
     headers,
     health,
     identity,
+    lines,
     policy,
     protocol_log,
     replies,
@@ -42,31 +51,18 @@ log = logging.getLogger(__name__)
 EXCH50_MAX = 1 << 20
 
 
-class BareLineEnding(Exception):
-    """A command line ended in a bare LF, or held a bare CR."""
+class _EngineLimits(dict[str, int]):
+    """aiosmtpd's per-command size limits, kept above ``LineGuard``'s: every command may
+    have a line as long as the reader's buffer, and EHLO's additions are dropped."""
+
+    def __missing__(self, key: str) -> int:
+        return SMTP.line_length_limit
+
+    def __setitem__(self, key: str, value: int) -> None:
+        pass
 
 
-class LineGuard:
-    """Stands in for the session's StreamReader and watches command lines: each must end in
-    CRLF and hold no other CR. (DATA is read in blocks by ``data.DataReader``.)"""
-
-    def __init__(self, inner: asyncio.StreamReader, on_command: Any = None) -> None:
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "on_command", on_command)
-
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        line = await self._inner.readuntil(separator)
-        if self.on_command is not None:
-            self.on_command(line)
-        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            raise BareLineEnding()
-        return line
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._inner, name, value)
+_ENGINE_LIMITS = _EngineLimits()
 
 
 @dataclass(frozen=True)
@@ -104,6 +100,20 @@ def _method_tables(engine: type, handler: type) -> _MethodTables:
         auth=tuple(auth),
         ehlo_hook_ver=version,
     )
+
+
+def _junk(command: Any) -> Any:
+    """``command`` (an aiosmtpd ``smtp_*`` method) counted as a junk command."""
+
+    @functools.wraps(command)
+    async def counted(self: ConnectorSMTP, arg: str | None) -> None:
+        refusal = self.junk()
+        if refusal is not None:
+            await self.push(refusal.line())
+            return
+        await command(self, arg)
+
+    return counted
 
 
 class ConnectorSMTP(SMTP):
@@ -149,8 +159,8 @@ class ConnectorSMTP(SMTP):
         self.data_size_limit = None
         self.enable_SMTPUTF8 = False
         self._decode_data = False
-        # aiosmtpd keeps this in one dict shared by every connection; each gets its own.
-        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        # ``LineGuard`` enforces the command line limits; the engine's stay out of its way.
+        self.command_size_limits = _ENGINE_LIMITS
         self.hostname = hostname
         self.tls_context = None
         self.require_starttls = None
@@ -250,7 +260,7 @@ class ConnectorSMTP(SMTP):
     def _cb_client_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        super()._cb_client_connected(LineGuard(reader, self._received), writer)  # type: ignore[arg-type]
+        super()._cb_client_connected(lines.LineGuard(reader, self._received), writer)  # type: ignore[arg-type]
 
     def _received(self, line: bytes) -> None:
         if self.plog.log is not None:
@@ -259,6 +269,15 @@ class ConnectorSMTP(SMTP):
     async def _handle_client(self) -> None:
         if self.refusal is not None:
             await self.push(self.refusal.line())
+            return
+        # One turn of the loop lets bytes already sent arrive: a client that speaks before
+        # the greeting is not an SMTP client waiting for it (postscreen's pregreet test).
+        await asyncio.sleep(0)
+        if self._reader._buffer:
+            assert self.policy is not None
+            self.plog("*", "", "client spoke before the greeting")
+            health.SESSIONS_DROPPED.labels(self.policy.connector.name, "pregreet").inc()
+            await self.push(self.reply(replies.PREGREET))
             return
         self.runtime.sessions.add(self)
         try:
@@ -285,7 +304,8 @@ class ConnectorSMTP(SMTP):
                         replies.TOO_MANY_ERRORS,
                     )
             if code >= 500:
-                delay = policy.tarpit_seconds(session, Reply(code, "", "", False))
+                closing = self._close_after is not None
+                delay = policy.tarpit_seconds(session, Reply(code, "", "", closing))
                 if delay:
                     await asyncio.sleep(delay)
             if not session.connector.extensions.enhanced_status_codes:
@@ -300,12 +320,29 @@ class ConnectorSMTP(SMTP):
             self._close_after = None
             if self.transport is not None:
                 self.transport.close()
+                # Commands the client pipelined behind are not read any more: the
+                # session's task ends here (a read from the buffer would not yield).
+                if self._handler_coroutine is not None:
+                    self._handler_coroutine.cancel()
+                    await asyncio.sleep(0)
 
     def reply(self, reply: Reply) -> str:
         """A hook's answer; a closing reply ends the session once it is sent."""
         if reply.close:
             self._close_after = reply
         return reply.line()
+
+    def junk(self) -> Reply | None:
+        """Count a command that moves no message forward; the closing reply once the
+        session has sent too many."""
+        state = self.policy
+        assert state is not None
+        state.junk_commands += 1
+        refusal = policy.junk_command(state)
+        if refusal is not None:
+            health.SESSIONS_DROPPED.labels(state.connector.name, "junk-commands").inc()
+            self._close_after = refusal
+        return refusal
 
     # -- engine seams -------------------------------------------------------------------
 
@@ -326,10 +363,32 @@ class ConnectorSMTP(SMTP):
         return result
 
     async def handle_exception(self, error: Exception) -> str:
-        if isinstance(error, BareLineEnding):
-            return replies.BARE_LINE_ENDING_COMMAND.line()
+        if isinstance(error, lines.RefusedLine):
+            return error.reply.line()
+        if isinstance(error, TLSSetupException):
+            # Anyone can fail a handshake: one line, not a traceback per connection.
+            log.info(
+                "STARTTLS from %s failed: %s",
+                self.session and self.session.peer and self.session.peer[0],
+                error.__cause__,
+            )
+            return ""  # the engine closes the connection and sends nothing
         log.exception("session error on connector %s", self.policy and self.policy.connector.name)
         return "451 4.3.0 Internal error, try again later"
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        # RFC 4954 4: no AUTH during a mail transaction, whatever the mechanism.
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            await self.push(replies.AUTH_IN_TRANSACTION.line())
+            return
+        await super().smtp_AUTH(arg)
+
+    smtp_NOOP = _junk(SMTP.smtp_NOOP)
+    smtp_RSET = _junk(SMTP.smtp_RSET)
+    smtp_HELP = _junk(SMTP.smtp_HELP)
+    smtp_VRFY = _junk(SMTP.smtp_VRFY)
+    smtp_MAIL = _junk(SMTP.smtp_MAIL)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
@@ -353,6 +412,8 @@ class ConnectorSMTP(SMTP):
             if not chunk:
                 return  # the client went away mid-DATA: nothing was acknowledged
             rest = collected.feed(chunk)
+            if rest is None:
+                self._reset_timeout()  # bytes keep coming: the client is not idle
         if rest:
             reader._buffer[0:0] = rest  # pipelined commands after the end marker
         content, refusal = collected.result()
@@ -412,18 +473,26 @@ class _Handler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
+        state = self.state()
+        if state.helo is not None and (refusal := self.smtp.junk()) is not None:
+            return [refusal.line()]
         session.host_name = hostname
-        self.state().helo = hostname
-        lines = [self.state().connector.fqdn, *policy.ehlo_keywords(self.state())]
+        state.helo = hostname
+        self.smtp._reader.allow(policy.line_allowances(state))  # type: ignore[attr-defined]
+        answer = [state.connector.fqdn, *policy.ehlo_keywords(state)]
         # One write for the whole reply: a line per keyword would cost a send() each.
-        return ["\r\n".join([f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"])]
+        return ["\r\n".join([f"250-{line}" for line in answer[:-1]] + [f"250 {answer[-1]}"])]
 
     async def handle_HELO(
         self, server: SMTP, session: EngineSession, envelope: Envelope, hostname: str
     ) -> str:
+        state = self.state()
+        if state.helo is not None and (refusal := self.smtp.junk()) is not None:
+            return refusal.line()
         session.host_name = hostname
-        self.state().helo = hostname
-        return f"250 {self.state().connector.fqdn}"
+        state.helo = hostname
+        self.smtp._reader.allow({})  # type: ignore[attr-defined]
+        return f"250 {state.connector.fqdn}"
 
     async def handle_AUTH(
         self, server: SMTP, session: EngineSession, envelope: Envelope, args: list[str]
@@ -466,6 +535,10 @@ class _Handler:
             parts = blob.split(b"\x00") if isinstance(blob, bytes) else []
             if len(parts) != 3:
                 await smtp.push("501 5.5.2 Cannot decode the credentials")
+                return None
+            if parts[0] not in (b"", parts[1]):
+                # RFC 4616: acting for another identity is not a right anyone here has.
+                await smtp.push(replies.AUTH_AUTHZID.line())
                 return None
             login, password = parts[1], parts[2]
         else:
@@ -515,6 +588,8 @@ class _Handler:
         address: str,
         options: list[str],
     ) -> str:
+        if "@" not in address and address.lower() == "postmaster":
+            address = policy.postmaster(self.state())
         answer = policy.rcpt(self.state(), address, len(envelope.rcpt_tos))
         if not answer.refusal:
             envelope.rcpt_tos.append(address)
@@ -562,6 +637,7 @@ class _Handler:
         key = policy.rate_key(state)
         if key is not None:
             self.smtp.runtime.rates.add(key)
+        state.junk_commands = 0
         health.MESSAGES_ACCEPTED.labels(state.connector.name).inc()
         health.BYTES_ACCEPTED.labels(state.connector.name).inc(len(message.content))
         self.smtp.plog("*", queue_id, f"accepted for {len(message.recipients)} recipients")

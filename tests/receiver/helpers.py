@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import os
 import pathlib
 import socket
 import ssl
+import subprocess
+import sys
+from typing import Any
 
 from smtpgate.connectors import config, specs
+from smtpgate.receiver.replies import Reply
 
 
 class Raw:
@@ -79,23 +84,40 @@ class Raw:
         except TimeoutError:
             return False
 
+    def replies_until_closed(self) -> list[tuple[int, str]]:
+        """Every reply still to come, until the server closes the connection."""
+        found = []
+        while True:
+            try:
+                found.append(self.reply())
+            except (ConnectionError, TimeoutError):
+                return found
+
     def close(self) -> None:
         self.sock.close()
+
+
+def expected(reply: Reply) -> tuple[int, str]:
+    """What ``Raw.reply`` reads for ``reply``."""
+    return reply.code, reply.line()[4:]
 
 
 def plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
-def internet_config_file(folder: pathlib.Path) -> pathlib.Path:
-    """A ServerConfig file with one Internet connector on 0.0.0.0:25 (no tarpit) and the
-    accepted domain contoso.com, for tests that run the receiver as a process."""
+def internet_config_file(
+    folder: pathlib.Path, bindings: tuple[str, ...] = ("0.0.0.0:25",)
+) -> pathlib.Path:
+    """A ServerConfig file with one Internet connector on 0.0.0.0:25 (or ``bindings``; no
+    tarpit) and the accepted domain contoso.com, for tests that run the receiver as a
+    process."""
     server = specs.TransportServerSpec(fqdn="mail.contoso.com")
     connector = specs.ReceiveConnectorSpec.model_validate(
         {
             "server": "ex01",
             "usage": "Internet",
-            "bindings": ["0.0.0.0:25"],
+            "bindings": list(bindings),
             "tarpitIntervalSeconds": 0,
         }
     )
@@ -109,3 +131,56 @@ def internet_config_file(folder: pathlib.Path) -> pathlib.Path:
     path = folder / "config.json"
     path.write_text(compiled.config.to_json())
     return path
+
+
+def start_process(
+    tmp: pathlib.Path,
+    port: int,
+    *extra: str,
+    config: pathlib.Path | None = None,
+    stderr: Any = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """The receiver as a process, serving ``config`` (``internet_config_file``'s by
+    default) with port 25 on ``port``, once it says it is ready."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtpgate.receiver",
+            "--config",
+            str(config or internet_config_file(tmp)),
+            "--spool",
+            str(tmp / "spool"),
+            "--listen-v4",
+            "127.0.0.1",
+            "--port-map",
+            f"25={port}",
+            "--protocol-log",
+            os.devnull,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
+    return proc
+
+
+def custom_connector(name: str = "Edge", **extra: Any) -> list[tuple[str, dict[str, Any]]]:
+    """One Custom connector on 0.0.0.0:25 for loopback clients: anonymous and BasicAuth
+    users, TLS, no tarpit; ``extra`` spec fields on top."""
+    return [
+        (
+            name,
+            {
+                "usage": "Custom",
+                "bindings": ["0.0.0.0:25"],
+                "remoteIPRanges": ["127.0.0.0/8"],
+                "authMechanisms": ["TLS", "BasicAuth"],
+                "permissionGroups": ["AnonymousUsers", "ExchangeUsers"],
+                "tarpitIntervalSeconds": 0,
+                **extra,
+            },
+        )
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,8 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 from smtpgate.receiver import delivery
 
-from .helpers import Raw
+from .conftest import PASSWORDS
+from .helpers import Raw, custom_connector, plain
 
 
 class NextHop:
@@ -198,3 +201,36 @@ def test_queue_ids_are_sixteen_hex_digits_and_do_not_repeat() -> None:
     ids = [delivery.new_queue_id() for _ in range(100_000)]
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 16 and int(i, 16) >= 0 and i == i.upper() for i in ids)
+
+
+def test_auth_is_prompt_while_the_next_hop_hangs(start: Any) -> None:
+    running = start(custom_connector("Client"))
+    # A next hop that takes connections and never says a word.
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(128)
+    running.runtime.delivery = delivery.RelayDelivery(
+        "127.0.0.1", hanging.getsockname()[1], timeout=30
+    )
+    # More messages waiting on it than the event loop's default pool has threads.
+    stuck = []
+    for n in range(min(32, (os.cpu_count() or 1) + 4) + 2):
+        raw = Raw(running.port(25), source=f"127.0.1.{n + 1}")
+        raw.reply()
+        raw.command("EHLO client.example")
+        raw.command("MAIL FROM:<s@example.org>")
+        raw.command("RCPT TO:<u@contoso.com>")
+        assert raw.command("DATA")[0] == 354
+        raw.send(b"Subject: stuck\r\n\r\nbody\r\n.\r\n")
+        stuck.append(raw)
+    time.sleep(0.5)
+    try:
+        raw = Raw(running.port(25), source="127.0.2.1")
+        raw.reply()
+        raw.command("EHLO client.example")
+        began = time.monotonic()
+        assert raw.command(f"AUTH PLAIN {plain('alice', PASSWORDS['alice'])}")[0] == 235
+        assert time.monotonic() - began < 2
+    finally:
+        hanging.close()  # the relays waiting on it fail now
+    assert all(raw.reply()[0] == 451 for raw in stuck)

@@ -7,7 +7,7 @@ from typing import Any
 
 import bcrypt
 import pytest
-from smtpgate.receiver import replies
+from smtpgate.receiver import replies, server
 from smtpgate.receiver.users import UserDatabase
 
 from .conftest import PASSWORDS
@@ -271,3 +271,24 @@ def test_message_rate_limit_per_source(start: Any, source: str, user: str | None
         assert other == _line(replies.MESSAGE_RATE_EXCEEDED)
     else:
         assert other[0] == 250
+
+
+def _message_from(running: Any, source: str) -> tuple[int, str]:
+    raw = _greeted(running, source)
+    assert raw.command("MAIL FROM:<s@example.org>")[0] == 250
+    raw.command("RCPT TO:<u@contoso.com>")
+    raw.command("DATA")
+    raw.send(b"Subject: rate\r\n\r\nbody\r\n.\r\n")
+    return raw.reply()
+
+
+def test_the_rate_window_forgets_sources_once_the_window_has_passed(start: Any) -> None:
+    running = start(_connector(messageRateLimit=5))
+    now = [1000.0]
+    running.runtime.rates = server.RateWindow(clock=lambda: now[0])
+    for n in range(20):
+        assert _message_from(running, f"127.0.0.{20 + n}")[0] == 250
+    assert len(running.runtime.rates.stamps) == 20
+    now[0] += 61  # the window has passed: none of the 20 sends any more
+    assert _message_from(running, "127.0.0.99")[0] == 250
+    assert set(running.runtime.rates.stamps) == {"ip:127.0.0.99"}

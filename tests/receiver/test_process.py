@@ -2,44 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
 import smtplib
 import socket
-import subprocess
-import sys
 import time
+import urllib.error
 import urllib.request
 
 from .conftest import free_port
-from .helpers import Raw, internet_config_file
-
-
-def _start(tmp: pathlib.Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smtpgate.receiver",
-            "--config",
-            str(internet_config_file(tmp)),
-            "--spool",
-            str(tmp / "spool"),
-            "--listen-v4",
-            "127.0.0.1",
-            "--port-map",
-            f"25={port}",
-            "--protocol-log",
-            os.devnull,
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == b"ready"
-    return proc
+from .helpers import Raw, internet_config_file, start_process
 
 
 def _children(pid: int) -> list[int]:
@@ -51,7 +23,7 @@ def test_sigterm_stops_accepting_and_lets_the_session_in_flight_finish(
     tmp_path: pathlib.Path,
 ) -> None:
     port, health = free_port(), free_port()
-    proc = _start(
+    proc = start_process(
         tmp_path,
         port,
         "--grace-seconds",
@@ -100,7 +72,7 @@ def test_sigterm_stops_accepting_and_lets_the_session_in_flight_finish(
 
 def test_workers_share_the_port_and_stop_together(tmp_path: pathlib.Path) -> None:
     port = free_port()
-    proc = _start(tmp_path, port, "--workers", "2")
+    proc = start_process(tmp_path, port, "--workers", "2")
     try:
         workers = _children(proc.pid)
         assert len(workers) == 2
@@ -121,5 +93,49 @@ def test_workers_share_the_port_and_stop_together(tmp_path: pathlib.Path) -> Non
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def _ready(health: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_not_ready_while_a_binding_cannot_listen(tmp_path: pathlib.Path) -> None:
+    port, submission, health = free_port(), free_port(), free_port()
+    occupied = socket.socket()
+    occupied.bind(("127.0.0.1", submission))
+    occupied.listen()
+    config = internet_config_file(tmp_path, ("0.0.0.0:25", "0.0.0.0:587"))
+    proc = start_process(
+        tmp_path,
+        port,
+        "--port-map",
+        f"25={port},587={submission}",
+        "--health-port",
+        str(health),
+        "--health-host",
+        "127.0.0.1",
+        config=config,
+    )
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            assert smtp.noop()[0] == 250  # the other binding serves
+        assert _ready(health) == 503
+        occupied.close()  # the port comes free: the binding is tried again
+        deadline = time.monotonic() + 10
+        while _ready(health) != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.2)
+        with smtplib.SMTP("127.0.0.1", submission, timeout=10) as smtp:
+            assert smtp.noop()[0] == 250
+    finally:
+        occupied.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
         assert proc.stdout is not None
         proc.stdout.close()

@@ -1,0 +1,83 @@
+"""Command lines as the receiver reads them: CRLF-terminated, no other CR, no control
+characters, at most 512 octets (RFC 5321 4.5.3.1.4) plus what extensions add; anything
+else is refused whole before aiosmtpd's engine parses it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from . import replies
+from .replies import Reply
+
+COMMAND_LIMIT = 512  # octets including CRLF, RFC 5321 4.5.3.1.4
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class RefusedLine(Exception):
+    """A command line refused before the engine parses it; ``reply`` says why."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.text)
+        self.reply = reply
+
+
+class LineGuard:
+    """Stands in for the session's StreamReader and watches command lines: each must end in
+    CRLF, hold no other CR and no control character, and fit in 512 octets (more for MAIL
+    and RCPT where an extension says so, ``allowances``). A line longer than the reader's
+    buffer is read to its end and thrown away whole, so nothing of it is read as a command.
+    (DATA is read in blocks by ``data.DataReader``.)"""
+
+    def __init__(self, inner: asyncio.StreamReader, on_command: Any = None) -> None:
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "on_command", on_command)
+        object.__setattr__(self, "allowances", {})
+
+    def allow(self, allowances: dict[bytes, int]) -> None:
+        """Octets beyond 512 per command (``b"MAIL"``), as the EHLO reply offered."""
+        object.__setattr__(self, "allowances", allowances)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        try:
+            line = await self._inner.readuntil(separator)
+        except asyncio.LimitOverrunError:
+            await self._discard_line()
+            raise RefusedLine(replies.COMMAND_TOO_LONG) from None
+        if self.on_command is not None:
+            self.on_command(line)
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            raise RefusedLine(replies.BARE_LINE_ENDING_COMMAND)
+        if len(line) > COMMAND_LIMIT and len(line) > COMMAND_LIMIT + self.allowances.get(
+            line[:4].upper(), 0
+        ):
+            raise RefusedLine(replies.COMMAND_TOO_LONG)
+        if _CONTROL.search(line, 0, len(line) - 2) is not None:
+            raise RefusedLine(replies.CONTROL_IN_COMMAND)
+        return line
+
+    async def readline(self) -> bytes:
+        """An AUTH response line (never logged): up to the reader's limit, or refused."""
+        try:
+            return await self._inner.readuntil(b"\n")
+        except asyncio.IncompleteReadError as error:
+            return error.partial
+        except asyncio.LimitOverrunError:
+            await self._discard_line()
+            raise RefusedLine(replies.COMMAND_TOO_LONG) from None
+
+    async def _discard_line(self) -> None:
+        """Read up to and including the next LF, holding no more than the buffer's limit."""
+        while True:
+            try:
+                await self._inner.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as error:
+                await self._inner.read(error.consumed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._inner, name, value)
