@@ -258,7 +258,7 @@ def _connector(
             pipelining=spec.pipelining_enabled,
             chunking=spec.chunking_enabled,
             eight_bit_mime=spec.eight_bit_mime_enabled,
-            binary_mime=spec.binary_mime_enabled,
+            binary_mime=spec.binary_mime,
             dsn=spec.delivery_status_notification_enabled,
             enhanced_status_codes=spec.enhanced_status_codes_enabled,
             size=spec.size_enabled,
