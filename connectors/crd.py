@@ -233,7 +233,6 @@ def transport_server() -> Schema:
             {
                 "rule": server_name_cel("self.metadata.name"),
                 "message": "metadata.name " + SERVER_NAME_RULE.message,
-                "fieldPath": ".metadata.name",
             }
         ],
     )
