@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -65,6 +66,11 @@ class Resolved:
     certificate_name: certificates.CertificateName | None
     connection_timeout_seconds: int
     connection_inactivity_timeout_seconds: int
+
+    @functools.cached_property
+    def clash(self) -> ranges.Clash:
+        """The remote ranges, indexed for conflict checks against other connectors."""
+        return ranges.Clash(self.remote_ip_ranges)
 
 
 def _unique(values: Iterable[T]) -> tuple[T, ...]:
