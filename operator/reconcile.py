@@ -158,6 +158,7 @@ def plan(snapshot: Snapshot, *, image: str, now: dt.datetime) -> Plan:
         gen = server["metadata"].get("generation")
         status: Body = {"observedGeneration": gen}
         try:
+            specs.check_server_name(server_name)  # admitted before the CRD's rule, perhaps
             server_spec = specs.parse_spec(specs.TransportServerSpec, server.get("spec", {}))
         except SpecError as err:
             status["conditions"] = [condition("Ready", False, "InvalidSpec", str(err), gen)]
