@@ -141,6 +141,11 @@ def enforcer(*rules: Rule) -> Callable[[Any], Any]:
     return lambda value: enforce(rules, value)
 
 
+def matching(pattern: str, message: str) -> Rule:
+    """The rule that a whole string matches ``pattern``."""
+    return Rule(cel_matches("self", pattern), message, lambda value: matches(pattern, value))
+
+
 def ipv4_value(target: str) -> str:
     """CEL: the IPv4 address ``target`` (four dotted decimals) as an integer. split() is
     given its limit so that CEL's cost estimate knows the list has four parts."""

@@ -222,11 +222,10 @@ RelayHost = Annotated[
 CertificateNameText = Annotated[
     str,
     Text(
-        Rule(
-            admission.cel_matches("self", admission.CERTIFICATE_NAME),
+        admission.matching(
+            admission.CERTIFICATE_NAME,
             "must have the form <I>issuer<S>subject, each an RFC 4514 name such as "
             "CN=Contoso CA,O=Contoso",
-            lambda v: admission.matches(admission.CERTIFICATE_NAME, v),
         ),
         max_length=1024,
         check=certificates.parse_name,
@@ -235,11 +234,10 @@ CertificateNameText = Annotated[
 Banner = Annotated[
     str,
     Text(
-        Rule(
-            admission.cel_matches("self", admission.BANNER),
+        admission.matching(
+            admission.BANNER,
             "must be 220, a space and text of printable US-ASCII characters, spaces and tabs "
             "(RFC 5321 reply text; no line breaks)",
-            lambda v: admission.matches(admission.BANNER, v),
         ),
         max_length=510,
     ),
