@@ -2,8 +2,8 @@
 expressions (written in the common subset of Python's ``re`` and RE2, and always matched
 whole) and the CEL rules the CRDs carry, each beside the Python check that mirrors it.
 
-tests/connectors/test_admission.py and tests/controlplane/test_admission.py hold the two to
-each other.
+tests/controlplane/test_admission.py holds the two to each other (the model half runs
+without a control plane).
 """
 
 from __future__ import annotations
