@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .specs import AcceptedDomainSpec, ReceiveConnectorSpec, TransportServerSpec
+from . import admission
+from .specs import (
+    SERVER_NAME_RULE,
+    AcceptedDomainSpec,
+    ReceiveConnectorSpec,
+    TransportServerSpec,
+    server_name_cel,
+)
 
 GROUP = "smtpgate.io"
 VERSION = "v1alpha1"
@@ -139,7 +146,22 @@ def _crd(
     spec: Schema,
     status: Schema,
     columns: list[dict[str, str]],
+    rules: list[dict[str, str]] | None = None,
 ) -> Schema:
+    root: Schema = {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    if rules:
+        root["x-kubernetes-validations"] = rules
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -162,20 +184,7 @@ def _crd(
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [*columns, READY_COLUMN, AGE_COLUMN],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": description,
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
-                    },
+                    "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
@@ -209,7 +218,9 @@ def transport_server() -> Schema:
         "transportservers",
         ["tsrv"],
         "An Exchange-style transport server (Mailbox or Edge): its receiver pods, how they are "
-        "exposed, and where accepted mail goes.",
+        "exposed, and where accepted mail goes. Its name is a DNS-1035 label of at most "
+        f"{admission.MAX_SERVER_NAME} characters: <name>-receiver names its workload, "
+        "Services and ConfigMap.",
         spec_schema(TransportServerSpec),
         TRANSPORT_SERVER_STATUS,
         [
@@ -217,6 +228,12 @@ def transport_server() -> Schema:
             {"name": "FQDN", "type": "string", "jsonPath": ".spec.fqdn"},
             {"name": "Connectors", "type": "integer", "jsonPath": ".status.connectors"},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        ],
+        [
+            {
+                "rule": server_name_cel("self.metadata.name"),
+                "message": "metadata.name " + SERVER_NAME_RULE.message,
+            }
         ],
     )
 

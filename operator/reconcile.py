@@ -261,6 +261,7 @@ def plan_server(
         status["defaultConnectorsCreated"] = True
     bodies = [b for b in snapshot.connectors if server_of(b) == server_name]
     try:
+        specs.check_server_name(server_name)  # admitted before the CRD's rule, perhaps
         server_spec = specs.parse_spec(specs.TransportServerSpec, server.get("spec", {}))
     except SpecError as err:
         keep = (

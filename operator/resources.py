@@ -25,13 +25,35 @@ FIRST_EXTRA_PORT = 10025
 Body = dict[str, Any]
 
 
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _fit(name: str, key: str, limit: int = 63) -> str:
+    """``name`` if it fits in ``limit``, else its start and a hash of ``key`` (what makes
+    the name unique), so that names cut short stay distinct."""
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 11].rstrip('-')}-{_short_hash(key)}"
+
+
 def slug(text: str) -> str:
-    """A DNS-1123 name from free text: ``Default Frontend ex01`` → ``default-frontend-ex01``."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:63].rstrip("-")
+    """A DNS-1123 name from free text: ``Default Frontend ex01`` → ``default-frontend-ex01``;
+    a slug longer than 63 characters is cut and ends in a hash of the text."""
+    return _fit(re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-"), text)
 
 
 def receiver_name(server: str) -> str:
     return f"{server}-receiver"
+
+
+def binding_service_name(server: str, address: str) -> str:
+    """The Service of the bindings to one address: ``<server>-receiver-192-0-2-10``, or for
+    IPv6 the address written out in full (``...-20010db8000000000000000000000001``), so that
+    no two addresses share a name; cut and ended by a hash when longer than 63."""
+    ip = ipaddress.ip_address(address)
+    readable = ip.exploded.replace(":", "") if ip.version == 6 else str(ip).replace(".", "-")
+    return _fit(f"{receiver_name(server)}-{readable}", f"{server}/{ip.exploded}")
 
 
 def labels(server: str) -> dict[str, str]:
@@ -282,7 +304,7 @@ def services(
     out: list[Body] = []
     for address, ports in sorted(groups.items()):
         unique = {p.binding.port: p for p in ports}  # [::]:25 and 0.0.0.0:25 share a Service port
-        name = receiver_name(server) if not address else f"{receiver_name(server)}-{slug(address)}"
+        name = binding_service_name(server, address) if address else receiver_name(server)
         service_spec: Body = {
             "type": kind,
             "selector": {
@@ -305,7 +327,7 @@ def services(
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": {
-                    "name": name[:63],
+                    "name": name,
                     "namespace": namespace,
                     "labels": labels(server),
                     "ownerReferences": [owner],
