@@ -348,10 +348,12 @@ def test_what_admission_cannot_refuse_the_operator_reports(
     }
     connector = json.loads(manifest)
     connector["metadata"]["generation"] = 1
-    plan = reconcile.plan(
+    plan = reconcile.plan_server(
         reconcile.Snapshot(admission_ns, [server], [connector], [], []),
+        "ex01",
         image="smtpgate/receiver:test",
         now=dt.datetime.now(dt.UTC),
     )
+    assert plan is not None
     accepted = next(c for c in plan.connector_status["c1"]["conditions"] if c["type"] == "Accepted")
     assert accepted["status"] == "False" and accepted["reason"] == "InvalidSpec"
