@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import os
 import pathlib
+import re
 import statistics
 import sys
 import tempfile
@@ -165,7 +166,7 @@ def main() -> int:
             full = 0
             for cm in maps:
                 names = {c["name"] for c in json.loads(cm.data["config.json"])["connectors"]}
-                full += sum(1 for n in names if "-c" in n) == args.connectors
+                full += sum(1 for n in names if re.search(r"^ts\d+-c\d+$", n)) == args.connectors
             if full < args.servers:
                 return False
             items = custom.list_namespaced_custom_object(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -495,3 +496,64 @@ def test_operator_serves_metrics(controlplane: Any, operator: Any, ns: str) -> N
     ]
     assert ok and float(ok[0].split()[-1]) >= 1
     assert operator.http("/healthz")[0] == 200 and operator.http("/readyz")[0] == 200
+
+
+def test_json_logs_are_one_object_a_line(controlplane: Any, operator: Any, tmp_path: Any) -> None:
+    from ..kube_helpers import Operator
+
+    standby = Operator(
+        controlplane.kubeconfig, tmp_path / "json.log", extra=["--log-format", "json"]
+    )
+    standby.start()
+    try:
+        eventually(lambda: "watching" in standby.output(), what="the first line")
+        eventually(lambda: standby.http("/readyz")[0] == 200, what="caches synced")
+    finally:
+        standby.stop()
+    entries = [json.loads(line) for line in standby.output().splitlines() if line.strip()]
+    assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    assert any(e["message"].startswith("watching all namespaces") for e in entries)
+
+
+def test_a_burst_in_one_namespace_does_not_delay_another(
+    controlplane: Any, operator: Any, ns: str
+) -> None:
+    other = f"op-{uuid.uuid4().hex[:8]}"
+    controlplane.kubectl("create", "namespace", other)
+    try:
+        burst = [
+            doc
+            for i in range(30)
+            for doc in (
+                _server(ns, f"s{i:02d}", defaults=False),
+                *(
+                    _connector(ns, f"s{i:02d}-c{j}", f"s{i:02d}", ranges=f"198.18.{i}.{j * 16}/28")
+                    for j in range(10)
+                ),
+            )
+        ]
+        applying = threading.Thread(target=_apply, args=(controlplane, *burst))
+        applying.start()
+        eventually(
+            lambda: get(controlplane, "configmap", "s00-receiver", ns), what="the burst under way"
+        )
+        started = time.monotonic()
+        _apply(controlplane, _server(other, "lonely", defaults=False))
+        eventually(
+            lambda: get(controlplane, "configmap", "lonely-receiver", other),
+            timeout=30,
+            what="the other namespace's ConfigMap",
+        )
+        waited = time.monotonic() - started
+        applying.join()
+        assert waited < 5, f"the other namespace waited {waited:.1f}s"
+
+        def converged() -> bool:
+            return all(
+                len(_config(controlplane, ns, f"s{i:02d}")["connectors"]) == 11  # + delivery
+                for i in range(30)
+            )
+
+        eventually(converged, timeout=90, what="the burst's ConfigMaps")
+    finally:
+        controlplane.kubectl("delete", "namespace", other, "--wait=false", check=False)
