@@ -546,12 +546,17 @@ def merged_status(current: Body | None, desired: Body, now: str) -> Body | None:
 
 
 def transitions(current: Body | None, patch: Body) -> list[Body]:
-    """Conditions whose status or reason a status patch changes (each gets an Event)."""
+    """Conditions that deserve an Event: those whose status or reason a status patch changes,
+    and, on an object's first status, the failures other than Ready (a new object is not
+    Ready until its pods serve; that it then becomes Ready is the Event worth having)."""
     old = {c["type"]: c for c in (current or {}).get("conditions") or []}
-    return [
-        c
-        for c in patch.get("conditions") or []
-        if c["type"] not in old
-        or old[c["type"]].get("status") != c["status"]
-        or old[c["type"]].get("reason") != c["reason"]
-    ]
+    out = []
+    for cond in patch.get("conditions") or []:
+        before = old.get(cond["type"])
+        if before is None:
+            failure = cond["status"] == "False" or cond["type"] == "ConnectorsRejected"
+            if failure and cond["type"] != "Ready":
+                out.append(cond)
+        elif before.get("status") != cond["status"] or before.get("reason") != cond["reason"]:
+            out.append(cond)
+    return out
