@@ -119,8 +119,19 @@ RECEIVE_CONNECTOR_STATUS = _status(
 )
 TRANSPORT_SERVER_STATUS = _status(
     {
-        "connectors": {"type": "integer", "description": "Connectors in the server's config."},
+        "connectors": {
+            "type": "integer",
+            "description": "ReceiveConnectors in the server's config (the implicit Mailbox "
+            "delivery connector is not counted).",
+        },
         "readyReplicas": {"type": "integer", "description": "Receiver pods ready."},
+        "replicas": {"type": "integer", "description": "Receiver pods (the scale subresource)."},
+        "replicasReady": {"type": "string", "description": "Ready of desired pods, e.g. 1/2."},
+        "selector": {
+            "type": "string",
+            "description": "Label selector of the receiver pods (the scale subresource, for "
+            "kubectl scale and HorizontalPodAutoscalers).",
+        },
         "configHash": {"type": "string", "description": "Hash of the config in force."},
         "defaultConnectorsCreated": {
             "type": "boolean",
@@ -145,8 +156,9 @@ def _crd(
     description: str,
     spec: Schema,
     status: Schema,
-    columns: list[dict[str, str]],
+    columns: list[dict[str, Any]],
     rules: list[dict[str, str]] | None = None,
+    scale: bool = False,
 ) -> Schema:
     root: Schema = {
         "type": "object",
@@ -182,7 +194,20 @@ def _crd(
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {
+                        "status": {},
+                        **(
+                            {
+                                "scale": {
+                                    "specReplicasPath": ".spec.replicas",
+                                    "statusReplicasPath": ".status.replicas",
+                                    "labelSelectorPath": ".status.selector",
+                                }
+                            }
+                            if scale
+                            else {}
+                        ),
+                    },
                     "additionalPrinterColumns": [*columns, READY_COLUMN, AGE_COLUMN],
                     "schema": {"openAPIV3Schema": root},
                 }
@@ -208,6 +233,24 @@ def receive_connector() -> Schema:
             {"name": "Server", "type": "string", "jsonPath": ".spec.server"},
             {"name": "Usage", "type": "string", "jsonPath": ".spec.usage"},
             {"name": "Bindings", "type": "string", "jsonPath": ".spec.bindings"},
+            {
+                "name": "Accepted",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Accepted")].status',
+                "priority": 1,
+            },
+            {
+                "name": "Reason",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                "priority": 1,
+            },
+            {
+                "name": "Certificate",
+                "type": "string",
+                "jsonPath": ".status.certificate.secretName",
+                "priority": 1,
+            },
         ],
     )
 
@@ -227,7 +270,15 @@ def transport_server() -> Schema:
             {"name": "Role", "type": "string", "jsonPath": ".spec.role"},
             {"name": "FQDN", "type": "string", "jsonPath": ".spec.fqdn"},
             {"name": "Connectors", "type": "integer", "jsonPath": ".status.connectors"},
-            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Replicas", "type": "string", "jsonPath": ".status.replicasReady"},
+            {
+                "name": "Exposure",
+                "type": "string",
+                "jsonPath": ".spec.exposure.type",
+                "priority": 1,
+            },
+            {"name": "Next hop", "type": "string", "jsonPath": ".spec.nextHop.type", "priority": 1},
+            {"name": "Config", "type": "string", "jsonPath": ".status.configHash", "priority": 1},
         ],
         [
             {
@@ -235,6 +286,7 @@ def transport_server() -> Schema:
                 "message": "metadata.name " + SERVER_NAME_RULE.message,
             }
         ],
+        scale=True,
     )
 
 

@@ -281,6 +281,40 @@ ByteSize = Annotated[
 ]
 
 
+QUANTITY = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?"
+
+
+def _quantity(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("must be a Kubernetes quantity such as 500m, 256Mi or 2")
+    if isinstance(value, str) and not re.fullmatch(QUANTITY, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (such as 500m, 256Mi or 2)")
+    return value
+
+
+Quantity = Annotated[
+    str | int,
+    BeforeValidator(_quantity),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": f"^{QUANTITY}$",
+        }
+    ),
+]
+# A Kubernetes API object (a toleration, an affinity, a topology spread constraint) passed to
+# the pod template as written; the API server checks it when the workload is applied.
+KubeObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+LabelMap = Annotated[
+    dict[str, Annotated[str, Text(max_length=63)]],
+    WithJsonSchema({"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}}),
+]
+
+
 def check_server_name(name: str) -> None:
     """Raise SpecError when a TransportServer may not have this name (the CRD's root rule)."""
     if not SERVER_NAME_RULE.check(name):

@@ -26,6 +26,7 @@ from .enums import (
 )
 from .errors import SpecError
 from .fields import (
+    GIB,
     KIB,
     MIB,
     SERVER_NAME_RULE,
@@ -36,6 +37,9 @@ from .fields import (
     CertificateNameText,
     Hostname,
     ImageName,
+    KubeObject,
+    LabelMap,
+    Quantity,
     RangeText,
     RelayHost,
     ServerName,
@@ -404,6 +408,69 @@ SpoolPath = Annotated[
 _MAILDIR = "(!has(self.type) || self.type == 'Maildir')"
 
 
+class ResourceRequirements(_Spec):
+    """A container's resources, as in a pod spec."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="e.g. {cpu: 100m, memory: 128Mi}."
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="e.g. {memory: 1Gi}.")
+
+
+class PodSettings(_Spec):
+    """Where and how the receiver pods run; each field goes to the pod template as written."""
+
+    resources: ResourceRequirements | None = Field(
+        None,
+        description="The receiver container's resources. Default: requests 100m CPU and 128Mi; "
+        "a memory limit sized from the connectors' limits (each connection the connectors "
+        "allow may hold up to 256Ki at once, plus 256Mi).",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
+    tolerations: list[KubeObject] = Field(
+        default_factory=list, max_length=64, description="Tolerations."
+    )
+    affinity: KubeObject | None = Field(None, description="Affinity (node, pod, anti-affinity).")
+    topology_spread_constraints: list[KubeObject] = Field(
+        default_factory=list, max_length=16, description="Topology spread constraints."
+    )
+    priority_class_name: Hostname | None = Field(None, description="Priority class.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Pod annotations.")
+    labels: LabelMap = Field(
+        default_factory=dict,
+        description="Extra pod labels (the operator's own labels take precedence).",
+    )
+
+
+class SpoolStorage(_Spec):
+    """The Maildir spool's volume claim (one per replica)."""
+
+    size: ByteSize = Field(GIB, description="Claim size (1Gi).")
+    storage_class_name: Hostname | None = Field(
+        None, description="Storage class; the cluster's default when unset."
+    )
+    when_deleted: str = Field(
+        "Retain",
+        pattern="^(Retain|Delete)$",
+        description="What happens to the claims when the StatefulSet goes (the server is "
+        "deleted, or its next hop becomes Smtp or Lmtp): Retain keeps them, and the mail in "
+        "them, for an administrator to drain; Delete removes them.",
+    )
+    when_scaled: str = Field(
+        "Retain",
+        pattern="^(Retain|Delete)$",
+        description="What happens to a claim whose replica is scaled away: Retain or Delete.",
+    )
+
+
+class DisruptionBudget(_Spec):
+    """The PodDisruptionBudget of the receiver pods."""
+
+    max_unavailable: int = Field(
+        1, ge=0, description="Receiver pods a voluntary disruption (a drain) may take at once."
+    )
+
+
 class NextHop(_Spec):
     """Where accepted mail goes."""
 
@@ -438,6 +505,9 @@ class NextHop(_Spec):
         "/var/spool/smtpgate",
         description="Spool folder in the pod (Maildir): an absolute path, not /tmp and not in "
         "/etc/smtpgate, /proc, /sys or /dev.",
+    )
+    storage: SpoolStorage = Field(
+        default_factory=SpoolStorage, description="The spool's volume claims (Maildir)."
     )
     sync: str = Field(
         "Filesystem",
@@ -497,6 +567,13 @@ class TransportServerSpec(_Spec):
     )
     create_default_connectors: bool = Field(
         True, description="Create the role's default receive connectors with the server."
+    )
+    pod: PodSettings = Field(
+        default_factory=PodSettings,
+        description="Resources, scheduling and metadata of the receiver pods.",
+    )
+    disruption_budget: DisruptionBudget = Field(
+        default_factory=DisruptionBudget, description="The receivers' PodDisruptionBudget."
     )
 
 

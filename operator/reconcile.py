@@ -402,6 +402,8 @@ def plan_server(
         resources.configmap(server_name, ns, compiled.config, owner),
         workload_body,
         *resources.services(server_name, ns, server_spec, compiled.config, owner),
+        resources.metrics_service(server_name, ns, owner),
+        resources.disruption_budget(server_name, ns, server_spec, owner),
     ]
     workload = snapshot.workloads.get(server_name)
     if workload is not None and workload.get("kind") != workload_body["kind"]:
@@ -452,11 +454,17 @@ def plan_server(
             )
         entry["conditions"] = conditions
         out.connector_status[connector_name] = entry
-    ready_replicas = int(((workload or {}).get("status") or {}).get("readyReplicas") or 0)
+    workload_status = (workload or {}).get("status") or {}
+    ready_replicas = int(workload_status.get("readyReplicas") or 0)
+    implicit_names = {name for name, _ in implicit}
+    listed = [c for c in compiled.config.connectors if c.name not in implicit_names]
     status.update(
         {
-            "connectors": len(compiled.config.connectors),
+            "connectors": len(listed),
             "readyReplicas": ready_replicas,
+            "replicas": int(workload_status.get("replicas") or 0),
+            "replicasReady": f"{ready_replicas}/{server_spec.replicas}",
+            "selector": resources.selector_text(server_name),
             "configHash": resources.config_hash(compiled.config),
             "conditions": [
                 condition(

@@ -85,7 +85,7 @@ def test_server_gets_its_defaults_config_workload_and_services(
     assert service["spec"]["externalTrafficPolicy"] == "Local"
     assert {p["port"] for p in service["spec"]["ports"]} == {25, 465, 475, 587, 717, 2525}
     server = eventually(
-        lambda: (s := get(controlplane, "tsrv", "ex01", ns))["status"].get("connectors") == 6 and s
+        lambda: (s := get(controlplane, "tsrv", "ex01", ns))["status"].get("connectors") == 5 and s
     )
     assert condition(server, "Ready")["status"] == "True"
     assert server["status"]["configHash"]
@@ -305,7 +305,12 @@ def test_operator_restart_converges_without_duplicates(
     expected = {
         "configmap": ["configmap/ex01-receiver"],
         "statefulset": ["statefulset.apps/ex01-receiver"],
-        "service": ["service/ex01-receiver", "service/ex01-receiver-192-0-2-10"],
+        "service": [
+            "service/ex01-receiver",
+            "service/ex01-receiver-192-0-2-10",
+            "service/ex01-receiver-metrics",
+        ],
+        "poddisruptionbudget": ["poddisruptionbudget.policy/ex01-receiver"],
     }
     for kind, names in expected.items():
         found = controlplane.kubectl(
