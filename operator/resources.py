@@ -66,6 +66,16 @@ def labels(server: str) -> dict[str, str]:
     }
 
 
+def child_metadata(server: str, namespace: str, owner: Body, name: str = "") -> Body:
+    """Name (``<server>-receiver`` unless given), labels and owner of a server's child."""
+    return {
+        "name": name or receiver_name(server),
+        "namespace": namespace,
+        "labels": labels(server),
+        "ownerReferences": [owner],
+    }
+
+
 def owner_reference(body: Body) -> Body:
     return {
         "apiVersion": body["apiVersion"],
@@ -119,12 +129,7 @@ def configmap(server: str, namespace: str, config: ServerConfig, owner: Body) ->
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": receiver_name(server),
-            "namespace": namespace,
-            "labels": labels(server),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(server, namespace, owner),
         "data": {"config.json": config.to_json()},
     }
 
@@ -270,12 +275,7 @@ def workload(
     body: Body = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet" if spool else "Deployment",
-        "metadata": {
-            "name": receiver_name(server),
-            "namespace": namespace,
-            "labels": labels(server),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(server, namespace, owner),
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector(server)},
@@ -344,12 +344,7 @@ def disruption_budget(server: str, namespace: str, spec: TransportServerSpec, ow
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": receiver_name(server),
-            "namespace": namespace,
-            "labels": labels(server),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(server, namespace, owner),
         "spec": {
             "maxUnavailable": spec.disruption_budget.max_unavailable,
             "selector": {"matchLabels": selector(server)},

@@ -89,6 +89,8 @@ class Operator:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
+        except OSError as err:  # not listening (yet, or any more)
+            return 0, str(err)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -78,6 +78,11 @@ def _ready(controlplane: Any, kind: str, name: str, ns: str) -> bool:
     return condition(get(controlplane, kind, name, ns), "Ready")["status"] == "True"
 
 
+def _fqdn(controlplane: Any, ns: str, fqdn: str) -> None:
+    patch = json.dumps({"spec": {"fqdn": fqdn}})
+    controlplane.kubectl("patch", "tsrv", "ex01", "-n", ns, "--type=merge", "-p", patch)
+
+
 def _stamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -179,16 +184,7 @@ def test_an_invalid_server_spec_keeps_the_last_good_children_serving(
         return out
 
     before = children()
-    controlplane.kubectl(
-        "patch",
-        "tsrv",
-        "ex01",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        '{"spec":{"fqdn":"mail_x.contoso.com"}}',
-    )
+    _fqdn(controlplane, ns, "mail_x.contoso.com")
 
     def refused() -> dict[str, Any]:
         cond = condition(get(controlplane, "tsrv", "ex01", ns), "Ready")
@@ -201,16 +197,7 @@ def test_an_invalid_server_spec_keeps_the_last_good_children_serving(
     assert children() == before, "an invalid spec must not touch what serves"
     partner = condition(get(controlplane, "rcvc", "partner", ns), "Ready")
     assert partner["status"] == "False" and partner["reason"] == "ServerInvalid"
-    controlplane.kubectl(
-        "patch",
-        "tsrv",
-        "ex01",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        '{"spec":{"fqdn":"mail.contoso.com"}}',
-    )
+    _fqdn(controlplane, ns, "mail.contoso.com")
     eventually(lambda: _ready(controlplane, "tsrv", "ex01", ns), what="Ready again once fixed")
 
 
