@@ -47,6 +47,20 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
     raise AssertionError(f"no {kind} condition yet")
 
 
+def wait_ready(
+    controlplane: Any, namespace: str, *objects: tuple[str, str], timeout: float = 60
+) -> None:
+    """Wait until each (kind, name) has its Ready condition True."""
+    for kind, name in objects:
+        eventually(
+            lambda k=kind, n=name: (
+                condition(get(controlplane, k, n, namespace), "Ready")["status"] == "True"
+            ),
+            timeout=timeout,
+            what=f"{kind}/{name} Ready",
+        )
+
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 

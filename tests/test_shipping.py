@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .kube_helpers import apply_examples, condition, eventually, get
+from .kube_helpers import apply_examples, condition, eventually, get, wait_ready
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "smtpgate"
@@ -164,17 +164,15 @@ def test_every_example_is_applied_and_becomes_ready(
         assert (
             condition(get(controlplane, "rcvc", name, ns), "CertificateReady")["status"] == "True"
         )
-    for kind, name in (
+    wait_ready(
+        controlplane,
+        ns,
         ("accepteddomain", "contoso"),
         ("accepteddomain", "fabrikam-subdomains"),
         ("transportserver", "ex01"),
         ("transportserver", "mx01"),
-    ):
-        eventually(
-            lambda k=kind, n=name: (
-                condition(get(controlplane, k, n, ns), "Ready")["status"] == "True"
-            )
-        )
+        timeout=45,
+    )
 
 
 def test_demo_runs_its_script(controlplane: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ..kube_helpers import apply_examples, condition, eventually, get
+from ..kube_helpers import apply_examples, condition, eventually, get, wait_ready
 
 BIN = pathlib.Path(sys.executable).parent
 PLUGIN = BIN / "kubectl-smtpgate"
@@ -39,19 +39,14 @@ def examples(controlplane: Any, operator: Any) -> str:
     namespace = "plugin-examples"
     controlplane.kubectl("create", "namespace", namespace)
     apply_examples(controlplane, namespace)
-    for kind, name in (
+    wait_ready(
+        controlplane,
+        namespace,
         ("rcvc", "internet-mx01"),
         ("rcvc", "partner-fabrikam"),
         ("rcvc", "submission-mx01"),
         ("tsrv", "mx01"),
-    ):
-        eventually(
-            lambda k=kind, n=name: (
-                condition(get(controlplane, k, n, namespace), "Ready")["status"] == "True"
-            ),
-            timeout=60,
-            what=f"{kind}/{name} Ready",
-        )
+    )
     return namespace
 
 
