@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit lint demo setup controlplane crds bench clean
+.PHONY: test test-unit lint demo setup controlplane crds lua bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ setup: $(STAMP)
 controlplane:
 	@bash hack/controlplane/build.sh >/dev/null
 
+# Lua 5.1 runs the Argo CD health checks' tests (deploy/argocd/health.lua); Debian's package.
+lua:
+	@command -v lua5.1 >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null)
+
 crds: $(STAMP)
 	$(BIN)/python hack/gen_crds.py
 
@@ -27,11 +31,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict connectors
 	$(BIN)/python hack/gen_crds.py --check
+	$(BIN)/python hack/gen_argocd.py --check
 
-test: $(STAMP) controlplane lint
+test: $(STAMP) controlplane lua lint
 	$(BIN)/pytest
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) lua
 	$(BIN)/pytest -m "not controlplane"
 
 demo: $(STAMP) controlplane

@@ -211,17 +211,22 @@ class Compiled:
     resolved: dict[str, usage.Resolved] = field(default_factory=dict)
 
 
+def access_list(resolved: usage.Resolved) -> permissions.Acl:
+    """A connector's access list: its permission groups' grants, then its granular entries."""
+    return permissions.resolve(
+        resolved.permission_groups,
+        [
+            permissions.Entry(e.principal, frozenset(e.extended_rights), e.access)
+            for e in resolved.spec.permissions
+        ],
+    )
+
+
 def _connector(
     name: str, resolved: usage.Resolved, server_fqdn: str, tls: TlsFiles | None
 ) -> ConnectorConfig:
     spec = resolved.spec
-    acl = permissions.resolve(
-        resolved.permission_groups,
-        [
-            permissions.Entry(e.principal, frozenset(e.extended_rights), e.access)
-            for e in spec.permissions
-        ],
-    )
+    acl = access_list(resolved)
     fqdn = (spec.fqdn or server_fqdn).rstrip(".")
     return ConnectorConfig(
         name=name,

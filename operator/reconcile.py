@@ -95,18 +95,6 @@ def default_connector_bodies(server: Body) -> list[Body]:
     return out
 
 
-def _effective_permissions(connector: config.ConnectorConfig) -> list[Body]:
-    rows = [
-        {"principal": p, "extendedRights": list(r), "deny": False}
-        for p, r in connector.grants.items()
-    ]
-    rows += [
-        {"principal": p, "extendedRights": list(r), "deny": True}
-        for p, r in connector.denies.items()
-    ]
-    return rows
-
-
 def server_of(connector: Body) -> str | None:
     """The server a connector names, read from its raw spec (it may not parse)."""
     server = (connector.get("spec") or {}).get("server")
@@ -445,7 +433,7 @@ def plan_server(
                 if ok
                 else condition("Ready", False, "ServerNotReady", f"{where}; {message}", cgen)
             )
-            entry["effectivePermissions"] = _effective_permissions(in_config[connector_name])
+            entry["effectivePermissions"] = in_config[connector_name].acl.rows()
             if connector_name in chosen_secret:
                 entry["certificate"] = chosen_secret[connector_name]
         else:

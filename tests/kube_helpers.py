@@ -4,6 +4,7 @@ and the workload-status stand-in live in hack/controlplane/processes.py)."""
 from __future__ import annotations
 
 import json
+import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ from hack.controlplane.processes import (  # noqa: F401 - re-exported for the te
     WorkloadStatusStandIn,
     writes_by,
 )
+from hack.pki import Authority, tls_secret
 
 
 def eventually(check: Callable[[], Any], timeout: float = 45, what: str = "condition") -> Any:
@@ -43,3 +45,36 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
         if cond["type"] == kind:
             return cond
     raise AssertionError(f"no {kind} condition yet")
+
+
+def wait_ready(
+    controlplane: Any, namespace: str, *objects: tuple[str, str], timeout: float = 60
+) -> None:
+    """Wait until each (kind, name) has its Ready condition True."""
+    for kind, name in objects:
+        eventually(
+            lambda k=kind, n=name: (
+                condition(get(controlplane, k, n, namespace), "Ready")["status"] == "True"
+            ),
+            timeout=timeout,
+            what=f"{kind}/{name} Ready",
+        )
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def apply_examples(controlplane: Any, namespace: str) -> None:
+    """Apply examples/ into ``namespace`` as a user would, cert-manager's part played by the
+    stand-in CRD and a Secret as cert-manager would write it for examples/07."""
+    controlplane.kubectl(
+        "apply", "--server-side", "-f", str(EXAMPLES.parent / "hack" / "cert-manager-stand-in.yaml")
+    )
+    controlplane.kubectl("wait", "--for=condition=Established", "crd/certificates.cert-manager.io")
+    cert, key = Authority("Contoso Issuing CA", "Contoso").issue(
+        "mail.contoso.com", ["mail.contoso.com"]
+    )
+    controlplane.kubectl(
+        "apply", "-f", "-", input=json.dumps(tls_secret("mail-contoso-com", namespace, cert, key))
+    )
+    controlplane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))

@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hack.pki import Authority, tls_secret
-
-from .kube_helpers import condition, eventually, get
+from .kube_helpers import apply_examples, condition, eventually, get, wait_ready
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "smtpgate"
@@ -147,18 +145,7 @@ def test_broken_value_is_refused_by_the_schema(controlplane: Any, value: str) ->
 def test_every_example_is_applied_and_becomes_ready(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    controlplane.kubectl(
-        "apply", "--server-side", "-f", str(ROOT / "hack" / "cert-manager-stand-in.yaml")
-    )
-    controlplane.kubectl("wait", "--for=condition=Established", "crd/certificates.cert-manager.io")
-    # What cert-manager would write for examples/07-certificate.yaml.
-    cert, key = Authority("Contoso Issuing CA", "Contoso").issue(
-        "mail.contoso.com", ["mail.contoso.com"]
-    )
-    controlplane.kubectl(
-        "apply", "-f", "-", input=json.dumps(tls_secret("mail-contoso-com", ns, cert, key))
-    )
-    controlplane.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples"))
+    apply_examples(controlplane, ns)
     names = json.loads(controlplane.kubectl("get", "rcvc", "-n", ns, "-o", "json").stdout)
     expected = {"internet-mx01", "partner-fabrikam", "submission-mx01"}
     assert expected <= {i["metadata"]["name"] for i in names["items"]}
@@ -177,17 +164,15 @@ def test_every_example_is_applied_and_becomes_ready(
         assert (
             condition(get(controlplane, "rcvc", name, ns), "CertificateReady")["status"] == "True"
         )
-    for kind, name in (
+    wait_ready(
+        controlplane,
+        ns,
         ("accepteddomain", "contoso"),
         ("accepteddomain", "fabrikam-subdomains"),
         ("transportserver", "ex01"),
         ("transportserver", "mx01"),
-    ):
-        eventually(
-            lambda k=kind, n=name: (
-                condition(get(controlplane, k, n, ns), "Ready")["status"] == "True"
-            )
-        )
+        timeout=45,
+    )
 
 
 def test_demo_runs_its_script(controlplane: Any) -> None:

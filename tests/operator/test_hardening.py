@@ -18,7 +18,7 @@ import yaml
 from hack.pki import Authority, tls_secret
 
 from ..conftest import CRDS
-from ..kube_helpers import NO_STANDIN_PREFIX, condition, eventually, get, writes_by
+from ..kube_helpers import condition, eventually, get, writes_by
 
 SERVER = """
 apiVersion: smtpgate.io/v1alpha1
@@ -296,16 +296,6 @@ def test_a_refused_child_fails_only_its_server_and_says_why(
             name,
             check=False,
         )
-
-
-@pytest.fixture
-def nokubelet_ns(controlplane: Any) -> Iterator[str]:
-    """A namespace the workload-status stand-in leaves alone: nothing there ever serves
-    unless the test says so."""
-    name = f"{NO_STANDIN_PREFIX}{uuid.uuid4().hex[:8]}"
-    controlplane.kubectl("create", "namespace", name)
-    yield name
-    controlplane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def test_ready_follows_the_receivers_and_says_why_they_do_not_serve(
