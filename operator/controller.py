@@ -296,6 +296,7 @@ class Controller:
                 metrics.WRITES.labels(kind=kind.kind, what="delete").inc()
                 for inf in self.informers[kind.kind]:
                     inf.forget(key.namespace, meta["name"])
+                self._applied.pop((kind.kind, key.namespace, meta["name"]), None)
                 log.info("deleted %s %s", kind.kind, meta["name"], extra={"object": _name(key)})
         return None
 

@@ -51,7 +51,6 @@ class Informer:
         self._store: dict[str, dict[str, Body]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.alive_at = 0.0
 
     # -- reading the cache ----------------------------------------------------------------
     def items(self, namespace: str) -> list[Body]:
