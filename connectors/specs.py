@@ -4,7 +4,7 @@ kept by the model and, as CEL or a schema keyword, by the apiserver (see ``admis
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -366,8 +366,79 @@ class ReceiveConnectorSpec(_Spec):
         return self.binary_mime_enabled
 
 
+class PortExposure(_Spec):
+    """A Service type for one port of the all-address bindings."""
+
+    port: int = Field(ge=1, le=65535, description="A port of an all-address binding.")
+    type: str = Field(
+        pattern="^(ClusterIP|NodePort|LoadBalancer)$",
+        description="ClusterIP, NodePort or LoadBalancer, for this port alone.",
+    )
+
+
+QualifiedName = Annotated[
+    str,
+    Text(
+        max_length=253,
+        pattern=(
+            r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?",
+            "must be a qualified name such as metallb.io/metallb or service.k8s.aws/nlb",
+        ),
+    ),
+]
+_SERVICE_FIELDS = {
+    "ports",
+    "external_traffic_policy",
+    "load_balancer_class",
+    "annotations",
+    "ip_family_policy",
+    "ip_families",
+}
+
+
+def _types(exposure: Any) -> set[str]:
+    return {exposure.type, *(p.type for p in exposure.ports)}
+
+
 class ServiceExposure(_Spec):
     """How a server's bindings reach clients."""
+
+    RULES = (
+        Rule(
+            "!has(self.ports) || self.ports.all(p, self.ports.exists_one(q, q.port == p.port))",
+            "each port may be listed once",
+            lambda s: len({p.port for p in s.ports}) == len(s.ports),
+            "ports",
+        ),
+        Rule(
+            "!has(self.type) || self.type != 'HostNetwork' || "
+            "!(has(self.ports) || has(self.externalTrafficPolicy) || "
+            "has(self.loadBalancerClass) || has(self.annotations) || "
+            "has(self.ipFamilyPolicy) || has(self.ipFamilies))",
+            "with HostNetwork there are no Services: ports, externalTrafficPolicy, "
+            "loadBalancerClass, annotations, ipFamilyPolicy and ipFamilies do not apply",
+            lambda s: s.type != "HostNetwork" or not (s.model_fields_set & _SERVICE_FIELDS),
+            "type",
+        ),
+        Rule(
+            "!has(self.loadBalancerClass) || (has(self.type) && self.type == 'LoadBalancer') || "
+            "(has(self.ports) && self.ports.exists(p, p.type == 'LoadBalancer'))",
+            "loadBalancerClass needs a LoadBalancer Service (type or a port)",
+            lambda s: s.load_balancer_class is None or "LoadBalancer" in _types(s),
+            "loadBalancerClass",
+        ),
+        Rule(
+            "!has(self.externalTrafficPolicy) || (has(self.type) && self.type in "
+            "['LoadBalancer', 'NodePort']) || (has(self.ports) && self.ports.exists(p, "
+            "p.type in ['LoadBalancer', 'NodePort']))",
+            "externalTrafficPolicy needs a LoadBalancer or NodePort Service (type or a port)",
+            lambda s: (
+                "external_traffic_policy" not in s.model_fields_set
+                or bool({"LoadBalancer", "NodePort"} & _types(s))
+            ),
+            "externalTrafficPolicy",
+        ),
+    )
 
     type: str = Field(
         "ClusterIP",
@@ -375,6 +446,39 @@ class ServiceExposure(_Spec):
         description="ClusterIP, NodePort or LoadBalancer Services (externalTrafficPolicy "
         "Local), or "
         "HostNetwork to bind node addresses directly.",
+    )
+    ports: list[PortExposure] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Service types per port of the all-address bindings, e.g. 25 on a "
+        "LoadBalancer while 2525, 475 and 717 stay ClusterIP. Ports not listed use type; each "
+        "type gets a Service of its own (<server>-receiver for type, -lb, -nodeport, "
+        "-clusterip for the others).",
+    )
+    external_traffic_policy: str = Field(
+        "Local",
+        pattern="^(Local|Cluster)$",
+        description="LoadBalancer and NodePort Services: Local (the default) keeps the "
+        "client's address, which remote IP ranges need; Cluster spreads traffic over every "
+        "node but the receiver then sees a node's address unless the PROXY protocol is used.",
+    )
+    load_balancer_class: QualifiedName | None = Field(
+        None, description="loadBalancerClass of LoadBalancer Services (MetalLB, a cloud's)."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Annotations on every Service of the server (load balancer settings).",
+    )
+    ip_family_policy: str | None = Field(
+        None,
+        pattern="^(SingleStack|PreferDualStack|RequireDualStack)$",
+        description="ipFamilyPolicy of the Services; PreferDualStack or RequireDualStack "
+        "makes [::] bindings reachable over IPv6.",
+    )
+    ip_families: list[Literal["IPv4", "IPv6"]] = Field(
+        default_factory=list,
+        max_length=2,
+        description="ipFamilies of the Services, in order: IPv4, IPv6.",
     )
     trusted_proxy_ranges: list[RangeText] = Field(
         default_factory=list,

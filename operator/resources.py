@@ -382,21 +382,35 @@ def metrics_service(server: str, namespace: str, owner: Body) -> Body:
     }
 
 
+SERVICE_SUFFIX = {"LoadBalancer": "lb", "NodePort": "nodeport", "ClusterIP": "clusterip"}
+
+
 def services(
     server: str, namespace: str, spec: TransportServerSpec, config: ServerConfig, owner: Body
 ) -> list[Body]:
-    """One Service for the all-address bindings, one per specific binding address."""
-    if spec.exposure.type == "HostNetwork":
+    """The all-address bindings' Services (``<server>-receiver`` for the exposure's type, one
+    more for each other type that ``exposure.ports`` chooses), and one Service per specific
+    binding address."""
+    exposure = spec.exposure
+    if exposure.type == "HostNetwork":
         return []
-    kind = spec.exposure.type
-    groups: dict[str, list[Port]] = {}
+    chosen = {p.port: p.type for p in exposure.ports}
+    groups: dict[tuple[str, str], list[Port]] = {}
     for port in port_plan(config):
-        key = "" if port.binding.all_addresses else port.binding.address
+        if port.binding.all_addresses:
+            key = ("", chosen.get(port.binding.port, exposure.type))
+        else:
+            key = (port.binding.address, exposure.type)
         groups.setdefault(key, []).append(port)
     out: list[Body] = []
-    for address, ports in sorted(groups.items()):
+    for (address, kind), ports in sorted(groups.items()):
         unique = {p.binding.port: p for p in ports}  # [::]:25 and 0.0.0.0:25 share a Service port
-        name = binding_service_name(server, address) if address else receiver_name(server)
+        if address:
+            name = binding_service_name(server, address)
+        elif kind == exposure.type:
+            name = receiver_name(server)
+        else:
+            name = f"{receiver_name(server)}-{SERVICE_SUFFIX[kind]}"
         service_spec: Body = {
             "type": kind,
             "selector": selector(server),
@@ -405,22 +419,29 @@ def services(
                 for port, p in sorted(unique.items())
             ],
         }
+        if kind in ("LoadBalancer", "NodePort"):
+            service_spec["externalTrafficPolicy"] = exposure.external_traffic_policy
         if kind == "LoadBalancer":
-            service_spec["externalTrafficPolicy"] = "Local"
+            if exposure.load_balancer_class:
+                service_spec["loadBalancerClass"] = exposure.load_balancer_class
             if address:
                 service_spec["loadBalancerIP"] = address
         elif address and not ipaddress.ip_address(address).is_loopback:
             service_spec["externalIPs"] = [address]
+        if exposure.ip_family_policy:
+            service_spec["ipFamilyPolicy"] = exposure.ip_family_policy
+        if exposure.ip_families:
+            service_spec["ipFamilies"] = list(exposure.ip_families)
         out.append(
             {
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": {
-                    "name": name,
-                    "namespace": namespace,
-                    "labels": labels(server),
-                    "ownerReferences": [owner],
-                    "annotations": {f"{GROUP}/binding-address": address or "all"},
+                    **child_metadata(server, namespace, owner, name),
+                    "annotations": {
+                        **exposure.annotations,
+                        f"{GROUP}/binding-address": address or "all",
+                    },
                 },
                 "spec": service_spec,
             }

@@ -59,6 +59,26 @@ INVALID: list[tuple[str, dict[str, Any], str | None]] = [
     (TS, {"replicas": 101}, None),
     (TS, {"exposure": {"trustedProxyRanges": ["10.0.0.0/33"]}}, None),
     (TS, {"image": "smtpgate/receiver: latest"}, None),
+    (TS, {"exposure": {"type": "HostNetwork", "annotations": {"a": "b"}}}, None),
+    (TS, {"exposure": {"type": "HostNetwork", "ports": [{"port": 25, "type": "NodePort"}]}}, None),
+    (TS, {"exposure": {"loadBalancerClass": "metallb.io/metallb"}}, None),
+    (TS, {"exposure": {"type": "LoadBalancer", "loadBalancerClass": "bad class"}}, None),
+    (TS, {"exposure": {"externalTrafficPolicy": "Cluster"}}, None),
+    (TS, {"exposure": {"ipFamilies": ["IPv5"]}}, None),
+    (TS, {"exposure": {"ipFamilyPolicy": "TripleStack"}}, None),
+    (
+        TS,
+        {
+            "exposure": {
+                "ports": [{"port": 25, "type": "LoadBalancer"}, {"port": 25, "type": "NodePort"}]
+            }
+        },
+        None,
+    ),
+    (TS, {"exposure": {"ports": [{"port": 25, "type": "HostNetwork"}]}}, None),
+    (TS, {"pod": {"resources": {"limits": {"memory": "1 Gi"}}}}, None),
+    (TS, {"nextHop": {"storage": {"whenDeleted": "Shred"}}}, None),
+    (TS, {"disruptionBudget": {"maxUnavailable": -1}}, None),
     (TS, {}, LONGEST + "y"),
     (TS, {}, "1mail"),
     (TS, {}, "mail.ex01"),
@@ -145,6 +165,22 @@ VALID: list[tuple[str, dict[str, Any], str | None]] = [
     (TS, {"userDatabaseSecretRef": {"name": "users.db", "key": "htpasswd"}}, None),
     (TS, {"image": "registry.example:5000/smtpgate/receiver:1.0"}, None),
     (TS, {"exposure": {"trustedProxyRanges": ["10.0.0.0/8", "2001:db8::/32"]}}, None),
+    (
+        TS,
+        {
+            "exposure": {
+                "ports": [{"port": 25, "type": "LoadBalancer"}],
+                "loadBalancerClass": "metallb.io/metallb",
+                "externalTrafficPolicy": "Cluster",
+                "annotations": {"metallb.universe.tf/address-pool": "mail"},
+                "ipFamilyPolicy": "PreferDualStack",
+                "ipFamilies": ["IPv4", "IPv6"],
+            }
+        },
+        None,
+    ),
+    (TS, {"pod": {"resources": {"limits": {"memory": "1Gi", "cpu": 2}}}}, None),
+    (TS, {"nextHop": {"storage": {"size": "10Gi", "storageClassName": "fast"}}}, None),
     (TS, {}, LONGEST),
     (RC, {"chunkingEnabled": False}, None),
     (RC, {"chunkingEnabled": False, "binaryMimeEnabled": False}, None),

@@ -117,3 +117,39 @@ def test_kubectl_scale_and_ready_of_desired(controlplane: Any, operator: Any, ns
     table = controlplane.kubectl("get", "tsrv", "ex01", "-n", ns, "-o", "wide").stdout
     header, row = table.splitlines()[:2]
     assert "REPLICAS" in header and "3/3" in row and "EXPOSURE" in header
+
+
+EXPOSED = """
+apiVersion: smtpgate.io/v1alpha1
+kind: TransportServer
+metadata: {{name: ex01, namespace: {ns}}}
+spec:
+  fqdn: mail.contoso.com
+  exposure:
+    type: ClusterIP
+    ports: [{{port: 25, type: LoadBalancer}}]
+    loadBalancerClass: metallb.io/metallb
+    externalTrafficPolicy: Cluster
+    annotations: {{metallb.universe.tf/address-pool: mail}}
+    ipFamilyPolicy: SingleStack
+    ipFamilies: [IPv4]
+"""
+
+
+def test_port_25_on_a_load_balancer_the_rest_cluster_internal(
+    controlplane: Any, operator: Any, ns: str
+) -> None:
+    _apply(controlplane, EXPOSED.format(ns=ns))
+    public = eventually(
+        lambda: get(controlplane, "service", "ex01-receiver-lb", ns), what="the LB Service"
+    )
+    assert public["spec"]["type"] == "LoadBalancer"
+    assert [p["port"] for p in public["spec"]["ports"]] == [25]
+    assert public["spec"]["loadBalancerClass"] == "metallb.io/metallb"
+    assert public["spec"]["externalTrafficPolicy"] == "Cluster"
+    assert public["spec"]["ipFamilies"] == ["IPv4"]
+    assert public["metadata"]["annotations"]["metallb.universe.tf/address-pool"] == "mail"
+    internal = get(controlplane, "service", "ex01-receiver", ns)
+    assert internal["spec"]["type"] == "ClusterIP"
+    assert {p["port"] for p in internal["spec"]["ports"]} == {465, 475, 587, 717, 2525}
+    assert "externalTrafficPolicy" not in internal["spec"]
