@@ -23,20 +23,27 @@ from typing import Protocol
 
 from smtpgate.connectors.specs import NextHop
 
-from . import health
+from . import health, spill
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Message:
-    """An accepted message: envelope and the bytes to hand on (trace headers included)."""
+    """An accepted message: envelope and the bytes to hand on (trace headers included):
+    ``content`` when the message is small, else the file it was spilled to, which from
+    now on is the delivery's to remove or keep."""
 
     queue_id: str
     connector: str
     mail_from: str
     recipients: tuple[str, ...]
     content: bytes
+    spilled: spill.Spill | None = None
+
+    @property
+    def size(self) -> int:
+        return self.spilled.size if self.spilled is not None else len(self.content)
 
 
 class DeliveryError(Exception):
@@ -52,6 +59,10 @@ class DeliveryError(Exception):
 
 class Delivery(Protocol):
     async def deliver(self, message: Message) -> None: ...
+
+    def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
+        """A file for a message too big to keep in memory (blocking: call off the loop)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -101,6 +112,23 @@ class MaildirDelivery:
             with contextlib.suppress(OSError):
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
+
+    def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
+        """The message's own file in tmp/, its envelope line written: the commit renames
+        it into new/ like any other."""
+        name = self._name(queue_id)
+        path = self.root / "tmp" / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        spilled = spill.Spill(fd, path, name)
+        try:
+            spilled.write(_envelope(mail_from, recipients), message=False)
+        except OSError:
+            spilled.discard()
+            raise
+        return spilled
+
+    def _name(self, queue_id: str) -> str:
+        return f"{time.time_ns()}.{queue_id}.{self._host}"
 
     async def deliver(self, message: Message) -> None:
         done = asyncio.get_running_loop().create_future()
@@ -197,14 +225,19 @@ class MaildirDelivery:
                 loop.call_soon_threadsafe(_resolve, settled)
 
     def _stage(self, message: Message) -> tuple[pathlib.Path, pathlib.Path, int | None]:
-        """Write ``message`` into tmp/: its path there, its path in new/, and the open file
-        when ``sync`` is "file" (for its fsync)."""
-        name = f"{time.time_ns()}.{message.queue_id}.{self._host}"
+        """Write ``message`` into tmp/ (a spilled message is there already): its path
+        there, its path in new/, and the open file when ``sync`` is "file" (for its
+        fsync)."""
+        spilled = message.spilled
+        if spilled is not None and spilled.path is not None:
+            tmp, name, fd = spilled.path, spilled.name, spilled.detach()
+            if self.sync == "file":
+                return tmp, self.root / "new" / name, fd
+            os.close(fd)
+            return tmp, self.root / "new" / name, None
+        name = self._name(message.queue_id)
         tmp = self.root / "tmp" / name
-        envelope = (
-            f"X-Smtpgate-Envelope: from=<{xtext(message.mail_from)}>; "
-            f"to={','.join(f'<{xtext(r)}>' for r in message.recipients)}\r\n"
-        ).encode()
+        envelope = _envelope(message.mail_from, message.recipients)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             data = memoryview(envelope + message.content)
@@ -219,6 +252,13 @@ class MaildirDelivery:
             return tmp, self.root / "new" / name, fd
         os.close(fd)
         return tmp, self.root / "new" / name, None
+
+
+def _envelope(mail_from: str, recipients: tuple[str, ...]) -> bytes:
+    return (
+        f"X-Smtpgate-Envelope: from=<{xtext(mail_from)}>; "
+        f"to={','.join(f'<{xtext(r)}>' for r in recipients)}\r\n"
+    ).encode()
 
 
 _XTEXT_SAFE = re.compile(r"[A-Za-z0-9!#$%&'*/?^_`{|}~.@-]*")
@@ -309,17 +349,26 @@ class RelayDelivery:
         timeout: float = 120,
         idle_seconds: float = 20,
         concurrency: int = 32,
+        spill_dir: str | None = None,
     ) -> None:
         self.host, self.port, self.lmtp = host, port, lmtp
+        self.spill_dir = spill_dir
         self.helo, self.timeout, self.idle_seconds = helo, timeout, idle_seconds
         self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, "relay")
         self._idle: list[tuple[smtplib.SMTP, float]] = []
         self._lock = threading.Lock()
         self._closed = False
 
+    def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
+        return spill.anonymous(self.spill_dir)
+
     async def deliver(self, message: Message) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(self._threads, self._send, message)
+        except RuntimeError as err:  # closed: the message never reached a thread
+            if message.spilled is not None:
+                message.spilled.discard()
+            raise DeliveryError(f"relay stopped: {err}") from err
         except DeliveryError:
             raise
         except smtplib.SMTPResponseException as err:
@@ -337,6 +386,13 @@ class RelayDelivery:
         self._threads.shutdown(wait=False)
 
     def _send(self, message: Message) -> None:
+        try:
+            self._send_on_a_connection(message)
+        finally:
+            if message.spilled is not None:
+                message.spilled.discard()
+
+    def _send_on_a_connection(self, message: Message) -> None:
         client = self._kept()
         if client is not None:
             try:
@@ -379,7 +435,7 @@ class RelayDelivery:
             if code not in (250, 251):
                 raise self._refusal(client, code, text, "RCPT")
         try:
-            code, text = client.data(message.content)
+            code, text = _data(client, message)
         except smtplib.SMTPDataError as err:
             raise self._refusal(client, err.smtp_code, err.smtp_error, "DATA") from err
         if self.lmtp:
@@ -430,6 +486,19 @@ class RelayDelivery:
             idle, self._idle = self._idle, []
         for client, _ in idle:
             _quit(client)
+
+
+def _data(client: smtplib.SMTP, message: Message) -> tuple[int, bytes]:
+    """smtplib's ``data``, streaming a spilled message from its file."""
+    if message.spilled is None:
+        return client.data(message.content)
+    code, text = client.docmd("data")
+    if code != 354:
+        raise smtplib.SMTPDataError(code, text)
+    for chunk in spill.stuffed(message.spilled.chunks()):
+        client.send(chunk)
+    client.send(b".\r\n")  # the content ends with CRLF: DATA's reader keeps it so
+    return client.getreply()
 
 
 class _Gone(Exception):

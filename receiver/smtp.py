@@ -32,11 +32,10 @@ from smtpgate.connectors.ranges import parse_address
 
 from . import (
     addresses,
-    data,
     delivery,
-    headers,
     health,
     identity,
+    intake,
     lines,
     policy,
     protocol_log,
@@ -132,7 +131,7 @@ class ConnectorSMTP(SMTP):
         self._deadline: asyncio.TimerHandle | None = None
         self._counted: tuple[str, str] | None = None
         self._open_metric: str | None = None
-        self.data_fault: Reply | None = None
+        self.intake: intake.Intake | None = None
         self.plog = protocol_log.SessionLog(None, "-", "-", "-", "-")
         self._engine_init(_Handler(self), runtime.config.fqdn)
 
@@ -404,28 +403,33 @@ class ConnectorSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        assert self.policy is not None
         reader = self._reader._inner  # type: ignore[attr-defined]
-        collected = data.DataReader(self.data_size_limit)
-        rest: bytes | None = None
-        while rest is None:
-            chunk = await reader.read(65536)
-            if not chunk:
-                return  # the client went away mid-DATA: nothing was acknowledged
-            rest = collected.feed(chunk)
+        self.intake = taking = intake.Intake(
+            self.policy,
+            self.data_size_limit,
+            self.runtime.delivery,
+            self.envelope.mail_from or "",
+            tuple(self.envelope.rcpt_tos),
+        )
+        try:
+            # Each block read resets the idle timeout: the client is not idle.
+            rest = await taking.receive(reader, self._reset_timeout)
             if rest is None:
-                self._reset_timeout()  # bytes keep coming: the client is not idle
-        if rest:
-            reader._buffer[0:0] = rest  # pipelined commands after the end marker
-        content, refusal = collected.result()
-        if refusal is not None and refusal.code != replies.BARE_LINE_ENDING_DATA.code:
+                return  # the client went away mid-DATA: nothing was acknowledged
+            if rest:
+                reader._buffer[0:0] = rest  # pipelined commands after the end marker
+            refusal = taking.refusal
+            if refusal is not None:
+                self._set_post_data_state()
+                await self.push(self.reply(refusal))
+                return
+            status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
-            await self.push(refusal.line())
-            return
-        self.data_fault = refusal
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push(status)
+            await self.push(status)
+        finally:
+            taking.discard()  # nothing, once handed to the delivery
+            self.intake = None
 
     async def smtp_XEXCH50(self, arg: str | None) -> None:
         if await self.check_helo_needed():
@@ -598,39 +602,13 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: EngineSession, envelope: Envelope) -> str:
         state = self.state()
-        fault, self.smtp.data_fault = self.smtp.data_fault, None
-        if fault is not None:
-            return self.smtp.reply(fault)
-        content = envelope.original_content or b""
-        parts = headers.split(content)
-        refusal = policy.message(state, parts.header_size, headers.hop_count(parts))
-        if refusal is not None:
-            return self.smtp.reply(refusal)
-        rights = state.rights
-        kept = headers.firewall(parts, rights)
-        queue_id = delivery.new_queue_id()
-        trace = headers.trace(
-            helo=state.helo,
-            remote=str(state.remote),
-            fqdn=state.connector.fqdn,
-            connector=state.connector.name,
-            principal=state.user or sorted(state.principals)[0],
-            tls=state.tls,
-            authenticated=state.user is not None,
-            rights=rights,
-            queue_id=queue_id,
-        )
-        message = delivery.Message(
-            queue_id=queue_id,
-            connector=state.connector.name,
-            mail_from=envelope.mail_from or "",
-            recipients=tuple(envelope.rcpt_tos),
-            content=headers.join(trace, kept),
-        )
+        taking = self.smtp.intake
+        assert taking is not None
+        message = taking.message()
         try:
-            await self.smtp.runtime.delivery.deliver(message)
+            await taking.target.deliver(message)
         except delivery.DeliveryError as err:
-            log.warning("delivery of %s failed: %s", queue_id, err)
+            log.warning("delivery of %s failed: %s", message.queue_id, err)
             if err.code is not None and err.code >= 400:
                 return f"{err.code} {err.text}"
             return self.smtp.reply(replies.DELIVERY_DEFERRED)
@@ -639,6 +617,6 @@ class _Handler:
             self.smtp.runtime.rates.add(key)
         state.junk_commands = 0
         health.MESSAGES_ACCEPTED.labels(state.connector.name).inc()
-        health.BYTES_ACCEPTED.labels(state.connector.name).inc(len(message.content))
-        self.smtp.plog("*", queue_id, f"accepted for {len(message.recipients)} recipients")
-        return f"250 2.6.0 <{queue_id}@{state.connector.fqdn}> Queued mail for delivery"
+        health.BYTES_ACCEPTED.labels(state.connector.name).inc(message.size)
+        self.smtp.plog("*", message.queue_id, f"accepted for {len(message.recipients)} recipients")
+        return f"250 2.6.0 <{message.queue_id}@{state.connector.fqdn}> Queued mail for delivery"

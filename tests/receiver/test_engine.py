@@ -32,7 +32,7 @@ OWN = {
     "_deadline",
     "_counted",
     "_open_metric",
-    "data_fault",
+    "intake",
     "plog",
 }
 
