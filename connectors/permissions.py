@@ -82,6 +82,13 @@ class Acl:
             denied |= self.denies.get(principal, frozenset())
         return frozenset(granted - denied)
 
+    def denied(self, principals: Iterable[str]) -> Rights:
+        """What a Deny entry refuses a session holding ``principals``."""
+        refused: set[P] = set()
+        for principal in principals:
+            refused |= self.denies.get(principal, frozenset())
+        return frozenset(refused)
+
 
 def resolve(groups: Iterable[PermissionGroup], entries: Iterable[Entry] = ()) -> Acl:
     """Grants from the permission groups, then the granular entries in order."""

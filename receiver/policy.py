@@ -6,7 +6,7 @@ session holds, and decides as the reference describes."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from smtpgate.connectors.config import AcceptedDomain, ConnectorConfig
@@ -167,8 +167,14 @@ def auth_result(session: Session, principals: identity.Principals | None) -> Rep
     return replies.AUTH_OK
 
 
-def mail(session: Session, sender: str, declared_size: int | None) -> Reply:
-    """MAIL FROM: submit right, TLS where required, size, and the sender spoofing check."""
+def mail(
+    session: Session,
+    sender: str,
+    declared_size: int | None,
+    owns: Callable[[str], bool] = lambda address: False,
+) -> Reply:
+    """MAIL FROM: submit right, TLS where required, size, and the sender spoofing check
+    (``owns``: whether the authenticated user may send as an address)."""
     connector = session.connector
     if connector.require_tls and not session.tls:
         return replies.MUST_STARTTLS
@@ -183,9 +189,7 @@ def mail(session: Session, sender: str, declared_size: int | None) -> Reply:
     if address is None:
         return replies.BAD_ADDRESS
     if session.user is not None:
-        # Authenticated users: whether a user may send as an address is the mailbox
-        # layer's question (Exchange's send-as check), not the connector's.
-        return replies.SENDER_OK
+        return _user_sender(session, address, owns(str(address)))
     domains = session.accepted_domains
     if addresses.is_authoritative(address.domain, domains):
         if P.AcceptAuthoritativeDomainSender not in rights:
@@ -195,6 +199,25 @@ def mail(session: Session, sender: str, declared_size: int | None) -> Reply:
         P.AcceptAnySender not in rights
         and addresses.accepted_domain(address.domain, domains) is None
     ):
+        return replies.SEND_AS_DENIED
+    return replies.SENDER_OK
+
+
+def _user_sender(session: Session, address: addresses.Address, owned: bool) -> Reply:
+    """An authenticated user's sender: any with ms-Exch-SMTP-Accept-Any-Sender; else only
+    an address the user owns (``owned``: the user database's send-as list), and not in an
+    authoritative domain when Accept-Authoritative-Domain-Sender is denied to the session,
+    nor outside the accepted domains when Accept-Any-Sender is."""
+    if P.AcceptAnySender in session.rights:
+        return replies.SENDER_OK
+    if not owned:
+        return replies.SEND_AS_DENIED
+    denied = session.connector.acl.denied(session.principals)
+    domains = session.accepted_domains
+    if addresses.is_authoritative(address.domain, domains):
+        if P.AcceptAuthoritativeDomainSender in denied:
+            return replies.SEND_AS_DENIED
+    elif P.AcceptAnySender in denied and addresses.accepted_domain(address.domain, domains) is None:
         return replies.SEND_AS_DENIED
     return replies.SENDER_OK
 

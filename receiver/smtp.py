@@ -448,6 +448,10 @@ class ConnectorSMTP(SMTP):
         await self.push(replies.EXCH50_OK.line())
 
 
+def _owns_nothing(address: str) -> bool:
+    return False
+
+
 class _Handler:
     """aiosmtpd's hooks for one connection, each a call into ``policy``."""
 
@@ -578,7 +582,9 @@ class _Handler:
         state = self.state()
         key = policy.rate_key(state)
         answer = policy.message_rate(state, self.smtp.runtime.rates.count(key) if key else 0)
-        answer = answer or policy.mail(state, address, declared)
+        users = self.smtp.runtime.users
+        owns = functools.partial(users.may_send_as, state.user) if users and state.user else None
+        answer = answer or policy.mail(state, address, declared, owns or _owns_nothing)
         if not answer.refusal:
             envelope.mail_from = address
             envelope.mail_options.extend(options)
