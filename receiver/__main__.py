@@ -113,6 +113,7 @@ async def run(args: argparse.Namespace) -> int:
     watcher.cancel()
     await receiver.stop(grace=args.grace_seconds)
     await asyncio.to_thread(spool.close)
+    await asyncio.to_thread(plog.close)
     await health.stop()
     return 0
 
