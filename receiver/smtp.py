@@ -124,6 +124,7 @@ class ConnectorSMTP(SMTP):
         self.runtime = runtime
         self.binding = binding
         self.config = runtime.config  # the config in force when the connection arrived
+        self.delivery = runtime.delivery  # and the delivery: both kept for the session
         self.policy: policy.Session | None = None
         self.refusal: Reply | None = None
         self._greeted = False
@@ -408,7 +409,7 @@ class ConnectorSMTP(SMTP):
         self.intake = taking = intake.Intake(
             self.policy,
             self.data_size_limit,
-            self.runtime.delivery,
+            self.delivery,
             self.envelope.mail_from or "",
             tuple(self.envelope.rcpt_tos),
         )

@@ -153,7 +153,8 @@ class Running:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
-        self.runtime.delivery.close()
+        for retired in [*self.runtime.retired(), self.runtime.delivery]:
+            retired.close()
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,7 @@ OWN = {
     "runtime",
     "binding",
     "config",
+    "delivery",
     "policy",
     "refusal",
     "_greeted",
