@@ -4,20 +4,19 @@ durable; the client hears 250 only after that."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
+import hashlib
 import logging
 import os
 import pathlib
 import queue
 import random
 import re
-import smtplib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,10 +39,35 @@ class Message:
     recipients: tuple[str, ...]
     content: bytes
     spilled: spill.Spill | None = None
+    mail_options: tuple[str, ...] = ()  # as the client gave them (BODY=, RET=, ENVID=)
+    rcpt_options: tuple[tuple[str, ...], ...] = ()  # per recipient (NOTIFY=, ORCPT=)
+    trace_size: int = 0  # octets of trace headers this server put in front
 
     @property
     def size(self) -> int:
         return self.spilled.size if self.spilled is not None else len(self.content)
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.spilled is None:
+            yield self.content
+        else:
+            yield from self.spilled.chunks()
+
+    def option(self, name: str) -> str | None:
+        """The value of a MAIL parameter (``BODY``), upper case."""
+        prefix = name.upper() + "="
+        found = [o[len(prefix) :] for o in self.mail_options if o.upper().startswith(prefix)]
+        return found[0].upper() if found else None
+
+    def fingerprint(self) -> str:
+        """The envelope and the message as the client sent it (before the trace headers):
+        the same for every retry of one message."""
+        digest = hashlib.sha256(repr((self.mail_from, self.recipients)).encode())
+        skip = self.trace_size
+        for chunk in self.chunks():
+            digest.update(chunk[skip:])
+            skip = max(0, skip - len(chunk))
+        return digest.hexdigest()
 
 
 class DeliveryError(Exception):
@@ -59,6 +83,10 @@ class DeliveryError(Exception):
 
 class Delivery(Protocol):
     async def deliver(self, message: Message) -> None: ...
+
+    def withheld(self) -> frozenset[str]:
+        """EHLO keywords (DSN, 8BITMIME) not to offer: what this delivery cannot honour."""
+        ...
 
     def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
         """A file for a message too big to keep in memory (blocking: call off the loop)."""
@@ -112,6 +140,9 @@ class MaildirDelivery:
             with contextlib.suppress(OSError):
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
+
+    def withheld(self) -> frozenset[str]:
+        return frozenset()
 
     def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
         """The message's own file in tmp/, its envelope line written: the commit renames
@@ -327,197 +358,6 @@ def _fsync_path(path: pathlib.Path) -> None:
         os.close(fd)
 
 
-class RelayDelivery:
-    """Relay over SMTP or LMTP to the next hop, synchronously: ``deliver`` returns only when
-    the next hop accepted the message for every recipient. A recipient the next hop refuses
-    aborts the transaction (RSET) before DATA, so nothing is delivered twice on retry.
-
-    Connections are kept for the next message (up to ``idle_seconds`` unused). A kept
-    connection the next hop has closed in the meantime is noticed at MAIL, before anything
-    of the message was sent, and the message goes on a new connection instead.
-
-    Relaying runs on threads of its own, at most ``concurrency`` messages at once (more
-    wait their turn): a next hop that hangs holds those threads and nothing else, not the
-    threads that check passwords (``users``) or the event loop's default pool."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        lmtp: bool = False,
-        helo: str | None = None,
-        timeout: float = 120,
-        idle_seconds: float = 20,
-        concurrency: int = 32,
-        spill_dir: str | None = None,
-    ) -> None:
-        self.host, self.port, self.lmtp = host, port, lmtp
-        self.spill_dir = spill_dir
-        self.helo, self.timeout, self.idle_seconds = helo, timeout, idle_seconds
-        self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, "relay")
-        self._idle: list[tuple[smtplib.SMTP, float]] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
-        return spill.anonymous(self.spill_dir)
-
-    async def deliver(self, message: Message) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._threads, self._send, message)
-        except RuntimeError as err:  # closed: the message never reached a thread
-            if message.spilled is not None:
-                message.spilled.discard()
-            raise DeliveryError(f"relay stopped: {err}") from err
-        except DeliveryError:
-            raise
-        except smtplib.SMTPResponseException as err:
-            raise DeliveryError(err.smtp_error.decode("utf-8", "replace"), err.smtp_code) from err
-        except (smtplib.SMTPException, OSError) as err:
-            raise DeliveryError(f"next hop {self.host}:{self.port} unavailable: {err}") from err
-
-    def close(self) -> None:
-        """QUIT every kept connection; from now on none is kept."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for client, _ in idle:
-            _quit(client)
-        self._threads.shutdown(wait=False)
-
-    def _send(self, message: Message) -> None:
-        try:
-            self._send_on_a_connection(message)
-        finally:
-            if message.spilled is not None:
-                message.spilled.discard()
-
-    def _send_on_a_connection(self, message: Message) -> None:
-        client = self._kept()
-        if client is not None:
-            try:
-                self._attempt(client, message, kept=True)
-                return
-            except _Gone:
-                self._drop_kept()  # the next hop went away: the others are gone too
-        factory = smtplib.LMTP if self.lmtp else smtplib.SMTP
-        client = factory(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
-        self._attempt(client, message, kept=False)
-
-    def _attempt(self, client: smtplib.SMTP, message: Message, kept: bool) -> None:
-        """One try on ``client``: kept for the next message when it ends in a clean state,
-        closed otherwise (without QUIT, which could wait as long as the failure did)."""
-        try:
-            if not kept:
-                client.ehlo_or_helo_if_needed()
-            self._transaction(client, message, kept)
-        except _Clean:
-            self._keep(client)
-            raise
-        except BaseException:
-            client.close()
-            raise
-        self._keep(client)
-
-    def _transaction(self, client: smtplib.SMTP, message: Message, kept: bool) -> None:
-        try:
-            code, text = client.mail(message.mail_from)
-        except (smtplib.SMTPServerDisconnected, OSError):
-            if kept:
-                raise _Gone() from None
-            raise
-        if kept and code == 421:
-            raise _Gone()  # e.g. the next hop's idle timeout
-        if code != 250:
-            raise self._refusal(client, code, text, "MAIL")
-        for recipient in message.recipients:
-            code, text = client.rcpt(recipient)
-            if code not in (250, 251):
-                raise self._refusal(client, code, text, "RCPT")
-        try:
-            code, text = _data(client, message)
-        except smtplib.SMTPDataError as err:
-            raise self._refusal(client, err.smtp_code, err.smtp_error, "DATA") from err
-        if self.lmtp:
-            # LMTP answers once per recipient after DATA.
-            for _ in message.recipients[1:]:
-                more_code, more_text = client.getreply()
-                if more_code != 250:
-                    code, text = more_code, more_text
-        if code != 250:
-            raise _Clean(text.decode("utf-8", "replace"), code)
-
-    def _refusal(self, client: smtplib.SMTP, code: int, text: bytes, stage: str) -> DeliveryError:
-        """The next hop's refusal, to pass back; the connection is kept when RSET shows it
-        is still in a clean state."""
-        try:
-            clean = client.rset()[0] == 250
-        except (smtplib.SMTPException, OSError):
-            clean = False
-        reply = text.decode("utf-8", "replace").replace("\n", " ")
-        if code < 400:
-            reply, code = f"next hop answered {code} at {stage}: {reply}", 0
-        if clean:
-            return _Clean(reply, code or None)
-        return DeliveryError(reply, code or None)
-
-    def _kept(self) -> smtplib.SMTP | None:
-        now, expired, found = time.monotonic(), [], None
-        with self._lock:
-            while self._idle:
-                client, since = self._idle.pop()
-                if now - since < self.idle_seconds:
-                    found = client
-                    break
-                expired.append(client)
-        for client in expired:
-            _quit(client)
-        return found
-
-    def _keep(self, client: smtplib.SMTP) -> None:
-        with self._lock:
-            if not self._closed and self.idle_seconds > 0:
-                self._idle.append((client, time.monotonic()))
-                return
-        _quit(client)
-
-    def _drop_kept(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for client, _ in idle:
-            _quit(client)
-
-
-def _data(client: smtplib.SMTP, message: Message) -> tuple[int, bytes]:
-    """smtplib's ``data``, streaming a spilled message from its file."""
-    if message.spilled is None:
-        return client.data(message.content)
-    code, text = client.docmd("data")
-    if code != 354:
-        raise smtplib.SMTPDataError(code, text)
-    for chunk in spill.stuffed(message.spilled.chunks()):
-        client.send(chunk)
-    client.send(b".\r\n")  # the content ends with CRLF: DATA's reader keeps it so
-    return client.getreply()
-
-
-class _Gone(Exception):
-    """A kept connection the next hop closed before this message began."""
-
-
-class _Clean(DeliveryError):
-    """A refusal after which the connection is in a clean state and may be kept."""
-
-
-def _quit(client: smtplib.SMTP) -> None:
-    """Say goodbye on a connection in a known good state, waiting briefly for the answer."""
-    if client.sock is not None:
-        client.sock.settimeout(2)
-    with contextlib.suppress(smtplib.SMTPException, OSError):
-        client.quit()
-    client.close()
-
-
 def from_next_hop(
     next_hop: NextHop,
     spool: str | None = None,
@@ -530,4 +370,6 @@ def from_next_hop(
         return MaildirDelivery(spool or next_hop.path, sync=spool_sync or next_hop.sync.lower())
     if not next_hop.host or not next_hop.port:
         raise ValueError(f"a {next_hop.type} next hop needs host and port")
+    from .relay import RelayDelivery  # relay builds on this module
+
     return RelayDelivery(next_hop.host, next_hop.port, lmtp=next_hop.type == "Lmtp", helo=helo)

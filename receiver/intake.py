@@ -28,9 +28,13 @@ class Intake:
         target: delivery.Delivery,
         mail_from: str,
         recipients: tuple[str, ...],
+        mail_options: tuple[str, ...] = (),
+        rcpt_options: tuple[tuple[str, ...], ...] = (),
     ) -> None:
         self.state, self.target = state, target
         self.mail_from, self.recipients = mail_from, recipients
+        self.mail_options, self.rcpt_options = mail_options, rcpt_options
+        self.trace_size = 0
         self.queue_id = delivery.new_queue_id()
         self.reader = data.DataReader(limit, self._content)
         self.header = headers.HeaderReader(state.connector.limits.max_header_size)
@@ -83,6 +87,9 @@ class Intake:
             recipients=self.recipients,
             content=b"" if self.spilled is not None else self.head + self.body,
             spilled=self.spilled,
+            mail_options=self.mail_options,
+            rcpt_options=self.rcpt_options,
+            trace_size=self.trace_size,
         )
 
     def discard(self) -> None:
@@ -124,6 +131,7 @@ class Intake:
                 queue_id=self.queue_id,
             )
             kept = headers.firewall(self.header.fields, rights)
+            self.trace_size = sum(map(len, trace))
             self.head = b"".join(trace) + b"".join(kept) + b"\r\n"
         self.header.fields = []
 

@@ -101,9 +101,10 @@ def message_size_limit(session: Session) -> int:
     return session.connector.limits.max_message_size
 
 
-def ehlo_keywords(session: Session) -> list[str]:
-    """The EHLO keywords, exactly what the connector enables (CHUNKING and BINARYMIME are
-    not offered: the SMTP engine has no BDAT)."""
+def ehlo_keywords(session: Session, withheld: frozenset[str] = frozenset()) -> list[str]:
+    """The EHLO keywords, exactly what the connector enables, less what the delivery
+    cannot honour (``withheld``: DSN or 8BITMIME, which a relay's next hop lacks).
+    CHUNKING and BINARYMIME are not offered: the SMTP engine has no BDAT."""
     ext = session.connector.extensions
     keywords: list[str] = []
     if ext.size is SizeMode.Enabled:
@@ -112,7 +113,7 @@ def ehlo_keywords(session: Session) -> list[str]:
         keywords.append("SIZE")
     if ext.pipelining:
         keywords.append("PIPELINING")
-    if ext.dsn:
+    if ext.dsn and "DSN" not in withheld:
         keywords.append("DSN")
     if ext.enhanced_status_codes:
         keywords.append("ENHANCEDSTATUSCODES")
@@ -121,7 +122,7 @@ def ehlo_keywords(session: Session) -> list[str]:
     mechanisms = auth_mechanisms(session)
     if mechanisms:
         keywords.append("AUTH " + " ".join(mechanisms))
-    if ext.eight_bit_mime:
+    if ext.eight_bit_mime and "8BITMIME" not in withheld:
         keywords.append("8BITMIME")
     if P.AcceptExch50 in session.rights:
         keywords.append("XEXCH50")

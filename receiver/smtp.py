@@ -412,6 +412,8 @@ class ConnectorSMTP(SMTP):
             self.delivery,
             self.envelope.mail_from or "",
             tuple(self.envelope.rcpt_tos),
+            tuple(self.envelope.mail_options),
+            tuple(self.envelope.rcpt_options),
         )
         try:
             # Each block read resets the idle timeout: the client is not idle.
@@ -488,7 +490,9 @@ class _Handler:
         session.host_name = hostname
         state.helo = hostname
         self.smtp._reader.allow(policy.line_allowances(state))  # type: ignore[attr-defined]
-        answer = [state.connector.fqdn, *policy.ehlo_keywords(state)]
+        keywords = policy.ehlo_keywords(state, self.smtp.delivery.withheld())
+        self.smtp._dsn = "DSN" in keywords  # DSN's parameters are taken only when offered
+        answer = [state.connector.fqdn, *keywords]
         # One write for the whole reply: a line per keyword would cost a send() each.
         return ["\r\n".join([f"250-{line}" for line in answer[:-1]] + [f"250 {answer[-1]}"])]
 
@@ -604,7 +608,8 @@ class _Handler:
         answer = policy.rcpt(self.state(), address, len(envelope.rcpt_tos))
         if not answer.refusal:
             envelope.rcpt_tos.append(address)
-            envelope.rcpt_options.extend(options)
+            # One tuple per recipient: aiosmtpd's flat list would lose whose they are.
+            envelope.rcpt_options.append(tuple(options))
         return self.smtp.reply(answer)
 
     async def handle_DATA(self, server: SMTP, session: EngineSession, envelope: Envelope) -> str:
@@ -617,7 +622,7 @@ class _Handler:
         except delivery.DeliveryError as err:
             log.warning("delivery of %s failed: %s", message.queue_id, err)
             if err.code is not None and err.code >= 400:
-                return f"{err.code} {err.text}"
+                return f"{err.code} {replies.one_line(err.text)}"
             return self.smtp.reply(replies.DELIVERY_DEFERRED)
         key = policy.rate_key(state)
         if key is not None:

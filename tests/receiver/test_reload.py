@@ -10,7 +10,7 @@ from typing import Any
 
 import bcrypt
 from prometheus_client import REGISTRY
-from smtpgate.receiver import delivery
+from smtpgate.receiver import delivery, relay
 from smtpgate.receiver.reload import Watcher
 
 from .conftest import FQDN, free_port
@@ -190,7 +190,7 @@ def _next_hop_changes(running: Any, config_file: pathlib.Path, tmp_path: pathlib
     live.reply()
     live.command("EHLO client.example")
     _edit(config_file, _relay_to(_serve(running, hop)))
-    _wait(lambda: isinstance(running.runtime.delivery, delivery.RelayDelivery))
+    _wait(lambda: isinstance(running.runtime.delivery, relay.RelayDelivery))
     fresh = Raw(running.port(25))
     fresh.reply()
     fresh.command("EHLO client.example")
