@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit lint demo setup debs controlplane crds bench clean
+.PHONY: test test-unit lint demo setup controlplane crds lua strace bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,18 +16,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Debian packages the tests use: strace (the spool's sync-rename-sync order before 250,
-# tests/receiver/test_durability.py; skipped, with the reason, where it is missing).
-DEBS := strace
-debs:
-	@missing=""; for pkg in $(DEBS); do command -v $$pkg >/dev/null || missing="$$missing $$pkg"; done; \
-	if [ -n "$$missing" ]; then \
-	  (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) \
-	    || echo "could not install$$missing; the tests that need it are skipped" >&2; \
-	fi
-
 controlplane:
 	@bash hack/controlplane/build.sh >/dev/null
+
+# Lua 5.1 runs the Argo CD health checks' tests (deploy/argocd/health.lua); Debian's package.
+lua:
+	@command -v lua5.1 >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null)
+
+# strace holds the spool's sync, rename, sync order before 250 to account
+# (tests/receiver/test_durability.py, skipped with the reason where it is missing).
+strace:
+	@command -v strace >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends strace >/dev/null)
 
 crds: $(STAMP)
 	$(BIN)/python hack/gen_crds.py
@@ -37,11 +36,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict connectors
 	$(BIN)/python hack/gen_crds.py --check
+	$(BIN)/python hack/gen_argocd.py --check
 
-test: $(STAMP) debs controlplane lint
+test: $(STAMP) controlplane lua strace lint
 	$(BIN)/pytest
 
-test-unit: $(STAMP) debs
+test-unit: $(STAMP) lua strace
 	$(BIN)/pytest -m "not controlplane"
 
 demo: $(STAMP) controlplane

@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 NameKey = frozenset[tuple[str, str]]
 
 
-_SHORT_NAMES = {
+SHORT_NAMES = {
     "CN": NameOID.COMMON_NAME,
     "O": NameOID.ORGANIZATION_NAME,
     "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
@@ -67,8 +67,8 @@ def _parse_dn(text: str) -> NameKey:
         kind = kind.strip().upper()
         if not sep or not kind or not value.strip():
             raise ValueError(f"{attribute.strip()!r} must look like TYPE=value")
-        if kind in _SHORT_NAMES:
-            oid = _SHORT_NAMES[kind].dotted_string
+        if kind in SHORT_NAMES:
+            oid = SHORT_NAMES[kind].dotted_string
         elif all(part.isdigit() for part in kind.split(".")) and "." in kind:
             oid = kind
         else:

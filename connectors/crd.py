@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .specs import AcceptedDomainSpec, ReceiveConnectorSpec, TransportServerSpec
+from . import admission
+from .specs import (
+    SERVER_NAME_RULE,
+    AcceptedDomainSpec,
+    ReceiveConnectorSpec,
+    TransportServerSpec,
+    server_name_cel,
+)
 
 GROUP = "smtpgate.io"
 VERSION = "v1alpha1"
@@ -112,8 +119,19 @@ RECEIVE_CONNECTOR_STATUS = _status(
 )
 TRANSPORT_SERVER_STATUS = _status(
     {
-        "connectors": {"type": "integer", "description": "Connectors in the server's config."},
+        "connectors": {
+            "type": "integer",
+            "description": "ReceiveConnectors in the server's config (the implicit Mailbox "
+            "delivery connector is not counted).",
+        },
         "readyReplicas": {"type": "integer", "description": "Receiver pods ready."},
+        "replicas": {"type": "integer", "description": "Receiver pods (the scale subresource)."},
+        "replicasReady": {"type": "string", "description": "Ready of desired pods, e.g. 1/2."},
+        "selector": {
+            "type": "string",
+            "description": "Label selector of the receiver pods (the scale subresource, for "
+            "kubectl scale and HorizontalPodAutoscalers).",
+        },
         "configHash": {"type": "string", "description": "Hash of the config in force."},
         "defaultConnectorsCreated": {
             "type": "boolean",
@@ -138,8 +156,24 @@ def _crd(
     description: str,
     spec: Schema,
     status: Schema,
-    columns: list[dict[str, str]],
+    columns: list[dict[str, Any]],
+    rules: list[dict[str, str]] | None = None,
+    scale: bool = False,
 ) -> Schema:
+    root: Schema = {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    if rules:
+        root["x-kubernetes-validations"] = rules
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -160,22 +194,22 @@ def _crd(
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [*columns, READY_COLUMN, AGE_COLUMN],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": description,
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
+                    "subresources": {
+                        "status": {},
+                        **(
+                            {
+                                "scale": {
+                                    "specReplicasPath": ".spec.replicas",
+                                    "statusReplicasPath": ".status.replicas",
+                                    "labelSelectorPath": ".status.selector",
+                                }
+                            }
+                            if scale
+                            else {}
+                        ),
                     },
+                    "additionalPrinterColumns": [*columns, READY_COLUMN, AGE_COLUMN],
+                    "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
@@ -199,6 +233,24 @@ def receive_connector() -> Schema:
             {"name": "Server", "type": "string", "jsonPath": ".spec.server"},
             {"name": "Usage", "type": "string", "jsonPath": ".spec.usage"},
             {"name": "Bindings", "type": "string", "jsonPath": ".spec.bindings"},
+            {
+                "name": "Accepted",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Accepted")].status',
+                "priority": 1,
+            },
+            {
+                "name": "Reason",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                "priority": 1,
+            },
+            {
+                "name": "Certificate",
+                "type": "string",
+                "jsonPath": ".status.certificate.secretName",
+                "priority": 1,
+            },
         ],
     )
 
@@ -209,15 +261,32 @@ def transport_server() -> Schema:
         "transportservers",
         ["tsrv"],
         "An Exchange-style transport server (Mailbox or Edge): its receiver pods, how they are "
-        "exposed, and where accepted mail goes.",
+        "exposed, and where accepted mail goes. Its name is a DNS-1035 label of at most "
+        f"{admission.MAX_SERVER_NAME} characters: <name>-receiver names its workload, "
+        "Services and ConfigMap.",
         spec_schema(TransportServerSpec),
         TRANSPORT_SERVER_STATUS,
         [
             {"name": "Role", "type": "string", "jsonPath": ".spec.role"},
             {"name": "FQDN", "type": "string", "jsonPath": ".spec.fqdn"},
             {"name": "Connectors", "type": "integer", "jsonPath": ".status.connectors"},
-            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Replicas", "type": "string", "jsonPath": ".status.replicasReady"},
+            {
+                "name": "Exposure",
+                "type": "string",
+                "jsonPath": ".spec.exposure.type",
+                "priority": 1,
+            },
+            {"name": "Next hop", "type": "string", "jsonPath": ".spec.nextHop.type", "priority": 1},
+            {"name": "Config", "type": "string", "jsonPath": ".status.configHash", "priority": 1},
         ],
+        [
+            {
+                "rule": server_name_cel("self.metadata.name"),
+                "message": "metadata.name " + SERVER_NAME_RULE.message,
+            }
+        ],
+        scale=True,
     )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .enums import (
     DOCUMENTED_PERMISSIONS,
     INTERNAL_PERMISSIONS,
+    AuthMechanism,
     PermissionAccess,
     PermissionGroup,
     Principal,
@@ -88,6 +90,30 @@ class Acl:
         for principal in principals:
             refused |= self.denies.get(principal, frozenset())
         return frozenset(refused)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Get-ADPermission's view, as a connector's ``status.effectivePermissions`` holds it:
+        one row per principal and access, grants first."""
+        return [
+            {"principal": principal, "extendedRights": sorted(rights), "deny": deny}
+            for deny, table in ((False, self.grants), (True, self.denies))
+            for principal, rights in sorted(table.items())
+        ]
+
+
+def anonymous(mechanisms: Iterable[AuthMechanism]) -> frozenset[str]:
+    """The principals of a session before any authentication. On an ExternalAuthoritative
+    connector the connection is secured outside SMTP, so the session is the Externally
+    Secured Servers principal."""
+    if AuthMechanism.ExternalAuthoritative in mechanisms:
+        return frozenset({Principal.ExternallySecuredServers.value})
+    return frozenset({Principal.AnonymousLogon.value})
+
+
+def authenticated_user(name: str) -> frozenset[str]:
+    """A user who passed AUTH: Authenticated Users, and the user by name (for granular
+    entries that name one user)."""
+    return frozenset({Principal.AuthenticatedUsers.value, name})
 
 
 def resolve(groups: Iterable[PermissionGroup], entries: Iterable[Entry] = ()) -> Acl:

@@ -1,9 +1,11 @@
-"""Remote IP ranges: parsing, normal form, containment and the most-specific match."""
+"""Remote IP ranges: parsing, normal form, containment, clashes between connectors' ranges
+and the most-specific match."""
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -127,3 +129,80 @@ def most_specific(
             if candidate.contains(address) and (best_size is None or candidate.size < best_size):
                 best, best_size = key, candidate.size
     return best
+
+
+class Clash:
+    """The ranges of one connector, sorted so that a range of another connector is checked
+    against all of them in O(log n): does one of them equal it, or overlap it without one
+    containing the other?
+
+    Two ranges overlap partly when one starts strictly before the other and ends inside it
+    (from the other's start to just before its end): ``e`` partly overlaps ``q`` when
+    ``e.first < q.first <= e.last < q.last`` or ``q.first < e.first <= q.last < e.last``.
+    The first case is a question about the ranges ending in ``[q.first, q.last)`` (sorted by
+    end: is the smallest start among them before ``q.first``?), the second about the ranges
+    starting in ``(q.first, q.last]`` (sorted by start: is the largest end after ``q.last``?);
+    sparse tables answer each minimum and maximum in constant time.
+    """
+
+    def __init__(self, ranges: Sequence[IPRange]) -> None:
+        self.ranges = tuple(ranges)
+        self._same = frozenset(self.ranges)
+        self._families: dict[int, _Family] = {}
+        for version in {r.version for r in self.ranges}:
+            self._families[version] = _Family([r for r in self.ranges if r.version == version])
+
+    def clashes(self, query: IPRange) -> bool:
+        """True when ``query`` equals one of the ranges or overlaps one without nesting."""
+        if query in self._same:
+            return True
+        family = self._families.get(query.version)
+        return family is not None and family.partly_overlaps(query)
+
+    def first_clash(self, query: IPRange) -> IPRange | None:
+        """The earliest of the ranges that ``query`` clashes with (for messages)."""
+        if not self.clashes(query):
+            return None
+        return next(r for r in self.ranges if r == query or not r.nested_or_disjoint(query))
+
+
+class _Family:
+    """Sparse tables over one address family's ranges (see Clash)."""
+
+    def __init__(self, ranges: list[IPRange]) -> None:
+        by_first = sorted(ranges, key=lambda r: r.first)
+        self.firsts = [r.first for r in by_first]
+        self.max_last = _Sparse([r.last for r in by_first], max)
+        by_last = sorted(ranges, key=lambda r: r.last)
+        self.lasts = [r.last for r in by_last]
+        self.min_first = _Sparse([r.first for r in by_last], min)
+
+    def partly_overlaps(self, q: IPRange) -> bool:
+        # Ranges ending in [q.first, q.last) that start before q.first.
+        low, high = bisect.bisect_left(self.lasts, q.first), bisect.bisect_left(self.lasts, q.last)
+        if low < high and self.min_first.query(low, high) < q.first:
+            return True
+        # Ranges starting in (q.first, q.last] that end after q.last.
+        low = bisect.bisect_right(self.firsts, q.first)
+        high = bisect.bisect_right(self.firsts, q.last)
+        return low < high and self.max_last.query(low, high) > q.last
+
+
+class _Sparse:
+    """Minimum or maximum of any slice ``values[low:high]`` in O(1), after O(n log n)."""
+
+    def __init__(self, values: list[int], pick: Callable[[int, int], int]) -> None:
+        self.pick = pick
+        self.levels = [values]
+        width = 1
+        while 2 * width <= len(values):
+            below = self.levels[-1]
+            self.levels.append(
+                [pick(below[i], below[i + width]) for i in range(len(below) - width)]
+            )
+            width *= 2
+
+    def query(self, low: int, high: int) -> int:
+        level = (high - low).bit_length() - 1
+        row = self.levels[level]
+        return self.pick(row[low], row[high - (1 << level)])

@@ -1,15 +1,16 @@
 """The custom resources' specs as pydantic models: ReceiveConnector, TransportServer,
-AcceptedDomain. Field names and documentation become the CRDs (see ``crd``)."""
+AcceptedDomain. Field names and documentation become the CRDs (see ``crd``); every rule is
+kept by the model and, as CEL or a schema keyword, by the apiserver (see ``admission``)."""
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from . import bindings, certificates, ranges
+from . import admission
+from .admission import Rule
 from .enums import (
     AcceptedDomainType,
     AuthMechanism,
@@ -24,89 +25,32 @@ from .enums import (
     Usage,
 )
 from .errors import SpecError
-
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|Ki|Mi|Gi|K|M|G)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": KIB,
-    "ki": KIB,
-    "k": KIB,
-    "mb": MIB,
-    "mi": MIB,
-    "m": MIB,
-    "gb": GIB,
-    "gi": GIB,
-    "g": GIB,
-}
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
-    re.IGNORECASE,
+from .fields import (
+    GIB,
+    KIB,
+    MIB,
+    SERVER_NAME_RULE,
+    UNIQUE_BINDINGS,
+    Banner,
+    BindingList,
+    ByteSize,
+    CertificateNameText,
+    Hostname,
+    ImageName,
+    KubeObject,
+    LabelMap,
+    Quantity,
+    RangeText,
+    RelayHost,
+    ServerName,
+    Text,
+    Trimmed,
+    check_server_name,
+    parse_size,
+    server_name_cel,
 )
 
-
-def parse_size(value: Any) -> int:
-    """Bytes from an integer or a size such as ``36MB`` (Exchange) or ``36Mi`` (Kubernetes);
-    both mean binary multiples, as Exchange's do."""
-    if isinstance(value, bool):
-        raise ValueError("a size must be a number of bytes or a string such as 36MB")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size may not be negative")
-        return value
-    if isinstance(value, str) and (match := _SIZE.match(value)):
-        return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
-    raise ValueError(
-        f"{value!r} is not a size (use bytes, or a number with KB, MB, GB, Ki, Mi, Gi)"
-    )
-
-
-def _check_each(parse: Any) -> Any:
-    def check(values: Any) -> Any:
-        if isinstance(values, list):
-            for value in values:
-                if isinstance(value, str):
-                    parse(value)
-        return values
-
-    return check
-
-
-def _check_hostname(value: Any) -> Any:
-    if isinstance(value, str) and not _HOSTNAME.match(value.rstrip(".")):
-        raise ValueError(f"{value!r} must be a fully qualified domain name")
-    return value
-
-
-def _check_certificate_name(value: Any) -> Any:
-    if isinstance(value, str):
-        certificates.parse_name(value)
-    return value
-
-
-def _check_banner(value: Any) -> Any:
-    if isinstance(value, str) and not re.match(r"^220( |$)", value):
-        raise ValueError("must start with 220 (for example '220 mail.contoso.com ready')")
-    if isinstance(value, str) and any(c in value for c in "\r\n"):
-        raise ValueError("may not contain line breaks")
-    return value
-
-
-ByteSize = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema(
-        {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
-    ),
-]
-BindingList = Annotated[list[str], BeforeValidator(_check_each(bindings.parse))]
-RangeList = Annotated[list[str], BeforeValidator(_check_each(ranges.parse))]
-Hostname = Annotated[str, BeforeValidator(_check_hostname)]
-CertificateNameText = Annotated[str, BeforeValidator(_check_certificate_name)]
-Banner = Annotated[str, BeforeValidator(_check_banner)]
+__all__ = ["SERVER_NAME_RULE", "check_server_name", "parse_size", "server_name_cel"]
 
 
 class _Spec(BaseModel):
@@ -118,11 +62,26 @@ class _Spec(BaseModel):
         use_enum_values=False,
     )
 
+    # Rules across fields, kept by the model (after the fields) and by the CRD (CEL).
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _keep_rules(self) -> Any:
+        return admission.enforce(self.RULES, self)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+        schema = handler(core_schema)
+        if cls.RULES:
+            target = handler.resolve_ref_schema(schema)
+            target.update(admission.schema(*cls.RULES))
+        return schema
+
 
 class PermissionEntry(_Spec):
     """A granular permission entry: Add-ADPermission (Allow, Deny) or Remove-ADPermission."""
 
-    principal: str = Field(
+    principal: Trimmed = Field(
         min_length=1,
         description="The security principal, e.g. 'NT AUTHORITY\\ANONYMOUS LOGON', "
         "'NT AUTHORITY\\Authenticated Users', or an authenticated user name.",
@@ -138,12 +97,140 @@ class PermissionEntry(_Spec):
     )
 
 
+def _given(values: Any) -> list[Any]:
+    """A list field as the usage defaults read it: unset and empty both mean the default."""
+    return list(values or ())
+
+
+_AUTH = "has(self.authMechanisms) && size(self.authMechanisms) > 0"
+_WITHOUT_TLS = f"({_AUTH} && !('TLS' in self.authMechanisms))"
+
+
+def _needs_tls(field: str, attribute: str, given: str) -> Rule:
+    return Rule(
+        f"!({given}) || !{_WITHOUT_TLS}",
+        "needs the TLS authentication mechanism",
+        lambda s: (
+            not getattr(s, attribute)
+            or not _given(s.auth_mechanisms)
+            or AuthMechanism.TLS in s.auth_mechanisms
+        ),
+        field,
+    )
+
+
+A, G = AuthMechanism, PermissionGroup
+# The timeouts a server role gives when unset: Mailbox (600, 300), Edge (300, 60). Rules that
+# hold for every role are kept here; usage.resolve keeps the rest, knowing the role.
+_LONGEST_DEFAULT_TIMEOUT, _SHORTEST_DEFAULT_INACTIVITY = 600, 60
+
+
 class ReceiveConnectorSpec(_Spec):
     """How one server listens for SMTP connections from one set of sources."""
 
-    server: str = Field(
-        min_length=1, description="Name of the TransportServer this connector belongs to."
+    RULES = (
+        Rule(
+            "has(self.bindings) || self.usage in ['Client', 'Internal']",
+            "must be given for Custom, Internet and Partner usage",
+            lambda s: s.bindings is not None or s.usage in (Usage.Client, Usage.Internal),
+            "bindings",
+        ),
+        Rule(
+            "has(self.remoteIPRanges) || self.usage in ['Client', 'Internal', 'Internet']",
+            "must be given for Custom and Partner usage",
+            lambda s: (
+                s.remote_ip_ranges is not None
+                or s.usage in (Usage.Client, Usage.Internal, Usage.Internet)
+            ),
+            "remoteIPRanges",
+        ),
+        Rule(
+            "!has(self.authMechanisms) || !('None' in self.authMechanisms) || "
+            "self.authMechanisms.all(m, m == 'None')",
+            "None may not be combined with other mechanisms",
+            lambda s: (
+                set(_given(s.auth_mechanisms)) <= {A.None_} or A.None_ not in s.auth_mechanisms
+            ),
+            "authMechanisms",
+        ),
+        Rule(
+            "!has(self.authMechanisms) || !('BasicAuthRequireTLS' in self.authMechanisms) || "
+            "('BasicAuth' in self.authMechanisms && 'TLS' in self.authMechanisms)",
+            "BasicAuthRequireTLS needs BasicAuth and TLS",
+            lambda s: (
+                A.BasicAuthRequireTLS not in _given(s.auth_mechanisms)
+                or {A.BasicAuth, A.TLS} <= set(s.auth_mechanisms)
+            ),
+            "authMechanisms",
+        ),
+        Rule(
+            "!has(self.authMechanisms) || !('ExternalAuthoritative' in self.authMechanisms) || "
+            "(has(self.permissionGroups) && size(self.permissionGroups) > 0 ? "
+            "'ExchangeServers' in self.permissionGroups : self.usage == 'Internal')",
+            "ExternalAuthoritative needs the ExchangeServers permission group",
+            lambda s: (
+                A.ExternalAuthoritative not in _given(s.auth_mechanisms)
+                or (
+                    G.ExchangeServers in s.permission_groups
+                    if _given(s.permission_groups)
+                    else s.usage is Usage.Internal
+                )
+            ),
+            "authMechanisms",
+        ),
+        Rule(
+            "!has(self.authMechanisms) || !('ExternalAuthoritative' in self.authMechanisms) || "
+            "self.authMechanisms.all(m, m in ['ExternalAuthoritative', 'TLS'])",
+            "ExternalAuthoritative may be combined only with TLS",
+            lambda s: (
+                A.ExternalAuthoritative not in _given(s.auth_mechanisms)
+                or set(s.auth_mechanisms) <= {A.ExternalAuthoritative, A.TLS}
+            ),
+            "authMechanisms",
+        ),
+        _needs_tls("requireTLS", "require_tls", "has(self.requireTLS) && self.requireTLS"),
+        _needs_tls(
+            "domainSecureEnabled",
+            "domain_secure_enabled",
+            "has(self.domainSecureEnabled) && self.domainSecureEnabled",
+        ),
+        _needs_tls("tlsCertificateName", "tls_certificate_name", "has(self.tlsCertificateName)"),
+        Rule(
+            "!has(self.permissionGroups) || !('None' in self.permissionGroups) || "
+            "self.permissionGroups.all(g, g == 'None')",
+            "None may not be combined with other groups",
+            lambda s: (
+                set(_given(s.permission_groups)) <= {G.None_} or G.None_ not in s.permission_groups
+            ),
+            "permissionGroups",
+        ),
+        Rule(
+            "has(self.connectionInactivityTimeoutSeconds) ? "
+            "self.connectionInactivityTimeoutSeconds < (has(self.connectionTimeoutSeconds) ? "
+            f"self.connectionTimeoutSeconds : {_LONGEST_DEFAULT_TIMEOUT}) : "
+            "!has(self.connectionTimeoutSeconds) || "
+            f"self.connectionTimeoutSeconds > {_SHORTEST_DEFAULT_INACTIVITY}",
+            "must be shorter than connectionTimeoutSeconds (unset, these are 600 and 300 on "
+            "Mailbox servers, 300 and 60 on Edge servers)",
+            lambda s: (
+                s.connection_inactivity_timeout_seconds
+                < (s.connection_timeout_seconds or _LONGEST_DEFAULT_TIMEOUT)
+                if s.connection_inactivity_timeout_seconds is not None
+                else s.connection_timeout_seconds is None
+                or s.connection_timeout_seconds > _SHORTEST_DEFAULT_INACTIVITY
+            ),
+            "connectionInactivityTimeoutSeconds",
+        ),
+        Rule(
+            "!(has(self.binaryMimeEnabled) && self.binaryMimeEnabled) || "
+            "!has(self.chunkingEnabled) || self.chunkingEnabled",
+            "needs chunkingEnabled",
+            lambda s: not s.binary_mime_enabled or s.chunking_enabled,
+            "binaryMimeEnabled",
+        ),
     )
+
+    server: ServerName = Field(description="Name of the TransportServer this connector belongs to.")
     transport_role: TransportRole = Field(
         TransportRole.FrontendTransport,
         description="FrontendTransport (accepts client and Internet connections) or HubTransport "
@@ -155,26 +242,35 @@ class ReceiveConnectorSpec(_Spec):
     )
     bindings: BindingList | None = Field(
         None,
+        min_length=1,
+        max_length=admission.MAX_BINDINGS,
+        json_schema_extra=admission.schema(UNIQUE_BINDINGS),
         description="Local IP address and TCP port pairs to listen on, e.g. '0.0.0.0:25', "
         "'[::]:25', '192.0.2.10:2525'. Defaults: Client [0.0.0.0:587, [::]:587]; Internal "
-        "[0.0.0.0:25, [::]:25]; required for Custom, Internet and Partner.",
+        f"[0.0.0.0:25, [::]:25]; required for Custom, Internet and Partner. At most "
+        f"{admission.MAX_BINDINGS}, each once.",
     )
-    remote_ip_ranges: RangeList | None = Field(
+    remote_ip_ranges: list[RangeText] | None = Field(
         None,
         alias="remoteIPRanges",
+        min_length=1,
+        max_length=admission.MAX_REMOTE_RANGES,
         description="Source addresses this connector accepts: single addresses (192.0.2.75), "
         "ranges (192.0.2.1-192.0.2.99) or CIDR blocks (192.0.2.0/24, 2001:db8::/32). Where the "
         "ranges of connectors on one binding overlap, one must contain the other, and the most "
         "specific range wins. Defaults: all IPv4 and IPv6 (Client, Internal), all IPv4 "
-        "(Internet); required for Custom and Partner.",
+        f"(Internet); required for Custom and Partner. At most {admission.MAX_REMOTE_RANGES:,} "
+        "ranges.",
     )
     auth_mechanisms: list[AuthMechanism] | None = Field(
         None,
+        max_length=len(AuthMechanism),
         description="Authentication mechanisms offered: None, TLS, BasicAuth, BasicAuthRequireTLS, "
         "Integrated, ExchangeServer, ExternalAuthoritative. Defaults from the usage type.",
     )
     permission_groups: list[PermissionGroup] | None = Field(
         None,
+        max_length=len(PermissionGroup),
         description="Who may use the connector and with which permissions: None, AnonymousUsers, "
         "ExchangeUsers, ExchangeServers, ExchangeLegacyServers, Partners. Defaults from usage.",
     )
@@ -192,7 +288,10 @@ class ReceiveConnectorSpec(_Spec):
         description="Name given in the banner and the EHLO response. Defaults to the server's.",
     )
     banner: Banner | None = Field(
-        None, description="The 220 greeting; must start with '220'. Defaults to '220 <fqdn> ...'."
+        None,
+        description="The 220 greeting: '220', then optionally a space and text of printable "
+        "US-ASCII characters, spaces and tabs (RFC 5321), at most 510 characters in all. "
+        "Defaults to '220 <fqdn> ...'.",
     )
     enabled: bool = Field(True, description="Whether the connector listens at all.")
     comment: str | None = Field(None, description="Free text for administrators.")
@@ -243,7 +342,11 @@ class ReceiveConnectorSpec(_Spec):
     eight_bit_mime_enabled: bool = Field(
         True, alias="eightBitMimeEnabled", description="Advertise 8BITMIME."
     )
-    binary_mime_enabled: bool = Field(True, description="Advertise BINARYMIME; needs chunking.")
+    binary_mime_enabled: bool | None = Field(
+        None,
+        description="Advertise BINARYMIME; true needs chunkingEnabled. Unset follows "
+        "chunkingEnabled.",
+    )
     delivery_status_notification_enabled: bool = Field(True, description="Advertise DSN.")
     enhanced_status_codes_enabled: bool = Field(True, description="Advertise ENHANCEDSTATUSCODES.")
     size_enabled: SizeMode = Field(
@@ -254,6 +357,13 @@ class ReceiveConnectorSpec(_Spec):
         default_factory=list,
         description="Granular permission entries, applied after the permission groups.",
     )
+
+    @property
+    def binary_mime(self) -> bool:
+        """Whether BINARYMIME is advertised: as set, else as CHUNKING is."""
+        if self.binary_mime_enabled is None:
+            return self.chunking_enabled
+        return self.binary_mime_enabled
 
 
 class ServiceExposure(_Spec):
@@ -266,23 +376,139 @@ class ServiceExposure(_Spec):
         "Local), or "
         "HostNetwork to bind node addresses directly.",
     )
-    trusted_proxy_ranges: RangeList = Field(
+    trusted_proxy_ranges: list[RangeText] = Field(
         default_factory=list,
-        description="Load balancers whose PROXY protocol header (v1/v2) is believed.",
+        max_length=admission.MAX_TRUSTED_PROXY_RANGES,
+        description="Load balancers whose PROXY protocol header (v1/v2) is believed. At most "
+        f"{admission.MAX_TRUSTED_PROXY_RANGES:,} ranges.",
+    )
+
+
+_RESERVED_PATHS = ("/tmp",)
+_RESERVED_TREES = ("/etc/smtpgate", "/proc", "/sys", "/dev")
+SpoolPath = Annotated[
+    str,
+    Text(
+        Rule(
+            "!self.split('/').exists(p, p == '.' || p == '..') && "
+            f"!({list(_RESERVED_PATHS)}.exists(r, self == r)) && "
+            f"!({list(_RESERVED_TREES)}.exists(r, self == r || self.startsWith(r + '/')))",
+            "may not hold . or .. and may not be /tmp or in /etc/smtpgate, /proc, /sys or /dev "
+            "(the receiver's own mounts and the system's)",
+            lambda v: (
+                not {".", ".."} & set(v.split("/"))
+                and v not in _RESERVED_PATHS
+                and not any(v == r or v.startswith(r + "/") for r in _RESERVED_TREES)
+            ),
+        ),
+        max_length=1024,
+        pattern=(admission.SPOOL_PATH, "must be an absolute path, without a trailing slash"),
+    ),
+]
+_MAILDIR = "(!has(self.type) || self.type == 'Maildir')"
+
+
+class ResourceRequirements(_Spec):
+    """A container's resources, as in a pod spec."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="e.g. {cpu: 100m, memory: 128Mi}."
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="e.g. {memory: 1Gi}.")
+
+
+class PodSettings(_Spec):
+    """Where and how the receiver pods run; each field goes to the pod template as written."""
+
+    resources: ResourceRequirements | None = Field(
+        None,
+        description="The receiver container's resources. Default: requests 100m CPU and 128Mi; "
+        "a memory limit sized from the connectors' limits (each connection the connectors "
+        "allow may hold up to 256Ki at once, plus 256Mi).",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
+    tolerations: list[KubeObject] = Field(
+        default_factory=list, max_length=64, description="Tolerations."
+    )
+    affinity: KubeObject | None = Field(None, description="Affinity (node, pod, anti-affinity).")
+    topology_spread_constraints: list[KubeObject] = Field(
+        default_factory=list, max_length=16, description="Topology spread constraints."
+    )
+    priority_class_name: Hostname | None = Field(None, description="Priority class.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Pod annotations.")
+    labels: LabelMap = Field(
+        default_factory=dict,
+        description="Extra pod labels (the operator's own labels take precedence).",
+    )
+
+
+class SpoolStorage(_Spec):
+    """The Maildir spool's volume claim (one per replica)."""
+
+    size: ByteSize = Field(GIB, description="Claim size (1Gi).")
+    storage_class_name: Hostname | None = Field(
+        None, description="Storage class; the cluster's default when unset."
+    )
+    when_deleted: str = Field(
+        "Retain",
+        pattern="^(Retain|Delete)$",
+        description="What happens to the claims when the StatefulSet goes (the server is "
+        "deleted, or its next hop becomes Smtp or Lmtp): Retain keeps them, and the mail in "
+        "them, for an administrator to drain; Delete removes them.",
+    )
+    when_scaled: str = Field(
+        "Retain",
+        pattern="^(Retain|Delete)$",
+        description="What happens to a claim whose replica is scaled away: Retain or Delete.",
+    )
+
+
+class DisruptionBudget(_Spec):
+    """The PodDisruptionBudget of the receiver pods."""
+
+    max_unavailable: int = Field(
+        1, ge=0, description="Receiver pods a voluntary disruption (a drain) may take at once."
     )
 
 
 class NextHop(_Spec):
     """Where accepted mail goes."""
 
+    RULES = (
+        Rule(
+            f"{_MAILDIR} || (has(self.host) && has(self.port))",
+            "an Smtp or Lmtp next hop needs host and port",
+            lambda s: s.type == "Maildir" or (s.host is not None and s.port is not None),
+            "host",
+        ),
+        Rule(
+            f"!{_MAILDIR} || (!has(self.host) && !has(self.port))",
+            "host and port are for Smtp and Lmtp next hops; a Maildir next hop (the default "
+            "type) spools mail in the pod",
+            lambda s: s.type != "Maildir" or (s.host is None and s.port is None),
+            "host",
+        ),
+    )
+
     type: str = Field(
         "Maildir",
         pattern="^(Smtp|Lmtp|Maildir)$",
         description="Smtp or Lmtp relay to host:port, or a durable Maildir spool.",
     )
-    host: str | None = Field(None, description="Relay host (Smtp, Lmtp).")
-    port: int | None = Field(None, ge=1, le=65535, description="Relay port (Smtp, Lmtp).")
-    path: str = Field("/var/spool/smtpgate", description="Spool folder in the pod (Maildir).")
+    host: RelayHost | None = Field(
+        None, description="Relay host name or IP address (Smtp, Lmtp; required there)."
+    )
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Relay port (Smtp, Lmtp; required there)."
+    )
+    path: SpoolPath = Field(
+        "/var/spool/smtpgate",
+        description="Spool folder in the pod (Maildir): an absolute path, not /tmp and not in "
+        "/etc/smtpgate, /proc, /sys or /dev.",
+    )
+    storage: SpoolStorage = Field(
+        default_factory=SpoolStorage, description="The spool's volume claims (Maildir)."
+    )
     sync: str = Field(
         "Filesystem",
         pattern="^(Filesystem|File)$",
@@ -295,11 +521,32 @@ class NextHop(_Spec):
     )
 
 
+SecretName = Annotated[
+    str,
+    Text(
+        max_length=253,
+        pattern=(admission.DNS_SUBDOMAIN, "must be a Secret name (a DNS-1123 subdomain)"),
+    ),
+]
+SecretKey = Annotated[
+    str,
+    Text(
+        Rule(
+            "self != '.' && self != '..'",
+            "may not be . or ..",
+            lambda v: v not in (".", ".."),
+        ),
+        max_length=253,
+        pattern=(admission.SECRET_KEY, "must be a Secret key: letters, digits, '-', '_' and '.'"),
+    ),
+]
+
+
 class SecretKeyRef(_Spec):
     """A key of a Secret in the same namespace."""
 
-    name: str = Field(min_length=1, description="The Secret's name.")
-    key: str = Field("auth", description="The key holding the data.")
+    name: SecretName = Field(description="The Secret's name.")
+    key: SecretKey = Field("auth", description="The key holding the data.")
 
 
 class TransportServerSpec(_Spec):
@@ -308,7 +555,7 @@ class TransportServerSpec(_Spec):
     role: ServerRole = Field(ServerRole.Mailbox, description="Mailbox or Edge.")
     fqdn: Hostname = Field(description="The server's fully qualified domain name.")
     replicas: int = Field(1, ge=0, le=100, description="Receiver pods.")
-    image: str | None = Field(
+    image: ImageName | None = Field(
         None, description="Receiver image; defaults to the operator's setting."
     )
     exposure: ServiceExposure = Field(
@@ -321,25 +568,37 @@ class TransportServerSpec(_Spec):
     create_default_connectors: bool = Field(
         True, description="Create the role's default receive connectors with the server."
     )
+    pod: PodSettings = Field(
+        default_factory=PodSettings,
+        description="Resources, scheduling and metadata of the receiver pods.",
+    )
+    disruption_budget: DisruptionBudget = Field(
+        default_factory=DisruptionBudget, description="The receivers' PodDisruptionBudget."
+    )
 
 
-def _check_domain(value: Any) -> Any:
-    if isinstance(value, str):
-        name = value.strip().rstrip(".")
-        name = name[2:] if name.startswith("*.") else name
-        if not _HOSTNAME.match(name) or "." not in name and name != "localhost":
-            raise ValueError(f"{value!r} must be a domain such as contoso.com or *.contoso.com")
-    return value
-
-
-DomainName = Annotated[str, BeforeValidator(_check_domain)]
+DomainName = Annotated[
+    str,
+    Text(
+        Rule(
+            "size(self) - (self.startsWith('*.') ? 2 : 0) - (self.endsWith('.') ? 1 : 0) <= 253 && "
+            + admission.cel_matches("self", admission.DOMAIN),
+            "must be a domain such as contoso.com or *.contoso.com",
+            lambda v: (
+                len(v.removeprefix("*.").removesuffix(".")) <= 253
+                and admission.matches(admission.DOMAIN, v)
+            ),
+        ),
+        max_length=256,
+    ),
+]
 
 
 class AcceptedDomainSpec(_Spec):
     """A domain the organisation accepts mail for."""
 
     domain_name: DomainName = Field(
-        min_length=1, description="The domain, e.g. contoso.com, or *.contoso.com with subdomains."
+        description="The domain, e.g. contoso.com, or *.contoso.com with subdomains."
     )
     domain_type: AcceptedDomainType = Field(
         AcceptedDomainType.Authoritative,
@@ -348,7 +607,7 @@ class AcceptedDomainSpec(_Spec):
 
     @property
     def pattern(self) -> str:
-        return self.domain_name.strip().rstrip(".").lower()
+        return self.domain_name.rstrip(".").lower()
 
 
 def _field_path(loc: tuple[int | str, ...], prefix: str) -> str:
@@ -364,8 +623,13 @@ def parse_spec(model: type[_Spec], data: Any, prefix: str = "spec") -> Any:
         return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        loc = tuple(p for p in first["loc"] if not str(p).startswith("function-"))
+        loc: tuple[int | str, ...] = tuple(
+            p for p in first["loc"] if not str(p).startswith("function-")
+        )
         message = first["msg"].removeprefix("Value error, ")
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, admission.RuleError) and cause.field is not None:
+            loc += (cause.field,)
         if first["type"] == "extra_forbidden":
             message = "is not a known field"
         raise SpecError(_field_path(loc, prefix), message) from None

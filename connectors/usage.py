@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -66,6 +67,11 @@ class Resolved:
     connection_timeout_seconds: int
     connection_inactivity_timeout_seconds: int
 
+    @functools.cached_property
+    def clash(self) -> ranges.Clash:
+        """The remote ranges, indexed for conflict checks against other connectors."""
+        return ranges.Clash(self.remote_ip_ranges)
+
 
 def _unique(values: Iterable[T]) -> tuple[T, ...]:
     return tuple(dict.fromkeys(values))
@@ -80,36 +86,21 @@ def resolve(spec: ReceiveConnectorSpec, role: ServerRole) -> Resolved:
     if role is ServerRole.Edge and spec.usage is Usage.Client:
         raise SpecError("spec.usage", "Client usage is not available on Edge servers")
 
+    # The spec model has kept every rule that does not depend on the server's role.
     binding_texts = spec.bindings if spec.bindings is not None else defaults.bindings
-    if binding_texts is None:
-        raise SpecError("spec.bindings", f"must be given for {spec.usage} usage")
-    if not binding_texts:
-        raise SpecError("spec.bindings", "must list at least one binding")
-    parsed_bindings = tuple(bindings.parse(b) for b in binding_texts)
-    seen: dict[bindings.Binding, int] = {}
-    for index, binding in enumerate(parsed_bindings):
-        if binding in seen:
-            raise SpecError(f"spec.bindings[{index}]", f"repeats {binding}")
-        seen[binding] = index
-
     range_texts = (
         spec.remote_ip_ranges if spec.remote_ip_ranges is not None else defaults.remote_ip_ranges
     )
-    if range_texts is None:
-        raise SpecError("spec.remoteIPRanges", f"must be given for {spec.usage} usage")
-    if not range_texts:
-        raise SpecError("spec.remoteIPRanges", "must list at least one range")
+    assert binding_texts is not None and range_texts is not None
+    parsed_bindings = tuple(bindings.parse(b) for b in binding_texts)
     parsed_ranges = tuple(ranges.parse(r) for r in range_texts)
 
     auth = _unique(spec.auth_mechanisms or defaults.auth_mechanisms)
     groups = _unique(spec.permission_groups or defaults.permission_groups)
-    _check_auth(auth, groups, spec)
     if role is ServerRole.Edge and G.ExchangeLegacyServers in groups:
         raise SpecError(
             "spec.permissionGroups", "ExchangeLegacyServers is not available on Edge servers"
         )
-    if G.None_ in groups and len(groups) > 1:
-        raise SpecError("spec.permissionGroups", "None may not be combined with other groups")
 
     timeout, inactivity = TIMEOUTS[role]
     timeout = spec.connection_timeout_seconds or timeout
@@ -119,8 +110,6 @@ def resolve(spec: ReceiveConnectorSpec, role: ServerRole) -> Resolved:
             "spec.connectionInactivityTimeoutSeconds",
             f"must be shorter than connectionTimeoutSeconds ({inactivity} >= {timeout})",
         )
-    if spec.binary_mime_enabled and not spec.chunking_enabled:
-        raise SpecError("spec.binaryMimeEnabled", "needs chunkingEnabled")
     name = certificates.parse_name(spec.tls_certificate_name) if spec.tls_certificate_name else None
     return Resolved(
         spec=spec,
@@ -132,24 +121,3 @@ def resolve(spec: ReceiveConnectorSpec, role: ServerRole) -> Resolved:
         connection_timeout_seconds=timeout,
         connection_inactivity_timeout_seconds=inactivity,
     )
-
-
-def _check_auth(auth: tuple[A, ...], groups: tuple[G, ...], spec: ReceiveConnectorSpec) -> None:
-    field = "spec.authMechanisms"
-    if A.None_ in auth and len(auth) > 1:
-        raise SpecError(field, "None may not be combined with other mechanisms")
-    if A.BasicAuthRequireTLS in auth and not {A.BasicAuth, A.TLS} <= set(auth):
-        raise SpecError(field, "BasicAuthRequireTLS needs BasicAuth and TLS")
-    if A.ExternalAuthoritative in auth:
-        if G.ExchangeServers not in groups:
-            raise SpecError(
-                field, "ExternalAuthoritative needs the ExchangeServers permission group"
-            )
-        if set(auth) - {A.ExternalAuthoritative, A.TLS}:
-            raise SpecError(field, "ExternalAuthoritative may be combined only with TLS")
-    if spec.require_tls and A.TLS not in auth:
-        raise SpecError("spec.requireTLS", "needs the TLS authentication mechanism")
-    if spec.domain_secure_enabled and A.TLS not in auth:
-        raise SpecError("spec.domainSecureEnabled", "needs the TLS authentication mechanism")
-    if spec.tls_certificate_name and A.TLS not in auth:
-        raise SpecError("spec.tlsCertificateName", "needs the TLS authentication mechanism")

@@ -301,9 +301,12 @@ class Controller:
 
     def _apply(self, child: Body) -> bool:
         """Server-side apply unless the cached object already is what we would write."""
-        meta = child["metadata"]
         digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()[:16]
-        meta.setdefault("annotations", {})[APPLIED] = digest
+        meta = {
+            **child["metadata"],
+            "annotations": {**(child["metadata"].get("annotations") or {}), APPLIED: digest},
+        }
+        child = {**child, "metadata": meta}
         current = self._cached(child["kind"], meta["namespace"], meta["name"])
         if current is not None:
             same_intent = (current["metadata"].get("annotations") or {}).get(APPLIED) == digest

@@ -85,6 +85,7 @@ POD = Kind("v1", "Pod", "pods")
 EVENT = Kind("v1", "Event", "events")
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
 STATEFUL_SET = Kind("apps/v1", "StatefulSet", "statefulsets")
+DISRUPTION_BUDGET = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 BY_KIND = {
     k.kind: k
     for k in (
@@ -97,9 +98,10 @@ BY_KIND = {
         POD,
         DEPLOYMENT,
         STATEFUL_SET,
+        DISRUPTION_BUDGET,
     )
 }
-CHILD_KINDS = (CONFIG_MAP, SERVICE, DEPLOYMENT, STATEFUL_SET)
+CHILD_KINDS = (CONFIG_MAP, SERVICE, DEPLOYMENT, STATEFUL_SET, DISRUPTION_BUDGET)
 
 
 class Api:

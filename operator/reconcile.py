@@ -95,18 +95,6 @@ def default_connector_bodies(server: Body) -> list[Body]:
     return out
 
 
-def _effective_permissions(connector: config.ConnectorConfig) -> list[Body]:
-    rows = [
-        {"principal": p, "extendedRights": list(r), "deny": False}
-        for p, r in connector.grants.items()
-    ]
-    rows += [
-        {"principal": p, "extendedRights": list(r), "deny": True}
-        for p, r in connector.denies.items()
-    ]
-    return rows
-
-
 def server_of(connector: Body) -> str | None:
     """The server a connector names, read from its raw spec (it may not parse)."""
     server = (connector.get("spec") or {}).get("server")
@@ -261,6 +249,7 @@ def plan_server(
         status["defaultConnectorsCreated"] = True
     bodies = [b for b in snapshot.connectors if server_of(b) == server_name]
     try:
+        specs.check_server_name(server_name)  # admitted before the CRD's rule, perhaps
         server_spec = specs.parse_spec(specs.TransportServerSpec, server.get("spec", {}))
     except SpecError as err:
         keep = (
@@ -401,6 +390,8 @@ def plan_server(
         resources.configmap(server_name, ns, compiled.config, owner),
         workload_body,
         *resources.services(server_name, ns, server_spec, compiled.config, owner),
+        resources.metrics_service(server_name, ns, owner),
+        resources.disruption_budget(server_name, ns, server_spec, owner),
     ]
     workload = snapshot.workloads.get(server_name)
     if workload is not None and workload.get("kind") != workload_body["kind"]:
@@ -442,7 +433,7 @@ def plan_server(
                 if ok
                 else condition("Ready", False, "ServerNotReady", f"{where}; {message}", cgen)
             )
-            entry["effectivePermissions"] = _effective_permissions(in_config[connector_name])
+            entry["effectivePermissions"] = in_config[connector_name].acl.rows()
             if connector_name in chosen_secret:
                 entry["certificate"] = chosen_secret[connector_name]
         else:
@@ -451,11 +442,17 @@ def plan_server(
             )
         entry["conditions"] = conditions
         out.connector_status[connector_name] = entry
-    ready_replicas = int(((workload or {}).get("status") or {}).get("readyReplicas") or 0)
+    workload_status = (workload or {}).get("status") or {}
+    ready_replicas = int(workload_status.get("readyReplicas") or 0)
+    implicit_names = {name for name, _ in implicit}
+    listed = [c for c in compiled.config.connectors if c.name not in implicit_names]
     status.update(
         {
-            "connectors": len(compiled.config.connectors),
+            "connectors": len(listed),
             "readyReplicas": ready_replicas,
+            "replicas": int(workload_status.get("replicas") or 0),
+            "replicasReady": f"{ready_replicas}/{server_spec.replicas}",
+            "selector": resources.selector_text(server_name),
             "configHash": resources.config_hash(compiled.config),
             "conditions": [
                 condition(
@@ -545,12 +542,17 @@ def merged_status(current: Body | None, desired: Body, now: str) -> Body | None:
 
 
 def transitions(current: Body | None, patch: Body) -> list[Body]:
-    """Conditions whose status or reason a status patch changes (each gets an Event)."""
+    """Conditions that deserve an Event: those whose status or reason a status patch changes,
+    and, on an object's first status, the failures other than Ready (a new object is not
+    Ready until its pods serve; that it then becomes Ready is the Event worth having)."""
     old = {c["type"]: c for c in (current or {}).get("conditions") or []}
-    return [
-        c
-        for c in patch.get("conditions") or []
-        if c["type"] not in old
-        or old[c["type"]].get("status") != c["status"]
-        or old[c["type"]].get("reason") != c["reason"]
-    ]
+    out = []
+    for cond in patch.get("conditions") or []:
+        before = old.get(cond["type"])
+        if before is None:
+            failure = cond["status"] == "False" or cond["type"] == "ConnectorsRejected"
+            if failure and cond["type"] != "Ready":
+                out.append(cond)
+        elif before.get("status") != cond["status"] or before.get("reason") != cond["reason"]:
+            out.append(cond)
+    return out

@@ -25,13 +25,35 @@ FIRST_EXTRA_PORT = 10025
 Body = dict[str, Any]
 
 
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _fit(name: str, key: str, limit: int = 63) -> str:
+    """``name`` if it fits in ``limit``, else its start and a hash of ``key`` (what makes
+    the name unique), so that names cut short stay distinct."""
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 11].rstrip('-')}-{_short_hash(key)}"
+
+
 def slug(text: str) -> str:
-    """A DNS-1123 name from free text: ``Default Frontend ex01`` → ``default-frontend-ex01``."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:63].rstrip("-")
+    """A DNS-1123 name from free text: ``Default Frontend ex01`` → ``default-frontend-ex01``;
+    a slug longer than 63 characters is cut and ends in a hash of the text."""
+    return _fit(re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-"), text)
 
 
 def receiver_name(server: str) -> str:
     return f"{server}-receiver"
+
+
+def binding_service_name(server: str, address: str) -> str:
+    """The Service of the bindings to one address: ``<server>-receiver-192-0-2-10``, or for
+    IPv6 the address written out in full (``...-20010db8000000000000000000000001``), so that
+    no two addresses share a name; cut and ended by a hash when longer than 63."""
+    ip = ipaddress.ip_address(address)
+    readable = ip.exploded.replace(":", "") if ip.version == 6 else str(ip).replace(".", "-")
+    return _fit(f"{receiver_name(server)}-{readable}", f"{server}/{ip.exploded}")
 
 
 def labels(server: str) -> dict[str, str]:
@@ -41,6 +63,16 @@ def labels(server: str) -> dict[str, str]:
         "app.kubernetes.io/component": "receiver",
         "app.kubernetes.io/part-of": "smtpgate",
         "app.kubernetes.io/managed-by": "smtpgate-operator",
+    }
+
+
+def child_metadata(server: str, namespace: str, owner: Body, name: str = "") -> Body:
+    """Name (``<server>-receiver`` unless given), labels and owner of a server's child."""
+    return {
+        "name": name or receiver_name(server),
+        "namespace": namespace,
+        "labels": labels(server),
+        "ownerReferences": [owner],
     }
 
 
@@ -97,12 +129,7 @@ def configmap(server: str, namespace: str, config: ServerConfig, owner: Body) ->
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": receiver_name(server),
-            "namespace": namespace,
-            "labels": labels(server),
-            "ownerReferences": [owner],
-        },
+        "metadata": child_metadata(server, namespace, owner),
         "data": {"config.json": config.to_json()},
     }
 
@@ -192,10 +219,7 @@ def workload(
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "resources": {
-            "requests": {"cpu": "100m", "memory": "128Mi"},
-            "limits": {"memory": "512Mi"},
-        },
+        "resources": container_resources(spec, config),
         "securityContext": {
             "runAsNonRoot": True,
             "readOnlyRootFilesystem": True,
@@ -215,14 +239,26 @@ def workload(
     }
     if not host_network:
         pod_security["sysctls"] = [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]
+    pod = spec.pod
     template: Body = {
         "metadata": {
-            "labels": labels(server),
+            "labels": {**pod.labels, **labels(server)},
             "annotations": {
-                f"{GROUP}/mounts-hash": hashlib.sha256(mounted.encode()).hexdigest()[:16]
+                **pod.annotations,
+                **METRICS_ANNOTATIONS,
+                f"{GROUP}/mounts-hash": hashlib.sha256(mounted.encode()).hexdigest()[:16],
             },
         },
         "spec": {
+            **({"nodeSelector": pod.node_selector} if pod.node_selector else {}),
+            **({"tolerations": pod.tolerations} if pod.tolerations else {}),
+            **({"affinity": pod.affinity} if pod.affinity else {}),
+            **(
+                {"topologySpreadConstraints": pod.topology_spread_constraints}
+                if pod.topology_spread_constraints
+                else {}
+            ),
+            **({"priorityClassName": pod.priority_class_name} if pod.priority_class_name else {}),
             "containers": [container],
             "volumes": volumes,
             "securityContext": pod_security,
@@ -236,36 +272,114 @@ def workload(
             ),
         },
     }
-    selector = {
-        "matchLabels": {
-            "app.kubernetes.io/name": "smtpgate-receiver",
-            "app.kubernetes.io/instance": server,
-        }
-    }
     body: Body = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet" if spool else "Deployment",
-        "metadata": {
-            "name": receiver_name(server),
-            "namespace": namespace,
-            "labels": labels(server),
-            "ownerReferences": [owner],
+        "metadata": child_metadata(server, namespace, owner),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector(server)},
+            "template": template,
         },
-        "spec": {"replicas": spec.replicas, "selector": selector, "template": template},
     }
     if spool:
         body["spec"]["serviceName"] = receiver_name(server)
         body["spec"]["podManagementPolicy"] = "Parallel"
+        storage = spec.next_hop.storage
+        body["spec"]["persistentVolumeClaimRetentionPolicy"] = {
+            "whenDeleted": storage.when_deleted,
+            "whenScaled": storage.when_scaled,
+        }
         body["spec"]["volumeClaimTemplates"] = [
             {
                 "metadata": {"name": "spool"},
                 "spec": {
                     "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": "1Gi"}},
+                    "resources": {"requests": {"storage": str(storage.size)}},
+                    **(
+                        {"storageClassName": storage.storage_class_name}
+                        if storage.storage_class_name
+                        else {}
+                    ),
                 },
             }
         ]
     return body
+
+
+# Each connection the connectors allow may hold this much at once (command and DATA buffers,
+# the part of a message kept in memory before it goes to the spool or the next hop).
+PER_CONNECTION_BYTES = 256 * 1024
+BASE_MEMORY_BYTES = 256 * 1024 * 1024
+METRICS_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(HEALTH_PORT),
+    "prometheus.io/path": "/metrics",
+}
+
+
+def memory_limit(config: ServerConfig) -> str:
+    """What the receiver may need when every connection its connectors allow is open."""
+    connections = sum(c.limits.max_inbound_connection for c in config.connectors)
+    total = BASE_MEMORY_BYTES + connections * PER_CONNECTION_BYTES
+    return f"{-(-total // (1024 * 1024))}Mi"
+
+
+def container_resources(spec: TransportServerSpec, config: ServerConfig) -> Body:
+    """The server's own resources, else requests of 100m and 128Mi and a memory limit sized
+    from the connectors' limits."""
+    if spec.pod.resources is not None:
+        own = spec.pod.resources
+        return {
+            **({"requests": dict(own.requests)} if own.requests else {}),
+            **({"limits": dict(own.limits)} if own.limits else {}),
+        }
+    return {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": memory_limit(config)},
+    }
+
+
+def disruption_budget(server: str, namespace: str, spec: TransportServerSpec, owner: Body) -> Body:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": child_metadata(server, namespace, owner),
+        "spec": {
+            "maxUnavailable": spec.disruption_budget.max_unavailable,
+            "selector": {"matchLabels": selector(server)},
+        },
+    }
+
+
+def selector(server: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "smtpgate-receiver", "app.kubernetes.io/instance": server}
+
+
+def selector_text(server: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector(server).items())
+
+
+def metrics_service(server: str, namespace: str, owner: Body) -> Body:
+    """A ClusterIP Service for the receivers' /metrics, with the usual scrape annotations."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": f"{receiver_name(server)}-metrics",
+            "namespace": namespace,
+            "labels": {**labels(server), "app.kubernetes.io/component": "receiver-metrics"},
+            "annotations": dict(METRICS_ANNOTATIONS),
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(server),
+            "ports": [
+                {"name": "metrics", "port": HEALTH_PORT, "targetPort": "health", "protocol": "TCP"}
+            ],
+        },
+    }
 
 
 def services(
@@ -282,13 +396,10 @@ def services(
     out: list[Body] = []
     for address, ports in sorted(groups.items()):
         unique = {p.binding.port: p for p in ports}  # [::]:25 and 0.0.0.0:25 share a Service port
-        name = receiver_name(server) if not address else f"{receiver_name(server)}-{slug(address)}"
+        name = binding_service_name(server, address) if address else receiver_name(server)
         service_spec: Body = {
             "type": kind,
-            "selector": {
-                "app.kubernetes.io/name": "smtpgate-receiver",
-                "app.kubernetes.io/instance": server,
-            },
+            "selector": selector(server),
             "ports": [
                 {"name": p.name, "port": port, "targetPort": p.container_port, "protocol": "TCP"}
                 for port, p in sorted(unique.items())
@@ -305,7 +416,7 @@ def services(
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": {
-                    "name": name[:63],
+                    "name": name,
                     "namespace": namespace,
                     "labels": labels(server),
                     "ownerReferences": [owner],

@@ -3,24 +3,21 @@ proved (AUTH today; mutual TLS, GSSAPI and the PROXY protocol plug in here)."""
 
 from __future__ import annotations
 
+from smtpgate.connectors import permissions
 from smtpgate.connectors.config import ConnectorConfig
-from smtpgate.connectors.enums import AuthMechanism, Principal
+from smtpgate.connectors.enums import Principal
 
 Principals = frozenset[str]
 
 
 def anonymous(connector: ConnectorConfig) -> Principals:
-    """Before any authentication. On an ExternalAuthoritative connector the connection is
-    secured outside SMTP, so the session is the Externally Secured Servers principal."""
-    if connector.offers(AuthMechanism.ExternalAuthoritative):
-        return frozenset({Principal.ExternallySecuredServers.value})
-    return frozenset({Principal.AnonymousLogon.value})
+    """Before any authentication (the model's rule, which the kubectl plugin shows too)."""
+    return permissions.anonymous(connector.auth_mechanisms)
 
 
 def authenticated_user(name: str) -> Principals:
-    """A user who passed AUTH: Authenticated Users, and the user by name (for granular
-    entries that name one user)."""
-    return frozenset({Principal.AuthenticatedUsers.value, name})
+    """A user who passed AUTH: Authenticated Users, and the user by name."""
+    return permissions.authenticated_user(name)
 
 
 def is_anonymous(principals: Principals) -> bool:

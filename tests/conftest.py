@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))  # for hack.controlplane
 
 from hack.controlplane.harness import ControlPlane  # noqa: E402
 
-from .kube_helpers import Operator, WorkloadStatusStandIn  # noqa: E402
+from .kube_helpers import NO_STANDIN_PREFIX, Operator, WorkloadStatusStandIn  # noqa: E402
 
 CRDS = ROOT / "crds"
 
@@ -88,6 +88,16 @@ def operator(controlplane: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture
 def ns(controlplane: Cluster) -> Iterator[str]:
     name = f"op-{uuid.uuid4().hex[:8]}"
+    controlplane.kubectl("create", "namespace", name)
+    yield name
+    controlplane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def nokubelet_ns(controlplane: Cluster) -> Iterator[str]:
+    """A namespace the workload-status stand-in leaves alone: nothing there ever serves
+    unless the test says so."""
+    name = f"{NO_STANDIN_PREFIX}{uuid.uuid4().hex[:8]}"
     controlplane.kubectl("create", "namespace", name)
     yield name
     controlplane.kubectl("delete", "namespace", name, "--wait=false", check=False)

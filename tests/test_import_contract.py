@@ -1,4 +1,5 @@
-"""The rooms' import rules: connectors is pure; operator and receiver never meet."""
+"""The rooms' import rules: connectors is pure; operator and receiver never meet; the kubectl
+plugin reads the API itself and asks only the model."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ ROOMS = {
     "connectors": "smtpgate.connectors",
     "operator": "smtpgate.operator",
     "receiver": "smtpgate.receiver",
+    "plugin": "smtpgate.plugin",
 }
 FORBIDDEN = {
     "connectors": ("kopf", "kubernetes", "aiosmtpd", "smtpgate.operator", "smtpgate.receiver"),
     "operator": ("smtpgate.receiver", "aiosmtpd"),
     "receiver": ("smtpgate.operator", "kopf", "kubernetes"),
+    "plugin": ("smtpgate.operator", "smtpgate.receiver", "kopf", "aiosmtpd"),
 }
 
 

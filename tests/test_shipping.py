@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hack.pki import Authority, tls_secret
-
-from .kube_helpers import condition, eventually, get
+from .kube_helpers import apply_examples, condition, eventually, get, wait_ready
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "smtpgate"
@@ -147,18 +145,7 @@ def test_broken_value_is_refused_by_the_schema(controlplane: Any, value: str) ->
 def test_every_example_is_applied_and_becomes_ready(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    controlplane.kubectl(
-        "apply", "--server-side", "-f", str(ROOT / "hack" / "cert-manager-stand-in.yaml")
-    )
-    controlplane.kubectl("wait", "--for=condition=Established", "crd/certificates.cert-manager.io")
-    # What cert-manager would write for examples/07-certificate.yaml.
-    cert, key = Authority("Contoso Issuing CA", "Contoso").issue(
-        "mail.contoso.com", ["mail.contoso.com"]
-    )
-    controlplane.kubectl(
-        "apply", "-f", "-", input=json.dumps(tls_secret("mail-contoso-com", ns, cert, key))
-    )
-    controlplane.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples"))
+    apply_examples(controlplane, ns)
     names = json.loads(controlplane.kubectl("get", "rcvc", "-n", ns, "-o", "json").stdout)
     expected = {"internet-mx01", "partner-fabrikam", "submission-mx01"}
     assert expected <= {i["metadata"]["name"] for i in names["items"]}
@@ -177,17 +164,15 @@ def test_every_example_is_applied_and_becomes_ready(
         assert (
             condition(get(controlplane, "rcvc", name, ns), "CertificateReady")["status"] == "True"
         )
-    for kind, name in (
+    wait_ready(
+        controlplane,
+        ns,
         ("accepteddomain", "contoso"),
         ("accepteddomain", "fabrikam-subdomains"),
         ("transportserver", "ex01"),
         ("transportserver", "mx01"),
-    ):
-        eventually(
-            lambda k=kind, n=name: (
-                condition(get(controlplane, k, n, ns), "Ready")["status"] == "True"
-            )
-        )
+        timeout=45,
+    )
 
 
 def test_demo_runs_its_script(controlplane: Any) -> None:
@@ -208,3 +193,81 @@ def test_demo_runs_its_script(controlplane: Any) -> None:
     ):
         assert f"[ok] {outcome}" in out, out
     assert "UNEXPECTED" not in out and "demo finished" in out
+
+
+def _rendered(controlplane: Any, *sets: str) -> list[dict[str, Any]]:
+    args = [a for value in sets for a in ("--set", value)]
+    out = _helm(controlplane, "template", "gate", str(CHART), "-n", "mail", *args).stdout
+    return [d for d in (yaml.safe_load(doc) for doc in out.split("\n---\n")) if d]
+
+
+def test_chart_knobs_a_platform_team_expects(controlplane: Any) -> None:
+    docs = _rendered(
+        controlplane,
+        "fullnameOverride=mailgate",
+        "imagePullSecrets[0].name=regcred",
+        "operator.podAnnotations.team=mail",
+        "operator.replicas=2",
+        "global.imageRegistry=registry.example",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.podMonitor.enabled=true",
+    )
+    by_kind = {d["kind"]: d for d in docs}
+    deployment = by_kind["Deployment"]
+    assert deployment["metadata"]["name"] == "mailgate-operator"
+    pod = deployment["spec"]["template"]
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["metadata"]["annotations"] == {"team": "mail"}
+    assert by_kind["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    assert by_kind["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "metrics"
+    assert by_kind["PodMonitor"]["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "smtpgate-receiver",
+        "app.kubernetes.io/managed-by": "smtpgate-operator",
+    }
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "health"
+    single = {d["kind"] for d in _rendered(controlplane, "operator.replicas=1")}
+    assert "PodDisruptionBudget" not in single and "ServiceMonitor" not in single
+
+
+def test_chart_readme_and_notes_stand_alone(controlplane: Any) -> None:
+    readme = _helm(controlplane, "show", "readme", str(CHART)).stdout
+    assert "crds.install=false" in readme and "helm uninstall" in readme
+    notes = _helm(
+        controlplane,
+        "install",
+        "gate",
+        str(CHART),
+        "--dry-run",
+        "-n",
+        "mail",
+        "--set",
+        "crds.install=false",  # the session's CRDs were applied without Helm
+    ).stdout.split("NOTES:", 1)[1]
+    assert "examples/" not in notes and "kind: TransportServer" in notes
+
+
+def test_a_second_release_installs_beside_the_first(controlplane: Any, ns: str) -> None:
+    other = f"{ns}-b"
+    controlplane.kubectl("create", "namespace", other)
+    try:
+        for release, namespace in (("first", ns), ("second", other)):
+            _helm(
+                controlplane,
+                "install",
+                release,
+                str(CHART),
+                "-n",
+                namespace,
+                "--set",
+                "crds.install=false",
+                "--set",
+                f"operator.watchNamespaces={{{namespace}}}",
+                "--wait=false",
+            )
+        assert get(controlplane, "role", "second-smtpgate-operator", other)
+        assert get(controlplane, "role", "first-smtpgate-operator", ns)
+    finally:
+        _helm(controlplane, "uninstall", "first", "-n", ns, check=False)
+        _helm(controlplane, "uninstall", "second", "-n", other, check=False)
+        controlplane.kubectl("delete", "namespace", other, "--wait=false", check=False)

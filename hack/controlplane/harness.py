@@ -274,6 +274,8 @@ current-context: smtpgate
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--authorization-mode=RBAC",
+                # as OpenShift has it: blockOwnerDeletion needs update on the owner's finalizers
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 "--allow-privileged=true",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 "--v=1",

@@ -126,10 +126,11 @@ def test_invalid_connector_is_rejected_and_others_keep_working() -> None:
         "ex01",
         "mail",
         SERVER,
-        [("bad", _connector(authMechanisms=["None", "TLS"])), ("good", _connector())],
+        # Valid on an Edge server; on a Mailbox server the default inactivity (300) is longer.
+        [("bad", _connector(connectionTimeoutSeconds=200)), ("good", _connector())],
     )
     assert [c.name for c in compiled.config.connectors] == ["good"]
-    assert compiled.rejected["bad"].field == "spec.authMechanisms"
+    assert compiled.rejected["bad"].field == "spec.connectionInactivityTimeoutSeconds"
 
 
 def test_deny_wins_over_every_grant() -> None:

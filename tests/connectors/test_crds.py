@@ -56,4 +56,21 @@ def test_schemas_are_structural() -> None:
     from smtpgate.connectors import crd
 
     text = repr(crd.all_crds())
-    assert "$ref" not in text and "additionalProperties" not in text and "'title'" not in text
+    assert "$ref" not in text and "'title'" not in text
+
+    def maps(node: object) -> list[object]:
+        """Every additionalProperties: only maps of a typed value, never true or false."""
+        if isinstance(node, list):
+            return [m for item in node for m in maps(item)]
+        if not isinstance(node, dict):
+            return []
+        found = [node["additionalProperties"]] if "additionalProperties" in node else []
+        return found + [m for value in node.values() for m in maps(value)]
+
+    found = maps(crd.all_crds())
+    typed = [
+        m
+        for m in found
+        if isinstance(m, dict) and (m.get("type") or m.get("x-kubernetes-int-or-string"))
+    ]
+    assert found and typed == found, found

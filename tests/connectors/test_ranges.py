@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import pytest
 from hypothesis import given
@@ -161,3 +162,99 @@ def test_cidr_normal_form_round_trips(value: int, bits: int) -> None:
     parsed = ranges.parse(str(network))
     assert ranges.parse(str(parsed)) == parsed
     assert str(parsed) == (str(network.network_address) if bits == 32 else str(network))
+
+
+def _clashes_brute_force(earlier: list[ranges.IPRange], query: ranges.IPRange) -> bool:
+    return any(r == query or not r.nested_or_disjoint(query) for r in earlier)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_clash_index_agrees_with_pairwise_rule(version: int) -> None:
+    @given(
+        earlier=st.lists(_ranges_for(version), min_size=1, max_size=12),
+        queries=st.lists(_ranges_for(version), min_size=1, max_size=6),
+    )
+    def check(earlier: list[ranges.IPRange], queries: list[ranges.IPRange]) -> None:
+        # One anchor block of 256 addresses, so that most ranges meet.
+        base = earlier[0].first - earlier[0].first % 256
+        shift = [
+            ranges.IPRange(version, base + r.first % 256, base + r.first % 256 + r.size - 1)
+            for r in earlier + queries
+        ]
+        earlier, queries = shift[: len(earlier)], shift[len(earlier) :]
+        index = ranges.Clash(earlier)
+        for query in queries:
+            assert index.clashes(query) == _clashes_brute_force(earlier, query)
+            first = index.first_clash(query)
+            expected = next(
+                (r for r in earlier if r == query or not r.nested_or_disjoint(query)), None
+            )
+            assert first == expected
+
+    check()
+
+
+def _wide_connector(cidrs: list[str]) -> specs.ReceiveConnectorSpec:
+    return specs.ReceiveConnectorSpec(
+        server="ex01",
+        usage=Usage.Custom,
+        bindings=["0.0.0.0:25"],
+        remote_ip_ranges=cidrs,
+    )
+
+
+def test_two_connectors_with_the_most_ranges_compile_quickly() -> None:
+    most = specs.admission.MAX_REMOTE_RANGES
+    ten, eleven = int(ipaddress.IPv4Address("10.0.0.0")), int(ipaddress.IPv4Address("11.0.0.0"))
+    first = [f"{ipaddress.IPv4Address(ten + 4 * i)}/30" for i in range(most)]
+    # Each range of the second lies inside one of the first (allowed), but its last one
+    # repeats the first connector's last range (a conflict found at the end of the list).
+    nested = [f"{ipaddress.IPv4Address(ten + 4 * i)}/31" for i in range(most - 1)]
+    cases = {
+        "disjoint": [f"{ipaddress.IPv4Address(eleven + 4 * i)}/30" for i in range(most)],
+        "nested, last repeated": [*nested, first[-1]],
+    }
+    server = specs.TransportServerSpec(fqdn="exchange01.contoso.com")
+    for label, second in cases.items():
+        started = time.perf_counter()
+        compiled = config.compile_server(
+            "ex01",
+            "mail",
+            server,
+            [("a", _wide_connector(first)), ("b", _wide_connector(second))],
+        )
+        elapsed = time.perf_counter() - started
+        assert elapsed < 2, f"{label}: {elapsed:.2f} s"
+        if label == "disjoint":
+            assert compiled.rejected == {}
+        else:
+            assert compiled.rejected["b"].field == f"spec.remoteIPRanges[{most - 1}]"
+            assert "already used by connector 'a'" in compiled.rejected["b"].message
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later", "words"),
+    [
+        (["10.0.0.0/24"], ["10.0.0.0/24"], "already used"),
+        (["10.0.0.0-10.0.0.99"], ["10.0.0.50-10.0.0.150"], "without one containing the other"),
+        (["10.0.0.50-10.0.0.150"], ["10.0.0.0-10.0.0.99"], "without one containing the other"),
+        (["10.0.0.0/24"], ["10.0.0.0/25"], None),
+        (["10.0.0.0/25"], ["10.0.0.0/24"], None),
+        (["10.0.0.0-10.0.0.99"], ["10.0.0.100-10.0.0.199"], None),
+        (["2001:db8::/32"], ["2001:db8::/32"], "already used"),
+        (["10.0.0.0/24"], ["::/0"], None),
+    ],
+)
+def test_ranges_on_one_binding_nest_or_stay_apart(
+    earlier: list[str], later: list[str], words: str | None
+) -> None:
+    compiled = config.compile_server(
+        "ex01",
+        "mail",
+        specs.TransportServerSpec(fqdn="exchange01.contoso.com"),
+        [("a", _wide_connector(earlier)), ("b", _wide_connector(later))],
+    )
+    if words is None:
+        assert compiled.rejected == {}
+    else:
+        assert words in compiled.rejected["b"].message

@@ -15,6 +15,7 @@ from smtpgate.connectors.enums import (
     TransportRole,
     Usage,
 )
+from smtpgate.connectors.errors import SpecError
 
 ALL_V4 = {ranges.parse("0.0.0.0-255.255.255.255")}
 ALL_BOTH = {ranges.parse("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")} | ALL_V4
@@ -99,7 +100,7 @@ def _defaults_by_name(role: ServerRole) -> dict[str, defaults.DefaultConnector]:
 def test_default_connector_matches_reference_row(row: tuple) -> None:
     name, role, transport, logging, port, addresses, remote, auth, groups = row
     connector = _defaults_by_name(role)[name]
-    resolved = usage.resolve(connector.spec("EX01"), role)
+    resolved = usage.resolve(connector.spec("ex01"), role)
     if transport is not None:
         assert resolved.spec.transport_role == TransportRole(transport)
     assert resolved.spec.protocol_logging_level.value == logging
@@ -118,7 +119,7 @@ def test_each_role_has_exactly_the_reference_connectors(role: ServerRole) -> Non
 
 def test_implicit_mailbox_delivery_connector_matches_reference_row() -> None:
     delivery = defaults.MAILBOX_DELIVERY
-    resolved = usage.resolve(delivery.spec("EX01"), ServerRole.Mailbox)
+    resolved = usage.resolve(delivery.spec("ex01"), ServerRole.Mailbox)
     assert {(b.address, b.port) for b in resolved.bindings} == {("0.0.0.0", 475), ("::", 475)}
     assert set(resolved.remote_ip_ranges) == ALL_BOTH
     assert resolved.auth_mechanisms == (AuthMechanism.ExchangeServer,)
@@ -182,11 +183,12 @@ def test_usage_type_defaults_match_reference_row(row: tuple) -> None:
 
 @pytest.mark.parametrize("usage_type", [Usage.Custom, Usage.Internet, Usage.Partner])
 def test_usage_types_without_default_bindings_require_them(usage_type: Usage) -> None:
-    spec = specs.ReceiveConnectorSpec(
-        server="ex01", usage=usage_type, remote_ip_ranges=["192.0.2.1"]
-    )
-    with pytest.raises(ValueError, match=r"spec\.bindings: must be given"):
-        usage.resolve(spec, ServerRole.Mailbox)
+    assert usage.USAGE_DEFAULTS[usage_type].bindings is None
+    with pytest.raises(SpecError, match=r"spec\.bindings: must be given"):
+        specs.parse_spec(
+            specs.ReceiveConnectorSpec,
+            {"server": "ex01", "usage": usage_type, "remoteIPRanges": ["192.0.2.1"]},
+        )
 
 
 def test_internal_usage_on_edge_drops_nothing_but_legacy_group_is_refused() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import yaml
 from hack.pki import Authority, tls_secret
 
 from ..conftest import CRDS
-from ..kube_helpers import NO_STANDIN_PREFIX, condition, eventually, get, writes_by
+from ..kube_helpers import condition, eventually, get, writes_by
 
 SERVER = """
 apiVersion: smtpgate.io/v1alpha1
@@ -75,6 +76,11 @@ def _config(controlplane: Any, ns: str, server: str = "ex01") -> dict[str, Any]:
 
 def _ready(controlplane: Any, kind: str, name: str, ns: str) -> bool:
     return condition(get(controlplane, kind, name, ns), "Ready")["status"] == "True"
+
+
+def _fqdn(controlplane: Any, ns: str, fqdn: str) -> None:
+    patch = json.dumps({"spec": {"fqdn": fqdn}})
+    controlplane.kubectl("patch", "tsrv", "ex01", "-n", ns, "--type=merge", "-p", patch)
 
 
 def _stamp() -> str:
@@ -178,16 +184,7 @@ def test_an_invalid_server_spec_keeps_the_last_good_children_serving(
         return out
 
     before = children()
-    controlplane.kubectl(
-        "patch",
-        "tsrv",
-        "ex01",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        '{"spec":{"fqdn":"mail_x.contoso.com"}}',
-    )
+    _fqdn(controlplane, ns, "mail_x.contoso.com")
 
     def refused() -> dict[str, Any]:
         cond = condition(get(controlplane, "tsrv", "ex01", ns), "Ready")
@@ -200,16 +197,7 @@ def test_an_invalid_server_spec_keeps_the_last_good_children_serving(
     assert children() == before, "an invalid spec must not touch what serves"
     partner = condition(get(controlplane, "rcvc", "partner", ns), "Ready")
     assert partner["status"] == "False" and partner["reason"] == "ServerInvalid"
-    controlplane.kubectl(
-        "patch",
-        "tsrv",
-        "ex01",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        '{"spec":{"fqdn":"mail.contoso.com"}}',
-    )
+    _fqdn(controlplane, ns, "mail.contoso.com")
     eventually(lambda: _ready(controlplane, "tsrv", "ex01", ns), what="Ready again once fixed")
 
 
@@ -308,16 +296,6 @@ def test_a_refused_child_fails_only_its_server_and_says_why(
             name,
             check=False,
         )
-
-
-@pytest.fixture
-def nokubelet_ns(controlplane: Any) -> Iterator[str]:
-    """A namespace the workload-status stand-in leaves alone: nothing there ever serves
-    unless the test says so."""
-    name = f"{NO_STANDIN_PREFIX}{uuid.uuid4().hex[:8]}"
-    controlplane.kubectl("create", "namespace", name)
-    yield name
-    controlplane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def test_ready_follows_the_receivers_and_says_why_they_do_not_serve(
@@ -495,3 +473,64 @@ def test_operator_serves_metrics(controlplane: Any, operator: Any, ns: str) -> N
     ]
     assert ok and float(ok[0].split()[-1]) >= 1
     assert operator.http("/healthz")[0] == 200 and operator.http("/readyz")[0] == 200
+
+
+def test_json_logs_are_one_object_a_line(controlplane: Any, operator: Any, tmp_path: Any) -> None:
+    from ..kube_helpers import Operator
+
+    standby = Operator(
+        controlplane.kubeconfig, tmp_path / "json.log", extra=["--log-format", "json"]
+    )
+    standby.start()
+    try:
+        eventually(lambda: "watching" in standby.output(), what="the first line")
+        eventually(lambda: standby.http("/readyz")[0] == 200, what="caches synced")
+    finally:
+        standby.stop()
+    entries = [json.loads(line) for line in standby.output().splitlines() if line.strip()]
+    assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    assert any(e["message"].startswith("watching all namespaces") for e in entries)
+
+
+def test_a_burst_in_one_namespace_does_not_delay_another(
+    controlplane: Any, operator: Any, ns: str
+) -> None:
+    other = f"op-{uuid.uuid4().hex[:8]}"
+    controlplane.kubectl("create", "namespace", other)
+    try:
+        burst = [
+            doc
+            for i in range(30)
+            for doc in (
+                _server(ns, f"s{i:02d}", defaults=False),
+                *(
+                    _connector(ns, f"s{i:02d}-c{j}", f"s{i:02d}", ranges=f"198.18.{i}.{j * 16}/28")
+                    for j in range(10)
+                ),
+            )
+        ]
+        applying = threading.Thread(target=_apply, args=(controlplane, *burst))
+        applying.start()
+        eventually(
+            lambda: get(controlplane, "configmap", "s00-receiver", ns), what="the burst under way"
+        )
+        started = time.monotonic()
+        _apply(controlplane, _server(other, "lonely", defaults=False))
+        eventually(
+            lambda: get(controlplane, "configmap", "lonely-receiver", other),
+            timeout=30,
+            what="the other namespace's ConfigMap",
+        )
+        waited = time.monotonic() - started
+        applying.join()
+        assert waited < 5, f"the other namespace waited {waited:.1f}s"
+
+        def converged() -> bool:
+            return all(
+                len(_config(controlplane, ns, f"s{i:02d}")["connectors"]) == 11  # + delivery
+                for i in range(30)
+            )
+
+        eventually(converged, timeout=90, what="the burst's ConfigMaps")
+    finally:
+        controlplane.kubectl("delete", "namespace", other, "--wait=false", check=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 import uuid
 from typing import Any
 
@@ -101,6 +102,19 @@ spec: {{fqdn: mail.contoso.com}}
         assert get(controlplane, "lease", "smtpgate-operator", ns)["spec"]["holderIdentity"]
         log = restricted.output()
         assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+
+        # The grant is taken away: the operator says so, in a few lines, and backs off.
+        controlplane.kubectl("delete", "rolebinding", name, "-n", ns)
+        before = len(restricted.output().splitlines())
+        controlplane.kubectl(
+            "patch", "tsrv", "ex01", "-n", ns, "--type=merge", "-p", '{"spec":{"replicas":2}}'
+        )
+        time.sleep(20)
+        lines = restricted.output().splitlines()[before:]
+        assert any("403" in line for line in lines), lines
+        assert len(lines) < 60, f"{len(lines)} log lines in 20 s"
+        assert not any("Traceback" in line for line in lines), lines[:20]
+        assert restricted.proc is not None and restricted.proc.poll() is None
     finally:
         restricted.stop()
         operator.start()
