@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from smtpgate.receiver import replies, spill
 
@@ -50,6 +50,7 @@ def _leftovers(running: Any) -> list[str]:
     return names
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=6))
 def test_stuffing_in_chunks_is_stuffing_of_the_whole(tail: bytes, cuts: list[int]) -> None:
     content = b"." + tail.replace(b"\r", b"").replace(b"\n", b"\r\n.") + b"\r\n"
