@@ -106,6 +106,7 @@ def _junk(command: Any) -> Any:
 
     @functools.wraps(command)
     async def counted(self: ConnectorSMTP, arg: str | None) -> None:
+        self._arg = arg  # the command's argument as sent (for its parameters' case)
         refusal = self.junk()
         if refusal is not None:
             await self.push(refusal.line())
@@ -133,6 +134,7 @@ class ConnectorSMTP(SMTP):
         self._counted: tuple[str, str] | None = None
         self._open_metric: str | None = None
         self.intake: intake.Intake | None = None
+        self._arg: str | None = None  # the last MAIL or RCPT argument
         self.plog = protocol_log.SessionLog(None, "-", "-", "-", "-")
         self._engine_init(_Handler(self), runtime.config.fqdn)
 
@@ -390,6 +392,10 @@ class ConnectorSMTP(SMTP):
     smtp_VRFY = _junk(SMTP.smtp_VRFY)
     smtp_MAIL = _junk(SMTP.smtp_MAIL)
 
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._arg = arg
+        await super().smtp_RCPT(arg)
+
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         """DATA read in blocks (``data.DataReader``) rather than aiosmtpd's line at a time;
@@ -449,6 +455,13 @@ class ConnectorSMTP(SMTP):
         await self.push(answer.line())
         await self._reader.readexactly(int(parts[0]))
         await self.push(replies.EXCH50_OK.line())
+
+
+def _as_sent(arg: str | None, options: list[str]) -> list[str]:
+    """MAIL or RCPT parameters as the client wrote them: the engine upper-cases them, but
+    DSN's ENVID and ORCPT carry case-sensitive text to pass on."""
+    tokens = (arg or "").split()[-len(options) :] if options else []
+    return tokens if [t.upper() for t in tokens] == options else options
 
 
 def _owns_nothing(address: str) -> bool:
@@ -592,7 +605,7 @@ class _Handler:
         answer = answer or policy.mail(state, address, declared, owns or _owns_nothing)
         if not answer.refusal:
             envelope.mail_from = address
-            envelope.mail_options.extend(options)
+            envelope.mail_options.extend(_as_sent(self.smtp._arg, options))
         return self.smtp.reply(answer)
 
     async def handle_RCPT(
@@ -609,7 +622,7 @@ class _Handler:
         if not answer.refusal:
             envelope.rcpt_tos.append(address)
             # One tuple per recipient: aiosmtpd's flat list would lose whose they are.
-            envelope.rcpt_options.append(tuple(options))
+            envelope.rcpt_options.append(tuple(_as_sent(self.smtp._arg, options)))
         return self.smtp.reply(answer)
 
     async def handle_DATA(self, server: SMTP, session: EngineSession, envelope: Envelope) -> str:

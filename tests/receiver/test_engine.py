@@ -34,6 +34,7 @@ OWN = {
     "_counted",
     "_open_metric",
     "intake",
+    "_arg",
     "plog",
 }
 

@@ -28,6 +28,7 @@ class Hop:
         self.delivered: list[tuple[str, bytes]] = []  # (recipient, content)
         self.after_data: dict[str, list[str]] = {}  # recipient → its next answers
         self.data_reply: str | None = None
+        self.lines: list[str] = []  # MAIL and RCPT as they arrived
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -67,6 +68,16 @@ class Hop:
 
 
 class _TakesDsn:
+    event_handler: Hop
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        self.event_handler.lines.append(f"MAIL {arg}")
+        await super().smtp_MAIL(arg)  # type: ignore[misc]
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        self.event_handler.lines.append(f"RCPT {arg}")
+        await super().smtp_RCPT(arg)  # type: ignore[misc]
+
     def _getparams(self, params: Any) -> Any:  # DSN's parameters are known here
         result = super()._getparams(params)  # type: ignore[misc]
         for key in ("RET", "ENVID", "NOTIFY", "ORCPT"):
@@ -141,17 +152,23 @@ def test_mail_and_rcpt_parameters_reach_a_next_hop_that_takes_them(relayed: Any)
     running = relayed(hop)
     reply = _send(
         running,
-        " BODY=8BITMIME RET=HDRS ENVID=Q1 SIZE=90",
+        " BODY=8BITMIME RET=HDRS ENVID=Qq1 SIZE=90",
         ["<a@contoso.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@contoso.com", "<b@contoso.com>"],
         b"Subject: caf\xc3\xa9\r\n\r\n8-bit body \xc3\xa9\r\n",
     )
     assert reply[0] == 250
     [options] = hop.mail
     size = len(hop.delivered[0][1])
-    assert sorted(options) == sorted(["BODY=8BITMIME", "RET=HDRS", "ENVID=Q1", f"SIZE={size}"])
+    assert sorted(options) == sorted(["BODY=8BITMIME", "RET=HDRS", "ENVID=QQ1", f"SIZE={size}"])
     assert hop.rcpt == [
         ("a@contoso.com", ["NOTIFY=SUCCESS,FAILURE", "ORCPT=RFC822;A@CONTOSO.COM"]),
         ("b@contoso.com", []),
+    ]
+    # As the client wrote them: ENVID and ORCPT are case-sensitive.
+    assert hop.lines == [
+        f"MAIL FROM:<s@example.org> SIZE={size} BODY=8BITMIME RET=HDRS ENVID=Qq1",
+        "RCPT TO:<a@contoso.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@contoso.com",
+        "RCPT TO:<b@contoso.com>",
     ]
 
 
