@@ -43,10 +43,14 @@ class Spill:
 
     def sync(self) -> None:
         """Its data on stable storage (before the maildir commit, so that a big message
-        does not lengthen the commit of the small ones that share its group)."""
+        does not lengthen the commit of the small ones that share its group). A spool
+        file's pages then leave the page cache, which counts against the pod's memory
+        limit; an anonymous file is read back to the next hop and keeps them."""
         with self._lock:
             if self.fd >= 0:
                 os.fdatasync(self.fd)
+                if self.path is not None:
+                    os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def detach(self) -> int:
         """The open file, now the caller's to close."""
