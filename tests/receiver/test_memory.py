@@ -9,6 +9,7 @@ import os
 import pathlib
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -42,7 +43,10 @@ def memory_cgroup(limit: int) -> Iterator[pathlib.Path]:
     except OSError as err:
         pytest.skip(f"cannot make a memory cgroup: {err}")
     try:
-        (folder / limit_file).write_text(str(limit))
+        try:
+            (folder / limit_file).write_text(str(limit))
+        except OSError as err:  # e.g. v2 without the memory controller for children
+            pytest.skip(f"cannot limit a memory cgroup: {err}")
         yield folder
     finally:
         for _ in range(50):
@@ -50,7 +54,7 @@ def memory_cgroup(limit: int) -> Iterator[pathlib.Path]:
                 folder.rmdir()
                 break
             except OSError:
-                threading.Event().wait(0.1)
+                time.sleep(0.1)
 
 
 def _oom_kills(folder: pathlib.Path) -> int:
