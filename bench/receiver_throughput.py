@@ -8,6 +8,12 @@ connector policy, in maildir mode (fsync of file and directory before 250) and i
 and discards: no durability); and Postfix's own smtpd with its normal queue (cleanup fsyncs
 the queue file before 250), delivering to the discard transport. Needs Debian's postfix
 package (apt-get install postfix). Prints msgs/s and server CPU seconds per 1000 messages.
+
+    .venv/bin/python bench/receiver_throughput.py --rss [--rss-messages 20 --rss-mib 35]
+
+measures memory instead: that many messages of that size sent at once (Python clients, one
+connection each) to one receiver process in maildir mode, and its peak RSS (VmHWM) before
+and after; Postfix's smtpd + queue too (the sum over its processes' peaks) when installed.
 """
 
 from __future__ import annotations
@@ -89,7 +95,9 @@ def _tree(pid: int) -> list[int]:
     return [pid, *children]
 
 
-def start_smtpgate(work: pathlib.Path, mode: str, sink_port: int | None) -> Server:
+def start_smtpgate(
+    work: pathlib.Path, mode: str, sink_port: int | None, workers: int = WORKERS
+) -> Server:
     sys.path.insert(0, str(ROOT))
     from smtpgate.connectors import config, specs
 
@@ -136,7 +144,7 @@ def start_smtpgate(work: pathlib.Path, mode: str, sink_port: int | None) -> Serv
             "--log-level",
             "WARNING",
             "--workers",
-            str(WORKERS),
+            str(workers),
         ],
         stdout=subprocess.PIPE,
         stderr=log,
@@ -274,6 +282,73 @@ def measure(
     return n / seconds, cpu * 1000 / n
 
 
+def peak_rss_mib(pids: list[int]) -> float:
+    """The sum of the processes' peak resident set sizes (VmHWM), in MiB."""
+    total = 0
+    for pid in pids:
+        try:
+            status = pathlib.Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        total += int(found[1]) if found else 0
+    return total / 1024
+
+
+def send_concurrently(port: int, count: int, size: int) -> list[int]:
+    """``count`` messages of ``size`` bytes at once, one connection each: the DATA replies."""
+    import smtplib
+    import threading
+
+    line = b"x" * 76 + b"\r\n"
+    body = line * (size // len(line))
+    codes: list[int] = []
+
+    def one(n: int) -> None:
+        message = f"Subject: rss {n}\r\n\r\n".encode() + body
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=600) as client:
+                client.sendmail("sender@example.org", ["user@contoso.com"], message)
+                codes.append(250)
+        except smtplib.SMTPException as err:
+            codes.append(getattr(err, "smtp_code", 0) or 1)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return codes
+
+
+def rss(count: int, mib: int) -> int:
+    """Peak RSS of one receiver process (and of Postfix) for ``count`` messages at once."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-rss-"))
+    servers = [lambda: start_smtpgate(work, "maildir", None, workers=1)]
+    if shutil.which("postfix") is not None:
+        servers.append(lambda: start_postfix(work))
+    for start in servers:
+        server = start()
+        try:
+            pids = server.pids or postfix_pids(work / "postfix")
+            idle = peak_rss_mib(pids)
+            began = time.perf_counter()
+            codes = send_concurrently(server.port, count, mib << 20)
+            seconds = time.perf_counter() - began
+            pids = server.pids or postfix_pids(work / "postfix")
+            peak = peak_rss_mib(pids)
+        finally:
+            server.stop()  # type: ignore[operator]
+        accepted = codes.count(250)
+        print(
+            f"{server.name:32} {count} x {mib} MiB at once: {accepted}/{count} accepted in "
+            f"{seconds:.1f}s; peak RSS {peak:.0f} MiB (idle {idle:.0f} MiB)",
+            flush=True,
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -281,7 +356,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000, help="messages per 1 KB scenario")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each scenario per server")
     parser.add_argument("--quick", action="store_true", help="fewer messages, one round")
+    parser.add_argument("--rss", action="store_true", help="measure peak memory instead")
+    parser.add_argument("--rss-messages", type=int, default=20, help="messages sent at once")
+    parser.add_argument("--rss-mib", type=int, default=35, help="size of each, in MiB")
     args = parser.parse_args()
+    if args.rss:
+        return rss(args.rss_messages, args.rss_mib)
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if shutil.which(tool) is None:
             print(f"{tool} is missing: apt-get install postfix", file=sys.stderr)

@@ -84,6 +84,13 @@ class Acl:
             denied |= self.denies.get(principal, frozenset())
         return frozenset(granted - denied)
 
+    def denied(self, principals: Iterable[str]) -> Rights:
+        """What a Deny entry refuses a session holding ``principals``."""
+        refused: set[P] = set()
+        for principal in principals:
+            refused |= self.denies.get(principal, frozenset())
+        return frozenset(refused)
+
     def rows(self) -> list[dict[str, Any]]:
         """Get-ADPermission's view, as a connector's ``status.effectivePermissions`` holds it:
         one row per principal and access, grants first."""

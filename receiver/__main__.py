@@ -85,11 +85,20 @@ def load(path: str) -> ServerConfig:
 
 async def run(args: argparse.Namespace) -> int:
     config = load(args.config)
-    spool = delivery.from_next_hop(
-        config.next_hop, args.spool, helo=config.fqdn, spool_sync=args.spool_sync
-    )
+
+    def deliveries(config: ServerConfig) -> delivery.Delivery:
+        return delivery.from_next_hop(
+            config.next_hop, args.spool, helo=config.fqdn, spool_sync=args.spool_sync
+        )
+
     plog = ProtocolLog(args.protocol_log)
-    runtime = server.Runtime(config, spool, files_root=args.files_root, protocol_log=plog)
+    runtime = server.Runtime(
+        config,
+        deliveries(config),
+        files_root=args.files_root,
+        protocol_log=plog,
+        deliveries=deliveries,
+    )
     listen = server.Listen(
         args.listen_v4,
         args.listen_v6,
@@ -112,7 +121,9 @@ async def run(args: argparse.Namespace) -> int:
     log.info("stopping: new connections refused, sessions get %ss", args.grace_seconds)
     watcher.cancel()
     await receiver.stop(grace=args.grace_seconds)
-    await asyncio.to_thread(spool.close)
+    for retired in [*runtime.retired(), runtime.delivery]:
+        await asyncio.to_thread(retired.close)
+    await asyncio.to_thread(plog.close)
     await health.stop()
     return 0
 

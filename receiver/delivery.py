@@ -4,39 +4,70 @@ durable; the client hears 250 only after that."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
+import hashlib
 import logging
 import os
 import pathlib
 import queue
 import random
 import re
-import smtplib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from smtpgate.connectors.specs import NextHop
 
-from . import health
+from . import health, spill
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Message:
-    """An accepted message: envelope and the bytes to hand on (trace headers included)."""
+    """An accepted message: envelope and the bytes to hand on (trace headers included):
+    ``content`` when the message is small, else the file it was spilled to, which from
+    now on is the delivery's to remove or keep."""
 
     queue_id: str
     connector: str
     mail_from: str
     recipients: tuple[str, ...]
     content: bytes
+    spilled: spill.Spill | None = None
+    mail_options: tuple[str, ...] = ()  # as the client gave them (BODY=, RET=, ENVID=)
+    rcpt_options: tuple[tuple[str, ...], ...] = ()  # per recipient (NOTIFY=, ORCPT=)
+    trace_size: int = 0  # octets of trace headers this server put in front
+
+    @property
+    def size(self) -> int:
+        return self.spilled.size if self.spilled is not None else len(self.content)
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.spilled is None:
+            yield self.content
+        else:
+            yield from self.spilled.chunks()
+
+    def option(self, name: str) -> str | None:
+        """The value of a MAIL parameter (``BODY``), upper case."""
+        prefix = name.upper() + "="
+        found = [o[len(prefix) :] for o in self.mail_options if o.upper().startswith(prefix)]
+        return found[0].upper() if found else None
+
+    def fingerprint(self) -> str:
+        """The envelope and the message as the client sent it (before the trace headers):
+        the same for every retry of one message."""
+        digest = hashlib.sha256(repr((self.mail_from, self.recipients)).encode())
+        skip = self.trace_size
+        for chunk in self.chunks():
+            digest.update(chunk[skip:])
+            skip = max(0, skip - len(chunk))
+        return digest.hexdigest()
 
 
 class DeliveryError(Exception):
@@ -52,6 +83,14 @@ class DeliveryError(Exception):
 
 class Delivery(Protocol):
     async def deliver(self, message: Message) -> None: ...
+
+    def withheld(self) -> frozenset[str]:
+        """EHLO keywords (DSN, 8BITMIME) not to offer: what this delivery cannot honour."""
+        ...
+
+    def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
+        """A file for a message too big to keep in memory (blocking: call off the loop)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -101,6 +140,26 @@ class MaildirDelivery:
             with contextlib.suppress(OSError):
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
+
+    def withheld(self) -> frozenset[str]:
+        return frozenset()
+
+    def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
+        """The message's own file in tmp/, its envelope line written: the commit renames
+        it into new/ like any other."""
+        name = self._name(queue_id)
+        path = self.root / "tmp" / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        spilled = spill.Spill(fd, path, name)
+        try:
+            spilled.write(_envelope(mail_from, recipients), message=False)
+        except OSError:
+            spilled.discard()
+            raise
+        return spilled
+
+    def _name(self, queue_id: str) -> str:
+        return f"{time.time_ns()}.{queue_id}.{self._host}"
 
     async def deliver(self, message: Message) -> None:
         done = asyncio.get_running_loop().create_future()
@@ -197,14 +256,19 @@ class MaildirDelivery:
                 loop.call_soon_threadsafe(_resolve, settled)
 
     def _stage(self, message: Message) -> tuple[pathlib.Path, pathlib.Path, int | None]:
-        """Write ``message`` into tmp/: its path there, its path in new/, and the open file
-        when ``sync`` is "file" (for its fsync)."""
-        name = f"{time.time_ns()}.{message.queue_id}.{self._host}"
+        """Write ``message`` into tmp/ (a spilled message is there already): its path
+        there, its path in new/, and the open file when ``sync`` is "file" (for its
+        fsync)."""
+        spilled = message.spilled
+        if spilled is not None and spilled.path is not None:
+            tmp, name, fd = spilled.path, spilled.name, spilled.detach()
+            if self.sync == "file":
+                return tmp, self.root / "new" / name, fd
+            os.close(fd)
+            return tmp, self.root / "new" / name, None
+        name = self._name(message.queue_id)
         tmp = self.root / "tmp" / name
-        envelope = (
-            f"X-Smtpgate-Envelope: from=<{xtext(message.mail_from)}>; "
-            f"to={','.join(f'<{xtext(r)}>' for r in message.recipients)}\r\n"
-        ).encode()
+        envelope = _envelope(message.mail_from, message.recipients)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             data = memoryview(envelope + message.content)
@@ -219,6 +283,13 @@ class MaildirDelivery:
             return tmp, self.root / "new" / name, fd
         os.close(fd)
         return tmp, self.root / "new" / name, None
+
+
+def _envelope(mail_from: str, recipients: tuple[str, ...]) -> bytes:
+    return (
+        f"X-Smtpgate-Envelope: from=<{xtext(mail_from)}>; "
+        f"to={','.join(f'<{xtext(r)}>' for r in recipients)}\r\n"
+    ).encode()
 
 
 _XTEXT_SAFE = re.compile(r"[A-Za-z0-9!#$%&'*/?^_`{|}~.@-]*")
@@ -287,168 +358,6 @@ def _fsync_path(path: pathlib.Path) -> None:
         os.close(fd)
 
 
-class RelayDelivery:
-    """Relay over SMTP or LMTP to the next hop, synchronously: ``deliver`` returns only when
-    the next hop accepted the message for every recipient. A recipient the next hop refuses
-    aborts the transaction (RSET) before DATA, so nothing is delivered twice on retry.
-
-    Connections are kept for the next message (up to ``idle_seconds`` unused). A kept
-    connection the next hop has closed in the meantime is noticed at MAIL, before anything
-    of the message was sent, and the message goes on a new connection instead.
-
-    Relaying runs on threads of its own, at most ``concurrency`` messages at once (more
-    wait their turn): a next hop that hangs holds those threads and nothing else, not the
-    threads that check passwords (``users``) or the event loop's default pool."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        lmtp: bool = False,
-        helo: str | None = None,
-        timeout: float = 120,
-        idle_seconds: float = 20,
-        concurrency: int = 32,
-    ) -> None:
-        self.host, self.port, self.lmtp = host, port, lmtp
-        self.helo, self.timeout, self.idle_seconds = helo, timeout, idle_seconds
-        self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, "relay")
-        self._idle: list[tuple[smtplib.SMTP, float]] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    async def deliver(self, message: Message) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._threads, self._send, message)
-        except DeliveryError:
-            raise
-        except smtplib.SMTPResponseException as err:
-            raise DeliveryError(err.smtp_error.decode("utf-8", "replace"), err.smtp_code) from err
-        except (smtplib.SMTPException, OSError) as err:
-            raise DeliveryError(f"next hop {self.host}:{self.port} unavailable: {err}") from err
-
-    def close(self) -> None:
-        """QUIT every kept connection; from now on none is kept."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for client, _ in idle:
-            _quit(client)
-        self._threads.shutdown(wait=False)
-
-    def _send(self, message: Message) -> None:
-        client = self._kept()
-        if client is not None:
-            try:
-                self._attempt(client, message, kept=True)
-                return
-            except _Gone:
-                self._drop_kept()  # the next hop went away: the others are gone too
-        factory = smtplib.LMTP if self.lmtp else smtplib.SMTP
-        client = factory(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
-        self._attempt(client, message, kept=False)
-
-    def _attempt(self, client: smtplib.SMTP, message: Message, kept: bool) -> None:
-        """One try on ``client``: kept for the next message when it ends in a clean state,
-        closed otherwise (without QUIT, which could wait as long as the failure did)."""
-        try:
-            if not kept:
-                client.ehlo_or_helo_if_needed()
-            self._transaction(client, message, kept)
-        except _Clean:
-            self._keep(client)
-            raise
-        except BaseException:
-            client.close()
-            raise
-        self._keep(client)
-
-    def _transaction(self, client: smtplib.SMTP, message: Message, kept: bool) -> None:
-        try:
-            code, text = client.mail(message.mail_from)
-        except (smtplib.SMTPServerDisconnected, OSError):
-            if kept:
-                raise _Gone() from None
-            raise
-        if kept and code == 421:
-            raise _Gone()  # e.g. the next hop's idle timeout
-        if code != 250:
-            raise self._refusal(client, code, text, "MAIL")
-        for recipient in message.recipients:
-            code, text = client.rcpt(recipient)
-            if code not in (250, 251):
-                raise self._refusal(client, code, text, "RCPT")
-        try:
-            code, text = client.data(message.content)
-        except smtplib.SMTPDataError as err:
-            raise self._refusal(client, err.smtp_code, err.smtp_error, "DATA") from err
-        if self.lmtp:
-            # LMTP answers once per recipient after DATA.
-            for _ in message.recipients[1:]:
-                more_code, more_text = client.getreply()
-                if more_code != 250:
-                    code, text = more_code, more_text
-        if code != 250:
-            raise _Clean(text.decode("utf-8", "replace"), code)
-
-    def _refusal(self, client: smtplib.SMTP, code: int, text: bytes, stage: str) -> DeliveryError:
-        """The next hop's refusal, to pass back; the connection is kept when RSET shows it
-        is still in a clean state."""
-        try:
-            clean = client.rset()[0] == 250
-        except (smtplib.SMTPException, OSError):
-            clean = False
-        reply = text.decode("utf-8", "replace").replace("\n", " ")
-        if code < 400:
-            reply, code = f"next hop answered {code} at {stage}: {reply}", 0
-        if clean:
-            return _Clean(reply, code or None)
-        return DeliveryError(reply, code or None)
-
-    def _kept(self) -> smtplib.SMTP | None:
-        now, expired, found = time.monotonic(), [], None
-        with self._lock:
-            while self._idle:
-                client, since = self._idle.pop()
-                if now - since < self.idle_seconds:
-                    found = client
-                    break
-                expired.append(client)
-        for client in expired:
-            _quit(client)
-        return found
-
-    def _keep(self, client: smtplib.SMTP) -> None:
-        with self._lock:
-            if not self._closed and self.idle_seconds > 0:
-                self._idle.append((client, time.monotonic()))
-                return
-        _quit(client)
-
-    def _drop_kept(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for client, _ in idle:
-            _quit(client)
-
-
-class _Gone(Exception):
-    """A kept connection the next hop closed before this message began."""
-
-
-class _Clean(DeliveryError):
-    """A refusal after which the connection is in a clean state and may be kept."""
-
-
-def _quit(client: smtplib.SMTP) -> None:
-    """Say goodbye on a connection in a known good state, waiting briefly for the answer."""
-    if client.sock is not None:
-        client.sock.settimeout(2)
-    with contextlib.suppress(smtplib.SMTPException, OSError):
-        client.quit()
-    client.close()
-
-
 def from_next_hop(
     next_hop: NextHop,
     spool: str | None = None,
@@ -461,4 +370,6 @@ def from_next_hop(
         return MaildirDelivery(spool or next_hop.path, sync=spool_sync or next_hop.sync.lower())
     if not next_hop.host or not next_hop.port:
         raise ValueError(f"a {next_hop.type} next hop needs host and port")
+    from .relay import RelayDelivery  # relay builds on this module
+
     return RelayDelivery(next_hop.host, next_hop.port, lmtp=next_hop.type == "Lmtp", helo=helo)

@@ -1,4 +1,4 @@
-"""The header firewall and the trace headers, on the raw bytes of a message.
+"""The header firewall and the trace headers, on a message's header section alone.
 
 Trust header: the receiver removes every incoming ``X-Smtpgate-`` header and adds
 ``X-Smtpgate-Submission: connector=<name>; principal=<...>; authenticated=<yes|no>;
@@ -10,46 +10,53 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from smtpgate.connectors.enums import Permission as P
 
 TRUST_PREFIX = b"x-smtpgate-"
 
 
-@dataclass(frozen=True)
-class Split:
-    """A message as header fields (each with its folded lines) and body."""
+class HeaderReader:
+    """A message's header section, fed in whole lines as they arrive: the fields (each
+    with its folded lines) kept while the section is within ``limit`` octets, and past
+    that only counted (``size``, ``hops``: the Received fields). It ends at the first
+    empty line, or at a line that is not a header line (no blank line before the body)."""
 
-    fields: list[bytes]
-    body: bytes
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.fields: list[bytes] = []
+        self.size = 0
+        self.hops = 0
+        self.done = False
+        self._count = 0  # fields seen, kept or not
 
-    @property
-    def header_size(self) -> int:
-        return sum(len(f) for f in self.fields)
-
-
-def split(message: bytes) -> Split:
-    """Split at the first empty line; a field's continuation lines stay with it."""
-    fields: list[bytes] = []
-    position = 0
-    length = len(message)
-    while position < length:
-        end = message.find(b"\r\n", position)
-        end = length if end < 0 else end + 2
-        line = message[position:end]
-        if line in (b"\r\n", b""):
+    def feed(self, lines: bytes) -> bytes | None:
+        """The body's first octets once the header section ends here, else None."""
+        position, length = 0, len(lines)
+        while position < length:
+            end = lines.find(b"\r\n", position)
+            end = length if end < 0 else end + 2
+            line = lines[position:end]
+            if line == b"\r\n":
+                self.done = True
+                return lines[end:]
+            continued = line[:1] in (b" ", b"\t") and self._count
+            if not continued and b":" not in line:
+                self.done = True  # the header section ended without a blank line
+                return lines[position:]
+            self.size += len(line)
+            kept = self.limit is None or self.size <= self.limit
+            if continued:
+                if kept and len(self.fields) == self._count:
+                    self.fields[-1] += line
+            else:
+                self._count += 1
+                if _name(line) == b"received":
+                    self.hops += 1
+                if kept:
+                    self.fields.append(line)
             position = end
-            return Split(fields, message[position:])
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line
-        elif b":" not in line.split(b"\r\n", 1)[0]:
-            # Not a header line: the header section ended without a blank line.
-            return Split(fields, message[position:])
-        else:
-            fields.append(line)
-        position = end
-    return Split(fields, b"")
+        return None
 
 
 def _name(header_field: bytes) -> bytes:
@@ -68,22 +75,18 @@ def forbidden_prefixes(rights: Iterable[P]) -> tuple[bytes, ...]:
     return tuple(prefixes)
 
 
-def firewall(parts: Split, rights: Iterable[P]) -> Split:
-    """Drop the fields the session's rights do not let through ("received" is a whole
-    name, the others are prefixes)."""
+def firewall(fields: list[bytes], rights: Iterable[P]) -> list[bytes]:
+    """The fields the session's rights let through ("received" is a whole name, the
+    others are prefixes)."""
     forbidden = forbidden_prefixes(rights)
     whole = b"received" in forbidden
     prefixes = tuple(p for p in forbidden if p != b"received")
     kept = []
-    for header_field in parts.fields:
+    for header_field in fields:
         name = _name(header_field)
         if not name.startswith(prefixes) and not (whole and name == b"received"):
             kept.append(header_field)
-    return Split(kept, parts.body)
-
-
-def hop_count(parts: Split) -> int:
-    return sum(1 for f in parts.fields if _name(f) == b"received")
+    return kept
 
 
 def trace(
@@ -114,7 +117,3 @@ def trace(
         f"\tauthenticated={flag}; anti-spam={spam}\r\n"
     )
     return [received.encode(), submission.encode()]
-
-
-def join(new_fields: list[bytes], parts: Split) -> bytes:
-    return b"".join(new_fields) + b"".join(parts.fields) + b"\r\n" + parts.body

@@ -31,6 +31,10 @@ SPOOL_GROUP = Histogram(
     "Messages made durable together by one maildir group commit",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+PROTOCOL_LOG_DROPPED = Counter(
+    "smtpgate_protocol_log_dropped_total",
+    "Protocol log lines dropped because the log's destination did not keep up",
+)
 CONFIG_RELOADS = Counter("smtpgate_config_reloads_total", "Config reloads", ["result"])
 
 

@@ -6,7 +6,7 @@ session holds, and decides as the reference describes."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from smtpgate.connectors.config import AcceptedDomain, ConnectorConfig
@@ -101,9 +101,10 @@ def message_size_limit(session: Session) -> int:
     return session.connector.limits.max_message_size
 
 
-def ehlo_keywords(session: Session) -> list[str]:
-    """The EHLO keywords, exactly what the connector enables (CHUNKING and BINARYMIME are
-    not offered: the SMTP engine has no BDAT)."""
+def ehlo_keywords(session: Session, withheld: frozenset[str] = frozenset()) -> list[str]:
+    """The EHLO keywords, exactly what the connector enables, less what the delivery
+    cannot honour (``withheld``: DSN or 8BITMIME, which a relay's next hop lacks).
+    CHUNKING and BINARYMIME are not offered: the SMTP engine has no BDAT."""
     ext = session.connector.extensions
     keywords: list[str] = []
     if ext.size is SizeMode.Enabled:
@@ -112,7 +113,7 @@ def ehlo_keywords(session: Session) -> list[str]:
         keywords.append("SIZE")
     if ext.pipelining:
         keywords.append("PIPELINING")
-    if ext.dsn:
+    if ext.dsn and "DSN" not in withheld:
         keywords.append("DSN")
     if ext.enhanced_status_codes:
         keywords.append("ENHANCEDSTATUSCODES")
@@ -121,7 +122,7 @@ def ehlo_keywords(session: Session) -> list[str]:
     mechanisms = auth_mechanisms(session)
     if mechanisms:
         keywords.append("AUTH " + " ".join(mechanisms))
-    if ext.eight_bit_mime:
+    if ext.eight_bit_mime and "8BITMIME" not in withheld:
         keywords.append("8BITMIME")
     if P.AcceptExch50 in session.rights:
         keywords.append("XEXCH50")
@@ -167,8 +168,14 @@ def auth_result(session: Session, principals: identity.Principals | None) -> Rep
     return replies.AUTH_OK
 
 
-def mail(session: Session, sender: str, declared_size: int | None) -> Reply:
-    """MAIL FROM: submit right, TLS where required, size, and the sender spoofing check."""
+def mail(
+    session: Session,
+    sender: str,
+    declared_size: int | None,
+    owns: Callable[[str], bool] = lambda address: False,
+) -> Reply:
+    """MAIL FROM: submit right, TLS where required, size, and the sender spoofing check
+    (``owns``: whether the authenticated user may send as an address)."""
     connector = session.connector
     if connector.require_tls and not session.tls:
         return replies.MUST_STARTTLS
@@ -183,9 +190,7 @@ def mail(session: Session, sender: str, declared_size: int | None) -> Reply:
     if address is None:
         return replies.BAD_ADDRESS
     if session.user is not None:
-        # Authenticated users: whether a user may send as an address is the mailbox
-        # layer's question (Exchange's send-as check), not the connector's.
-        return replies.SENDER_OK
+        return _user_sender(session, address, owns(str(address)))
     domains = session.accepted_domains
     if addresses.is_authoritative(address.domain, domains):
         if P.AcceptAuthoritativeDomainSender not in rights:
@@ -195,6 +200,25 @@ def mail(session: Session, sender: str, declared_size: int | None) -> Reply:
         P.AcceptAnySender not in rights
         and addresses.accepted_domain(address.domain, domains) is None
     ):
+        return replies.SEND_AS_DENIED
+    return replies.SENDER_OK
+
+
+def _user_sender(session: Session, address: addresses.Address, owned: bool) -> Reply:
+    """An authenticated user's sender: any with ms-Exch-SMTP-Accept-Any-Sender; else only
+    an address the user owns (``owned``: the user database's send-as list), and not in an
+    authoritative domain when Accept-Authoritative-Domain-Sender is denied to the session,
+    nor outside the accepted domains when Accept-Any-Sender is."""
+    if P.AcceptAnySender in session.rights:
+        return replies.SENDER_OK
+    if not owned:
+        return replies.SEND_AS_DENIED
+    denied = session.connector.acl.denied(session.principals)
+    domains = session.accepted_domains
+    if addresses.is_authoritative(address.domain, domains):
+        if P.AcceptAuthoritativeDomainSender in denied:
+            return replies.SEND_AS_DENIED
+    elif P.AcceptAnySender in denied and addresses.accepted_domain(address.domain, domains) is None:
         return replies.SEND_AS_DENIED
     return replies.SENDER_OK
 

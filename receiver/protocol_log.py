@@ -8,6 +8,7 @@ characters are written escaped (``\x1b``, a backslash as ``\\``), here and on st
 
 from __future__ import annotations
 
+import collections
 import csv
 import datetime as dt
 import io
@@ -16,7 +17,10 @@ import logging.handlers
 import re
 import sys
 import threading
+import time
 from typing import Any, TextIO
+
+from . import health
 
 FIELDS = (
     "date-time,connector-id,session-id,sequence-number,local-endpoint,remote-endpoint,"
@@ -67,15 +71,26 @@ def header(now: dt.datetime) -> str:
 
 
 class ProtocolLog:
-    """Writes protocol log lines to a stream or to size-rotated files."""
+    """Writes protocol log lines to a stream or to size-rotated files, on a thread of its
+    own: ``write`` only stamps the event and queues it, so a slow reader of the log (a
+    stdout nobody drains, a full disk) never holds the event loop. When ``queue_size``
+    events wait already, the new one is dropped and counted in
+    ``smtpgate_protocol_log_dropped_total``. The thread takes what is queued every
+    ``interval`` seconds (not an event at a time: a wake-up per event would cost the
+    event loop more than the writing saves it)."""
 
     def __init__(
-        self, destination: str = "-", max_bytes: int = 10 << 20, backups: int = 10
+        self,
+        destination: str = "-",
+        max_bytes: int = 10 << 20,
+        backups: int = 10,
+        stream: TextIO | None = None,
+        queue_size: int = 8192,
+        interval: float = 0.05,
     ) -> None:
-        self._lock = threading.Lock()
         self._stream: TextIO | None = None
         self._handler: logging.handlers.RotatingFileHandler | None = None
-        if destination != "-":
+        if stream is None and destination != "-":
             self._handler = logging.handlers.RotatingFileHandler(
                 destination, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
             )
@@ -83,17 +98,14 @@ class ProtocolLog:
             if self._handler.stream.tell() == 0:
                 self._handler.stream.write(header(dt.datetime.now(dt.UTC)))
         else:
-            self._stream = sys.stdout
-            self._emit(header(dt.datetime.now(dt.UTC)).rstrip("\n"))
-
-    def _emit(self, line: str) -> None:
-        with self._lock:
-            if self._stream is not None:
-                self._stream.write(line + "\n")
-                self._stream.flush()
-            elif self._handler is not None:
-                record = logging.LogRecord("protocol", logging.INFO, "", 0, line, None, None)
-                self._handler.emit(record)
+            self._stream = stream or sys.stdout
+            self._stream.write(header(dt.datetime.now(dt.UTC)))
+            self._stream.flush()
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._queue_size, self._interval = queue_size, interval
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._drain, name="protocol-log", daemon=True)
+        self._writer.start()
 
     def write(
         self,
@@ -106,26 +118,60 @@ class ProtocolLog:
         data: str = "",
         context: str = "",
     ) -> None:
-        buffer = io.StringIO()
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        csv.writer(buffer, lineterminator="").writerow(
-            [
-                stamp,
+        if len(self._queue) >= self._queue_size:
+            health.PROTOCOL_LOG_DROPPED.inc()
+            return
+        self._queue.append(
+            (
+                time.time(),
                 connector,
                 session,
                 sequence,
                 local,
                 remote,
                 event,
-                escape(data),
-                escape(context),
-            ]
+                data,
+                context,
+            )
         )
-        self._emit(buffer.getvalue())
 
-    def close(self) -> None:
-        if self._handler is not None:
+    def close(self, timeout: float = 5) -> None:
+        """Write what is queued (waiting at most ``timeout`` for a stuck destination)."""
+        self._stop.set()
+        self._writer.join(timeout)
+        if self._handler is not None and not self._writer.is_alive():
             self._handler.close()
+
+    def _drain(self) -> None:
+        while True:
+            stop = self._stop.wait(self._interval)
+            while self._queue:
+                rows = [self._queue.popleft() for _ in range(min(512, len(self._queue)))]
+                lines = [_format(row) for row in rows]
+                try:
+                    self._emit(lines)
+                except (OSError, ValueError):  # a closed or broken destination
+                    health.PROTOCOL_LOG_DROPPED.inc(len(lines))
+            if stop:
+                return
+
+    def _emit(self, lines: list[str]) -> None:
+        if self._stream is not None:
+            self._stream.write("".join(line + "\n" for line in lines))
+            self._stream.flush()
+        elif self._handler is not None:
+            for line in lines:
+                record = logging.LogRecord("protocol", logging.INFO, "", 0, line, None, None)
+                self._handler.emit(record)
+
+
+def _format(row: tuple[Any, ...]) -> str:
+    """One CSV line: the event's time, the fields, data and context escaped."""
+    stamp, *fields, data, context = row
+    when = dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([when, *fields, escape(data), escape(context)])
+    return buffer.getvalue()
 
 
 class SessionLog:

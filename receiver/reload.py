@@ -39,6 +39,13 @@ class Watcher:
         self.interval = interval
         self._config_digest = _digest(self.config_file)
         self._cert_digests = self._certificates()
+        self._users_digest = self._users()
+
+    def _users(self) -> tuple[str | None, str | None]:
+        """The user database file the config names, and its digest."""
+        runtime = self.receiver.runtime
+        name = runtime.config.user_database_file
+        return name, _digest(pathlib.Path(runtime.path(name))) if name else None
 
     def _certificates(self) -> dict[str, str | None]:
         runtime = self.receiver.runtime
@@ -52,6 +59,15 @@ class Watcher:
 
     async def check(self) -> None:
         await self.receiver.retry()
+        await self._check_config()
+        users = self._users()
+        readable = users[0] is None or users[1] is not None
+        if users != self._users_digest and readable and self.receiver.runtime.reload_users():
+            self._users_digest = users
+        for delivery in self.receiver.runtime.retired():
+            await asyncio.to_thread(delivery.close)
+
+    async def _check_config(self) -> None:
         digest = _digest(self.config_file)
         if digest is not None and digest != self._config_digest:
             self._config_digest = digest

@@ -28,6 +28,18 @@ class Reply:
 ENHANCED = re.compile(r"^(\d{3})([ -])[245]\.\d{1,3}\.\d{1,3} ")
 
 
+def one_line(text: bytes | str) -> str:
+    """Reply text from elsewhere (a next hop's) as one line of printable text: its line
+    breaks and other control characters become spaces (they must not reach the client as
+    reply lines of their own)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def strip_enhanced(line: str) -> str:
     """A reply line without its enhanced status code (for connectors that disable them)."""
     return ENHANCED.sub(r"\1\2", line)

@@ -108,7 +108,10 @@ class Listen:
 
 
 class Runtime:
-    """What every session shares."""
+    """What every session shares. With ``deliveries`` (a server config's delivery), a
+    config whose next hop changed gets a delivery of its own: new sessions use it, sessions
+    in flight finish with the one they started with, which is closed once they are gone
+    (``retired``)."""
 
     def __init__(
         self,
@@ -117,10 +120,13 @@ class Runtime:
         users: UserDatabase | None = None,
         files_root: str | None = None,
         protocol_log: ProtocolLog | None = None,
+        deliveries: Callable[[ServerConfig], delivery_mod.Delivery] | None = None,
     ) -> None:
         self.config = config
         self.protocol_log = protocol_log
         self.delivery = delivery
+        self.deliveries = deliveries
+        self._retired: list[delivery_mod.Delivery] = []
         self.files_root = files_root
         if users is None and config.user_database_file:
             users = UserDatabase.load(self.path(config.user_database_file))
@@ -131,8 +137,41 @@ class Runtime:
         self._tls: dict[str, ssl.SSLContext | None] = {}
 
     def replace(self, config: ServerConfig) -> None:
-        self.config = config
+        old, self.config = self.config, config
         self.forget_certificates()
+        if self.deliveries is not None and (
+            config.next_hop != old.next_hop or config.fqdn != old.fqdn
+        ):
+            try:
+                delivery = self.deliveries(config)
+            except (ValueError, OSError) as err:
+                log.error("next hop refused, the last one keeps serving: %s", err)
+                return
+            self._retired.append(self.delivery)
+            self.delivery = delivery
+            log.info("next hop is now %s", _describe(config))
+
+    def retired(self) -> list[delivery_mod.Delivery]:
+        """Deliveries replaced by a reload that no session uses any more: to be closed."""
+        in_use = {id(session.delivery) for session in self.sessions}
+        done = [d for d in self._retired if id(d) not in in_use]
+        self._retired = [d for d in self._retired if id(d) in in_use]
+        return done
+
+    def reload_users(self) -> bool:
+        """Read the user database again (its file changed); False when it cannot be read
+        (the last one keeps serving)."""
+        name = self.config.user_database_file
+        if name is None:
+            self.users = None
+            return True
+        try:
+            self.users = UserDatabase.load(self.path(name))
+        except OSError as err:
+            log.error("user database %s unreadable, the last one keeps serving: %s", name, err)
+            return False
+        log.info("user database reloaded: %d users", len(self.users.hashes))
+        return True
 
     def forget_certificates(self) -> None:
         """Certificate files changed: the next STARTTLS loads them again."""
@@ -251,6 +290,11 @@ class Receiver:
         for server in self.servers:
             await server.wait_closed()
         self.listeners.clear()
+
+
+def _describe(config: ServerConfig) -> str:
+    hop = config.next_hop
+    return hop.path if hop.type == "Maildir" else f"{hop.type} {hop.host}:{hop.port}"
 
 
 def _listening_socket(

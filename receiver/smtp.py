@@ -32,11 +32,10 @@ from smtpgate.connectors.ranges import parse_address
 
 from . import (
     addresses,
-    data,
     delivery,
-    headers,
     health,
     identity,
+    intake,
     lines,
     policy,
     protocol_log,
@@ -107,6 +106,7 @@ def _junk(command: Any) -> Any:
 
     @functools.wraps(command)
     async def counted(self: ConnectorSMTP, arg: str | None) -> None:
+        self._arg = arg  # the command's argument as sent (for its parameters' case)
         refusal = self.junk()
         if refusal is not None:
             await self.push(refusal.line())
@@ -125,6 +125,7 @@ class ConnectorSMTP(SMTP):
         self.runtime = runtime
         self.binding = binding
         self.config = runtime.config  # the config in force when the connection arrived
+        self.delivery = runtime.delivery  # and the delivery: both kept for the session
         self.policy: policy.Session | None = None
         self.refusal: Reply | None = None
         self._greeted = False
@@ -132,7 +133,8 @@ class ConnectorSMTP(SMTP):
         self._deadline: asyncio.TimerHandle | None = None
         self._counted: tuple[str, str] | None = None
         self._open_metric: str | None = None
-        self.data_fault: Reply | None = None
+        self.intake: intake.Intake | None = None
+        self._arg: str | None = None  # the last MAIL or RCPT argument
         self.plog = protocol_log.SessionLog(None, "-", "-", "-", "-")
         self._engine_init(_Handler(self), runtime.config.fqdn)
 
@@ -390,6 +392,10 @@ class ConnectorSMTP(SMTP):
     smtp_VRFY = _junk(SMTP.smtp_VRFY)
     smtp_MAIL = _junk(SMTP.smtp_MAIL)
 
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._arg = arg
+        await super().smtp_RCPT(arg)
+
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         """DATA read in blocks (``data.DataReader``) rather than aiosmtpd's line at a time;
@@ -404,28 +410,35 @@ class ConnectorSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        assert self.policy is not None
         reader = self._reader._inner  # type: ignore[attr-defined]
-        collected = data.DataReader(self.data_size_limit)
-        rest: bytes | None = None
-        while rest is None:
-            chunk = await reader.read(65536)
-            if not chunk:
-                return  # the client went away mid-DATA: nothing was acknowledged
-            rest = collected.feed(chunk)
+        self.intake = taking = intake.Intake(
+            self.policy,
+            self.data_size_limit,
+            self.delivery,
+            self.envelope.mail_from or "",
+            tuple(self.envelope.rcpt_tos),
+            tuple(self.envelope.mail_options),
+            tuple(self.envelope.rcpt_options),
+        )
+        try:
+            # Each block read resets the idle timeout: the client is not idle.
+            rest = await taking.receive(reader, self._reset_timeout)
             if rest is None:
-                self._reset_timeout()  # bytes keep coming: the client is not idle
-        if rest:
-            reader._buffer[0:0] = rest  # pipelined commands after the end marker
-        content, refusal = collected.result()
-        if refusal is not None and refusal.code != replies.BARE_LINE_ENDING_DATA.code:
+                return  # the client went away mid-DATA: nothing was acknowledged
+            if rest:
+                reader._buffer[0:0] = rest  # pipelined commands after the end marker
+            refusal = taking.refusal
+            if refusal is not None:
+                self._set_post_data_state()
+                await self.push(self.reply(refusal))
+                return
+            status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
-            await self.push(refusal.line())
-            return
-        self.data_fault = refusal
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push(status)
+            await self.push(status)
+        finally:
+            taking.discard()  # nothing, once handed to the delivery
+            self.intake = None
 
     async def smtp_XEXCH50(self, arg: str | None) -> None:
         if await self.check_helo_needed():
@@ -442,6 +455,17 @@ class ConnectorSMTP(SMTP):
         await self.push(answer.line())
         await self._reader.readexactly(int(parts[0]))
         await self.push(replies.EXCH50_OK.line())
+
+
+def _as_sent(arg: str | None, options: list[str]) -> list[str]:
+    """MAIL or RCPT parameters as the client wrote them: the engine upper-cases them, but
+    DSN's ENVID and ORCPT carry case-sensitive text to pass on."""
+    tokens = (arg or "").split()[-len(options) :] if options else []
+    return tokens if [t.upper() for t in tokens] == options else options
+
+
+def _owns_nothing(address: str) -> bool:
+    return False
 
 
 class _Handler:
@@ -479,7 +503,9 @@ class _Handler:
         session.host_name = hostname
         state.helo = hostname
         self.smtp._reader.allow(policy.line_allowances(state))  # type: ignore[attr-defined]
-        answer = [state.connector.fqdn, *policy.ehlo_keywords(state)]
+        keywords = policy.ehlo_keywords(state, self.smtp.delivery.withheld())
+        self.smtp._dsn = "DSN" in keywords  # DSN's parameters are taken only when offered
+        answer = [state.connector.fqdn, *keywords]
         # One write for the whole reply: a line per keyword would cost a send() each.
         return ["\r\n".join([f"250-{line}" for line in answer[:-1]] + [f"250 {answer[-1]}"])]
 
@@ -574,10 +600,12 @@ class _Handler:
         state = self.state()
         key = policy.rate_key(state)
         answer = policy.message_rate(state, self.smtp.runtime.rates.count(key) if key else 0)
-        answer = answer or policy.mail(state, address, declared)
+        users = self.smtp.runtime.users
+        owns = functools.partial(users.may_send_as, state.user) if users and state.user else None
+        answer = answer or policy.mail(state, address, declared, owns or _owns_nothing)
         if not answer.refusal:
             envelope.mail_from = address
-            envelope.mail_options.extend(options)
+            envelope.mail_options.extend(_as_sent(self.smtp._arg, options))
         return self.smtp.reply(answer)
 
     async def handle_RCPT(
@@ -593,52 +621,27 @@ class _Handler:
         answer = policy.rcpt(self.state(), address, len(envelope.rcpt_tos))
         if not answer.refusal:
             envelope.rcpt_tos.append(address)
-            envelope.rcpt_options.extend(options)
+            # One tuple per recipient: aiosmtpd's flat list would lose whose they are.
+            envelope.rcpt_options.append(tuple(_as_sent(self.smtp._arg, options)))
         return self.smtp.reply(answer)
 
     async def handle_DATA(self, server: SMTP, session: EngineSession, envelope: Envelope) -> str:
         state = self.state()
-        fault, self.smtp.data_fault = self.smtp.data_fault, None
-        if fault is not None:
-            return self.smtp.reply(fault)
-        content = envelope.original_content or b""
-        parts = headers.split(content)
-        refusal = policy.message(state, parts.header_size, headers.hop_count(parts))
-        if refusal is not None:
-            return self.smtp.reply(refusal)
-        rights = state.rights
-        kept = headers.firewall(parts, rights)
-        queue_id = delivery.new_queue_id()
-        trace = headers.trace(
-            helo=state.helo,
-            remote=str(state.remote),
-            fqdn=state.connector.fqdn,
-            connector=state.connector.name,
-            principal=state.user or sorted(state.principals)[0],
-            tls=state.tls,
-            authenticated=state.user is not None,
-            rights=rights,
-            queue_id=queue_id,
-        )
-        message = delivery.Message(
-            queue_id=queue_id,
-            connector=state.connector.name,
-            mail_from=envelope.mail_from or "",
-            recipients=tuple(envelope.rcpt_tos),
-            content=headers.join(trace, kept),
-        )
+        taking = self.smtp.intake
+        assert taking is not None
+        message = taking.message()
         try:
-            await self.smtp.runtime.delivery.deliver(message)
+            await taking.target.deliver(message)
         except delivery.DeliveryError as err:
-            log.warning("delivery of %s failed: %s", queue_id, err)
+            log.warning("delivery of %s failed: %s", message.queue_id, err)
             if err.code is not None and err.code >= 400:
-                return f"{err.code} {err.text}"
+                return f"{err.code} {replies.one_line(err.text)}"
             return self.smtp.reply(replies.DELIVERY_DEFERRED)
         key = policy.rate_key(state)
         if key is not None:
             self.smtp.runtime.rates.add(key)
         state.junk_commands = 0
         health.MESSAGES_ACCEPTED.labels(state.connector.name).inc()
-        health.BYTES_ACCEPTED.labels(state.connector.name).inc(len(message.content))
-        self.smtp.plog("*", queue_id, f"accepted for {len(message.recipients)} recipients")
-        return f"250 2.6.0 <{queue_id}@{state.connector.fqdn}> Queued mail for delivery"
+        health.BYTES_ACCEPTED.labels(state.connector.name).inc(message.size)
+        self.smtp.plog("*", message.queue_id, f"accepted for {len(message.recipients)} recipients")
+        return f"250 2.6.0 <{message.queue_id}@{state.connector.fqdn}> Queued mail for delivery"

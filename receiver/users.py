@@ -1,5 +1,8 @@
 """The user database for BasicAuth: an htpasswd-style file of bcrypt hashes (the
-ingress-nginx convention), mounted from a Secret."""
+ingress-nginx convention), mounted from a Secret. A line may name, after the hash, the
+sender addresses the user may send as (Postfix's smtpd_sender_login_maps, Exchange's
+send-as): ``name:hash:alice@contoso.com,a.smith@contoso.com,@fabrikam.com`` (``@domain``:
+every address of the domain). A user whose name is an address may send as that address."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import functools
 import logging
 import os
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import bcrypt
 
@@ -22,27 +25,41 @@ _DUMMY_HASH = bcrypt.hashpw(b"smtpgate-no-such-user", bcrypt.gensalt(rounds=10))
 
 @dataclass(frozen=True)
 class UserDatabase:
-    """User name → bcrypt hash."""
+    """User name → bcrypt hash, and → the addresses the user may send as (lowercase)."""
 
     hashes: dict[str, bytes]
+    addresses: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> UserDatabase:
         hashes: dict[str, bytes] = {}
+        owned: dict[str, frozenset[str]] = {}
         for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            name, sep, hashed = line.partition(":")
+            name, sep, rest = line.partition(":")
+            hashed, _, senders = rest.partition(":")
             if not sep or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
                 log.warning("user database line %d is not name:bcrypt-hash; skipped", number)
                 continue
             hashes[name] = hashed.encode()
-        return cls(hashes)
+            listed = {a.strip().lower() for a in senders.split(",") if "@" in a}
+            if "@" in name:
+                listed.add(name.lower())
+            if listed:
+                owned[name] = frozenset(listed)
+        return cls(hashes, owned)
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> UserDatabase:
         return cls.parse(pathlib.Path(path).read_text())
+
+    def may_send_as(self, name: str, address: str) -> bool:
+        """Whether user ``name`` owns ``address`` (``local@domain``)."""
+        owned = self.addresses.get(name, frozenset())
+        address = address.lower()
+        return address in owned or "@" + address.rpartition("@")[2] in owned
 
     def check(self, name: str, password: bytes) -> bool:
         hashed = self.hashes.get(name)

@@ -32,7 +32,8 @@ def _free_port() -> int:
 
 
 def _manifests(ns: str, cert: bytes, key: bytes) -> list[dict[str, Any]]:
-    users = f"alice:{bcrypt.hashpw(b'alice-secret', bcrypt.gensalt(rounds=4)).decode()}\n"
+    hashed = bcrypt.hashpw(b"alice-secret", bcrypt.gensalt(rounds=4)).decode()
+    users = f"alice:{hashed}:alice@contoso.com\n"
     return [
         tls_secret("mail-contoso-com", ns, cert, key),
         {

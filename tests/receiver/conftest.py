@@ -23,6 +23,8 @@ from .helpers import Raw
 
 FQDN = "mail.contoso.com"
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
+# The addresses each test user may send as (the user database's send-as list).
+SENDERS = {name: frozenset({f"{name}@contoso.com"}) for name in PASSWORDS}
 _HASHES = {
     name: bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=4)) for name, pw in PASSWORDS.items()
 }
@@ -114,7 +116,7 @@ class Running:
         self.runtime = server.Runtime(
             self.config,
             delivery.MaildirDelivery(self.spool),
-            UserDatabase({k: v for k, v in _HASHES.items()}),
+            UserDatabase(dict(_HASHES), dict(SENDERS)),
             protocol_log=protocol_log,
         )
         self.receiver = server.Receiver(self.runtime, self.listen)
@@ -151,7 +153,8 @@ class Running:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
-        self.runtime.delivery.close()
+        for retired in [*self.runtime.retired(), self.runtime.delivery]:
+            retired.close()
 
 
 @pytest.fixture(autouse=True)

@@ -139,11 +139,14 @@ def start_process(
     *extra: str,
     config: pathlib.Path | None = None,
     stderr: Any = subprocess.DEVNULL,
+    wrap: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """The receiver as a process, serving ``config`` (``internet_config_file``'s by
-    default) with port 25 on ``port``, once it says it is ready."""
+    default) with port 25 on ``port``, once it says it is ready; ``wrap`` is a command
+    that runs it (e.g. strace)."""
     proc = subprocess.Popen(
         [
+            *wrap,
             sys.executable,
             "-m",
             "smtpgate.receiver",

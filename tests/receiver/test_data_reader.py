@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from smtpgate.receiver import replies
 from smtpgate.receiver.data import DataReader
@@ -68,4 +68,41 @@ def test_size_limit_holds_across_chunks(cuts: list[int]) -> None:
     reader, rest = _read(big + b".\r\nQUIT\r\n", cuts, limit=2000)
     assert rest == b"QUIT\r\n"
     assert reader.result() == (None, replies.DATA_TOO_MUCH)
-    assert len(reader.raw) <= 2000 + 65536
+    assert len(reader.content) <= 2000  # nothing kept past the limit
+
+
+def _whole(stream: bytes, limit: int | None) -> tuple[bytes | None, replies.Reply | None]:
+    """The rules applied to the whole message at once (what the reader does in blocks)."""
+    end = stream.find(b"\r\n.\r\n")
+    raw = b"" if stream.startswith(b".\r\n") else stream[: end + 2]
+    if limit is not None and len(raw) > limit:
+        return None, replies.DATA_TOO_MUCH
+    if max(map(len, raw.split(b"\r\n")), default=0) + 2 > 1001:
+        return None, replies.DATA_LINE_TOO_LONG
+    if b"\x00" in raw:
+        return None, replies.NUL_IN_DATA
+    bare = raw.replace(b"\r\n", b"")
+    if b"\r" in bare or b"\n" in bare:
+        return None, replies.BARE_LINE_ENDING_DATA
+    content = raw.replace(b"\r\n.", b"\r\n")
+    return (content[1:] if content.startswith(b".") else content), None
+
+
+_PIECES = st.sampled_from(
+    [b"a", b"bc", b".", b"..", b"\r\n", b"\r", b"\n", b"\x00", b"x" * 400, b"\r\n.", b" "]
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    st.lists(_PIECES, max_size=40),
+    st.lists(st.integers(0, 2000), max_size=8),
+    st.sampled_from([None, 500, 5000]),
+)
+def test_reading_in_blocks_follows_the_whole_message_rules(
+    pieces: list[bytes], cuts: list[int], limit: int | None
+) -> None:
+    stream = b"".join(pieces) + b"\r\n.\r\nQUIT\r\n"
+    reader, rest = _read(stream, cuts, limit)
+    assert rest is not None and rest.endswith(b"QUIT\r\n")
+    assert reader.result() == _whole(stream, limit)

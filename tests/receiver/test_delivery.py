@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
-from smtpgate.receiver import delivery
+from smtpgate.receiver import delivery, relay
 
 from .conftest import PASSWORDS
 from .helpers import Raw, custom_connector, plain
@@ -98,7 +98,7 @@ def relaying(start: Any) -> Iterator[Any]:
         running = start(_connector())
         running.hops = []
         port = _serve(running, hop, lmtp)
-        running.runtime.delivery = delivery.RelayDelivery(
+        running.runtime.delivery = relay.RelayDelivery(
             "127.0.0.1", port, lmtp=lmtp, helo="mail.contoso.com", idle_seconds=idle_seconds
         )
         made.append(running)
@@ -192,7 +192,7 @@ def test_unreachable_next_hop_gives_451_never_250(start: Any) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]
-    running.runtime.delivery = delivery.RelayDelivery("127.0.0.1", dead_port, timeout=5)
+    running.runtime.delivery = relay.RelayDelivery("127.0.0.1", dead_port, timeout=5)
     code, text = _send(running, ["a@contoso.com"])
     assert code == 451 and text.startswith("4.3.0")
 
@@ -209,7 +209,7 @@ def test_auth_is_prompt_while_the_next_hop_hangs(start: Any) -> None:
     hanging = socket.socket()
     hanging.bind(("127.0.0.1", 0))
     hanging.listen(128)
-    running.runtime.delivery = delivery.RelayDelivery(
+    running.runtime.delivery = relay.RelayDelivery(
         "127.0.0.1", hanging.getsockname()[1], timeout=30
     )
     # More messages waiting on it than the event loop's default pool has threads.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pathlib
 import random
+import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -14,8 +16,10 @@ import sys
 import threading
 import time
 
+import pytest
+
 from .conftest import free_port
-from .helpers import internet_config_file
+from .helpers import internet_config_file, start_process
 
 
 def _start(
@@ -97,3 +101,74 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path: pathlib.Path) -> None:
     assert kills == 4
     assert len(acked) > 20, "the load run must acknowledge messages between the kills"
     assert lost == [], f"{len(lost)} of {len(acked)} acknowledged messages are missing"
+
+
+STRACE = shutil.which("strace")
+
+
+def _children(pid: int) -> list[int]:
+    path = pathlib.Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+SYSCALLS = "fsync,fdatasync,syncfs,rename,renameat,renameat2,write,writev,sendto,sendmsg"
+
+
+def _trace_order(trace: str, spool: pathlib.Path, queue_id: str, big: bool) -> list[str]:
+    """The durability steps of the message ``queue_id`` in the order the trace shows
+    them, up to the 250 that acknowledged it."""
+    tmp, new = re.escape(str(spool / "tmp")), re.escape(str(spool / "new"))
+    name = rf"[^\"<>]*\.{queue_id}\.[^\"<>]*"
+    steps = [
+        ("data", rf"(syncfs\(\d+<{tmp}>\)|fsync\(\d+<{tmp}/{name}>\)) += 0"),
+        ("rename", rf"rename(at2?)?\(.*\"{tmp}/{name}\", .*\"{new}/{name}\".*\) += 0"),
+        ("directory", rf"fsync\(\d+<{new}>\) += 0"),
+        ("250", rf"(write|sendto|writev|sendmsg)\(\d+<(socket|TCP).*\"250 2\.6\.0 <{queue_id}@"),
+    ]
+    if big:  # a spilled message: its file's data synced before it joins a commit
+        steps.insert(0, ("spill", rf"fdatasync\(\d+<{tmp}/{name}>\) += 0"))
+    seen: list[str] = []
+    for line in trace.splitlines():
+        line = line.replace(" <unfinished ...>", "")
+        for step, pattern in steps:
+            if step not in seen and re.search(pattern, line):
+                seen.append(step)
+        if "250" in seen:
+            break
+    return seen
+
+
+@pytest.mark.skipif(
+    STRACE is None, reason="needs strace (apt-get install strace; make test installs it)"
+)
+@pytest.mark.parametrize("sync", ["filesystem", "file"])
+@pytest.mark.parametrize("big", [False, True], ids=["small", "spilled"])
+def test_the_250_follows_data_sync_rename_and_directory_sync(
+    tmp_path: pathlib.Path, sync: str, big: bool
+) -> None:
+    assert STRACE is not None
+    port, trace_file = free_port(), tmp_path / "trace"
+    wrap = (STRACE, "-f", "-y", "-qq", "-e", f"trace={SYSCALLS}", "-o", str(trace_file))
+    proc = start_process(tmp_path, port, "--spool-sync", sync, wrap=wrap)
+    try:
+        body = (b"x" * 70 + b"\r\n") * (8000 if big else 10)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.ehlo("client.example")
+            client.mail("s@example.org")
+            client.rcpt("u@contoso.com")
+            code, text = client.data(b"Subject: traced\r\n\r\n" + body)
+        assert code == 250
+        queue_id = text.decode().split("<", 1)[1].split("@", 1)[0]
+    finally:
+        for pid in _children(proc.pid):  # the receiver; strace ends with it
+            os.kill(pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            assert proc.stdout is not None
+            proc.stdout.close()
+    order = _trace_order(trace_file.read_text(), tmp_path / "spool", queue_id, big)
+    expected = ["data", "rename", "directory", "250"]
+    assert order == (["spill", *expected] if big else expected), trace_file.read_text()[-3000:]

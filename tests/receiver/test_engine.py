@@ -25,6 +25,7 @@ OWN = {
     "runtime",
     "binding",
     "config",
+    "delivery",
     "policy",
     "refusal",
     "_greeted",
@@ -32,7 +33,8 @@ OWN = {
     "_deadline",
     "_counted",
     "_open_metric",
-    "data_fault",
+    "intake",
+    "_arg",
     "plog",
 }
 

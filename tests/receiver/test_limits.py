@@ -254,7 +254,7 @@ def test_message_rate_limit_per_source(start: Any, source: str, user: str | None
         raw = _greeted(running, sender_ip)
         if user:
             assert raw.command(f"AUTH PLAIN {plain(user, PASSWORDS[user])}")[0] == 235
-        reply = raw.command("MAIL FROM:<s@example.org>")
+        reply = raw.command(f"MAIL FROM:<{user or 's'}@contoso.com>")
         if reply[0] != 250:
             return reply
         raw.command("RCPT TO:<u@contoso.com>")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
+import os
 import pathlib
+import smtplib
+import time
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -78,6 +82,33 @@ def test_verbose_protocol_log_has_exchange_fields_and_no_secrets(
     ):
         assert secret not in text
     assert "body" not in text  # message content is not logged
+
+
+def _dropped() -> float:
+    return REGISTRY.get_sample_value("smtpgate_protocol_log_dropped_total") or 0.0
+
+
+def test_a_protocol_log_nobody_reads_stalls_no_session_and_counts_its_drops(
+    start: Any,
+) -> None:
+    read_end, write_end = os.pipe()  # a stdout whose reader has stopped reading
+    stream = open(write_end, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    plog = ProtocolLog(stream=stream, queue_size=100)
+    try:
+        running = start(_connector(), protocol_log=plog)
+        before = _dropped()
+        began = time.monotonic()
+        for n in range(100):  # some 180 KB of log: the pipe holds 64 KB
+            with smtplib.SMTP("127.0.0.1", running.port(25), timeout=5) as smtp:
+                smtp.sendmail("s@example.org", ["u@contoso.com"], f"Subject: {n}\r\n\r\nb\r\n")
+        assert time.monotonic() - began < 30
+        assert _dropped() > before
+        assert len(running.messages()) == 100
+    finally:
+        os.close(read_end)  # the writer thread's stuck write fails: it ends
+        plog.close(timeout=5)
+        with contextlib.suppress(OSError):
+            stream.close()
 
 
 def test_connectors_without_verbose_logging_write_nothing(

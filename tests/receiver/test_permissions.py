@@ -110,7 +110,8 @@ HEADERS = (
 
 def _deliver(running: Running, content: bytes, user: str | None = None) -> bytes:
     raw = _session(running, user)
-    assert raw.command("MAIL FROM:<sender@example.org>")[0] == 250
+    sender = f"{user}@contoso.com" if user else "sender@example.org"
+    assert raw.command(f"MAIL FROM:<{sender}>")[0] == 250
     assert raw.command("RCPT TO:<user@contoso.com>")[0] == 250
     assert raw.command("DATA")[0] == 354
     raw.send(content + b".\r\n")
@@ -217,7 +218,7 @@ def test_granular_deny_wins_for_one_user(start: Any) -> None:
     running = start(_connector(("bob", "ms-Exch-SMTP-Accept-Any-Recipient", "Deny")))
     for user, expected in (("alice", replies.RECIPIENT_OK), ("bob", replies.RELAY_DENIED)):
         raw = _session(running, user)
-        raw.command("MAIL FROM:<x@contoso.com>")
+        assert raw.command(f"MAIL FROM:<{user}@contoso.com>")[0] == 250
         assert raw.command("RCPT TO:<friend@foreign.example>") == _line(expected)
         raw.close()
 

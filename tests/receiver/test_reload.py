@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import pathlib
+import smtplib
 import time
 from typing import Any
 
+import bcrypt
 from prometheus_client import REGISTRY
+from smtpgate.receiver import delivery, relay
 from smtpgate.receiver.reload import Watcher
 
 from .conftest import FQDN, free_port
-from .helpers import Raw
+from .helpers import Raw, custom_connector
+from .test_delivery import NextHop, _serve
 
 
-def _start(start: Any, tmp_path: pathlib.Path) -> tuple[Any, pathlib.Path]:
+def _start(start: Any, tmp_path: pathlib.Path, connectors: Any = None) -> tuple[Any, pathlib.Path]:
     running = start(
-        [
+        connectors
+        or [
             (
                 "Internet",
                 {
@@ -145,3 +150,106 @@ def test_replaced_certificate_is_served_to_the_next_starttls(
     pki.cert_file.write_bytes(cert.read_bytes())
     pki.key_file.write_bytes(key.read_bytes())
     _wait(lambda: serial() != first)
+
+
+def _relay_to(port: int) -> Any:
+    def change(data: dict) -> None:
+        data["nextHop"] = {"type": "Smtp", "host": "127.0.0.1", "port": port}
+
+    return change
+
+
+def _message(raw: Raw, subject: str) -> int:
+    raw.command("MAIL FROM:<s@example.org>")
+    raw.command("RCPT TO:<u@contoso.com>")
+    raw.command("DATA")
+    raw.send(f"Subject: {subject}\r\n\r\nbody\r\n.\r\n".encode())
+    return raw.reply()[0]
+
+
+def test_a_changed_next_hop_takes_new_sessions_while_live_ones_keep_theirs(
+    start: Any, tmp_path: pathlib.Path
+) -> None:
+    running, config_file = _start(start, tmp_path)
+    running.hops = []
+    try:
+        _next_hop_changes(running, config_file, tmp_path)
+    finally:
+        for server in running.hops:
+            server.close()
+            running.call(server.wait_closed())
+
+
+def _next_hop_changes(running: Any, config_file: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    spool = running.spool
+    running.runtime.deliveries = lambda config: delivery.from_next_hop(
+        config.next_hop, helo=config.fqdn
+    )
+    hop = NextHop()
+    live = Raw(running.port(25))
+    live.reply()
+    live.command("EHLO client.example")
+    _edit(config_file, _relay_to(_serve(running, hop)))
+    _wait(lambda: isinstance(running.runtime.delivery, relay.RelayDelivery))
+    fresh = Raw(running.port(25))
+    fresh.reply()
+    fresh.command("EHLO client.example")
+    assert _message(fresh, "to the new next hop") == 250
+    assert [b"to the new next hop" in m[2] for m in hop.messages] == [True]
+    assert _message(live, "to the old spool") == 250  # the session's own delivery
+    assert [p.read_bytes().count(b"to the old spool") for p in (spool / "new").iterdir()] == [1]
+    live.command("QUIT")
+    live.close()
+    # Once its last session is gone the old spool's delivery is closed.
+    _wait(lambda: not running.runtime._retired)
+    moved = tmp_path / "moved-spool"
+    _edit(config_file, lambda data: data.update(nextHop={"type": "Maildir", "path": str(moved)}))
+    _wait(lambda: isinstance(running.runtime.delivery, delivery.MaildirDelivery))
+    assert _message(fresh, "after the second change") == 250  # the session keeps the relay
+    other = Raw(running.port(25))
+    other.reply()
+    other.command("EHLO client.example")
+    assert _message(other, "to the moved spool") == 250
+    assert len(list((moved / "new").iterdir())) == 1 and len(hop.messages) == 2
+    fresh.command("QUIT")
+    _wait(lambda: not running.runtime._retired)  # the relay's delivery closed
+
+
+def test_a_rotated_password_is_refused_from_the_next_logon(
+    start: Any, tmp_path: pathlib.Path
+) -> None:
+    running, config_file = _start(start, tmp_path, custom_connector())
+    users = tmp_path / "users"
+    users.write_text(f"erin:{_hash('first-secret')}:erin@contoso.com\n")
+    _edit(config_file, lambda data: data.update(userDatabaseFile=str(users)))
+    _wait(lambda: running.runtime.users is not None and "erin" in running.runtime.users.hashes)
+
+    def logon(password: str) -> int:
+        with smtplib.SMTP("127.0.0.1", running.port(25), timeout=10) as smtp:
+            smtp.ehlo("client.example")
+            try:
+                return smtp.login("erin", password)[0]
+            except smtplib.SMTPAuthenticationError as err:
+                return err.smtp_code
+
+    assert logon("first-secret") == 235
+    signed_on = smtplib.SMTP("127.0.0.1", running.port(25), timeout=10)
+    signed_on.ehlo("client.example")
+    signed_on.login("erin", "first-secret")
+    rotated = users.with_suffix(".new")
+    rotated.write_text(f"erin:{_hash('second-secret')}:erin@contoso.com\n")
+    rotated.replace(users)  # the kubelet's atomic swap
+    _wait(lambda: logon("first-secret") == 535)
+    assert logon("second-secret") == 235
+    # A session that logged on before keeps its logon, as in Postfix and Exchange.
+    assert (
+        signed_on.sendmail("erin@contoso.com", ["u@contoso.com"], b"Subject: s\r\n\r\nb\r\n") == {}
+    )
+    signed_on.quit()
+    users.unlink()  # unreadable: the last good database keeps serving
+    time.sleep(0.3)
+    assert logon("second-secret") == 235
+
+
+def _hash(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
