@@ -528,7 +528,7 @@ class PodSettings(_Spec):
         None,
         description="The receiver container's resources. Default: requests 100m CPU and 128Mi; "
         "a memory limit sized from the connectors' limits (each connection the connectors "
-        "allow may hold up to 256Ki at once, plus 256Mi).",
+        "allow may hold up to 512Ki at once, plus 256Mi).",
     )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
     tolerations: list[KubeObject] = Field(
@@ -667,7 +667,11 @@ class TransportServerSpec(_Spec):
     )
     next_hop: NextHop = Field(default_factory=NextHop, description="Where accepted mail goes.")
     user_database_secret_ref: SecretKeyRef | None = Field(
-        None, description="htpasswd-style Secret of bcrypt hashes for BasicAuth."
+        None,
+        description="htpasswd-style Secret of bcrypt hashes for BasicAuth, a line per user: "
+        "name:hash, optionally :addresses the user may send as (alice@contoso.com, or "
+        "@fabrikam.com for a whole domain, comma-separated); a user named by an address may "
+        "send as it. Reloaded by the receivers when the Secret changes.",
     )
     create_default_connectors: bool = Field(
         True, description="Create the role's default receive connectors with the server."

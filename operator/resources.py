@@ -307,9 +307,10 @@ def workload(
     return body
 
 
-# Each connection the connectors allow may hold this much at once (command and DATA buffers,
-# the part of a message kept in memory before it goes to the spool or the next hop).
-PER_CONNECTION_BYTES = 256 * 1024
+# Each connection the connectors allow may hold this much at once: the header section (up
+# to maxHeaderSize, 128Ki by default), the first 256Ki of a body (the rest goes to the spool
+# file or the next hop as it arrives), and line buffers.
+PER_CONNECTION_BYTES = 512 * 1024
 BASE_MEMORY_BYTES = 256 * 1024 * 1024
 METRICS_ANNOTATIONS = {
     "prometheus.io/scrape": "true",

@@ -62,7 +62,7 @@ def test_pod_settings_reach_the_workload(controlplane: Any, operator: Any, ns: s
     assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     # 100 connections for the partner, 5000 for the implicit delivery connector (475)
     limits = pod["containers"][0]["resources"]["limits"]
-    assert limits["memory"] == f"{256 + (100 + 5000) * 256 // 1024}Mi"
+    assert limits["memory"] == f"{256 + (100 + 5000) * 512 // 1024}Mi"
     claim = workload["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["storageClassName"] == "fast"
     assert claim["resources"]["requests"]["storage"] in ("5Gi", str(5 * 1024**3))
