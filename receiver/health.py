@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 SESSIONS = Counter("smtpgate_sessions_total", "SMTP sessions opened", ["connector"])
-SESSIONS_OPEN = Gauge("smtpgate_sessions_open", "SMTP sessions open now", ["connector"])
+SESSIONS_OPEN = Gauge(
+    "smtpgate_sessions_open",
+    "SMTP sessions open now",
+    ["connector"],
+    multiprocess_mode="livesum",  # summed over live workers (see metrics_text)
+)
 REFUSED_CONNECTIONS = Counter(
     "smtpgate_connections_refused_total", "Connections refused at connect", ["reason"]
 )
@@ -38,6 +52,16 @@ PROTOCOL_LOG_DROPPED = Counter(
 CONFIG_RELOADS = Counter("smtpgate_config_reloads_total", "Config reloads", ["result"])
 
 
+def metrics_text() -> bytes:
+    """This process's metrics; with ``--workers`` (PROMETHEUS_MULTIPROC_DIR set by the
+    supervisor) every worker's, added up, so that one scrape sees all the traffic."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return bytes(generate_latest(registry))
+    return bytes(generate_latest())
+
+
 class HealthServer:
     """A minimal HTTP/1.0 endpoint; ``ready`` says whether the receiver takes mail."""
 
@@ -65,7 +89,7 @@ class HealthServer:
                 status = "200 OK" if ok else "503 Service Unavailable"
                 body, kind = (b"ready\n" if ok else b"not ready\n"), "text/plain"
             elif path == "/metrics":
-                status, body, kind = "200 OK", generate_latest(), CONTENT_TYPE_LATEST
+                status, body, kind = "200 OK", metrics_text(), CONTENT_TYPE_LATEST
             else:
                 status, body, kind = "404 Not Found", b"not found\n", "text/plain"
             head = f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"

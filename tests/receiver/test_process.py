@@ -71,8 +71,17 @@ def test_sigterm_stops_accepting_and_lets_the_session_in_flight_finish(
 
 
 def test_workers_share_the_port_and_stop_together(tmp_path: pathlib.Path) -> None:
-    port = free_port()
-    proc = start_process(tmp_path, port, "--workers", "2")
+    port, health = free_port(), free_port()
+    proc = start_process(
+        tmp_path,
+        port,
+        "--workers",
+        "2",
+        "--health-port",
+        str(health),
+        "--health-host",
+        "127.0.0.1",
+    )
     try:
         workers = _children(proc.pid)
         assert len(workers) == 2
@@ -82,6 +91,12 @@ def test_workers_share_the_port_and_stop_together(tmp_path: pathlib.Path) -> Non
                     "s@example.org", ["u@contoso.com"], f"Subject: {n}\r\n\r\nbody\r\n".encode()
                 )
         assert len(list((tmp_path / "spool" / "new").iterdir())) == 20
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=5) as page:
+            metrics = page.read().decode()
+        # One worker answers the scrape and counts what both accepted: SO_REUSEPORT spreads
+        # 20 connections over both (all on one: a chance of one in a million).
+        assert 'smtpgate_sessions_total{connector="Internet"} 20.0' in metrics, metrics[:2000]
+        assert 'smtpgate_messages_accepted_total{connector="Internet"} 20.0' in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         for pid in workers:
