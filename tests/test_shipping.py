@@ -271,3 +271,26 @@ def test_a_second_release_installs_beside_the_first(controlplane: Any, ns: str) 
         _helm(controlplane, "uninstall", "first", "-n", ns, check=False)
         _helm(controlplane, "uninstall", "second", "-n", other, check=False)
         controlplane.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_every_dependency_is_pinned_and_installed_at_its_pin() -> None:
+    from importlib import metadata
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"]) + [
+        r for extra in project["optional-dependencies"].values() for r in extra
+    ]
+    names = {
+        re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower().replace("_", "-")
+        for r in wanted
+        if not r.startswith("smtpgate")
+    }
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    pins = {k.lower().replace("_", "-"): v for k, v in pins.items()}
+    assert names <= set(pins), names - set(pins)
+    for name in names:
+        assert metadata.version(name) == pins[name], name
