@@ -269,15 +269,23 @@ class ConnectorSMTP(SMTP):
         assert self._proxy_peer is not None
         (peer, local), runtime = self._proxy_peer, self.runtime
         proxy_endpoint = f"{peer[0]}:{peer[1]}"
+        reader = self._reader._inner  # type: ignore[attr-defined]
         try:
             header = await proxy.read(
-                self._reader._inner,  # type: ignore[attr-defined]
+                reader,
                 required=self.config.proxy_protocol == ProxyProtocol.Required,
                 timeout=runtime.proxy_timeout,
                 optional_wait=runtime.proxy_optional_wait,
             )
         except proxy.Refused as refused:
             self._refuse_proxy(refused.reason, proxy_endpoint, str(refused))
+            return False
+        finally:
+            self._proxy_peer = None
+        if header is None and reader.at_eof():
+            # Connected and left without a word (a TCP health check): nothing to refuse.
+            if self.transport is not None:
+                self.transport.close()
             return False
         via = None
         if header is None or header.source is None:
@@ -321,6 +329,13 @@ class ConnectorSMTP(SMTP):
             self.runtime.counters.close(*self._counted)
             self._counted = None
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._proxy_peer is not None:
+            # Waiting for a PROXY header: the reader sees the end (aiosmtpd would cancel
+            # the session's task, leaving nobody to count a cut-short header and close).
+            return asyncio.StreamReaderProtocol.eof_received(self)
+        return super().eof_received()
 
     def _connection_deadline(self) -> None:
         if self.transport is not None:
