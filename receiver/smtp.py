@@ -199,6 +199,11 @@ class ConnectorSMTP(SMTP):
             return
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
+        if peer is None or local is None:
+            # Reset before it was taken (a TCP health check): nobody to serve.
+            super().connection_made(transport)
+            transport.abort()  # type: ignore[attr-defined]
+            return
         remote = parse_address(peer[0])
         if self.config.proxy_protocol != ProxyProtocol.Off and self.config.trusted_proxy(remote):
             # A trusted proxy: the connector is chosen by the client its header names.
@@ -352,31 +357,46 @@ class ConnectorSMTP(SMTP):
             self.plog("<", protocol_log.redact(line.decode("utf-8", "replace").rstrip("\r\n")))
 
     async def _handle_client(self) -> None:
-        if self._proxy_peer is not None and not await self._proxy_header():
-            return
-        if self.refusal is not None:
-            await self.push(self.refusal.line())
-            return
-        # One turn of the loop lets bytes already sent arrive: a client that speaks before
-        # the greeting is not an SMTP client waiting for it (postscreen's pregreet test).
-        await asyncio.sleep(0)
-        if self._reader._buffer:
-            if proxy.start(self._reader._buffer[:12]) is not proxy.Start.OTHER:
-                peer = self.session.peer if self.session is not None else ("-", 0)
-                self._refuse_proxy(
-                    proxy.Reason.untrusted, f"{peer[0]}:{peer[1]}", "not a trusted proxy"
-                )
-                return
-            assert self.policy is not None
-            self.plog("*", "", "client spoke before the greeting")
-            health.SESSIONS_DROPPED.labels(self.policy.connector.name, "pregreet").inc()
-            await self.push(self.reply(replies.PREGREET))
-            return
-        self.runtime.sessions.add(self)
+        self.runtime.sessions.add(self)  # from the start: stop() closes it even before its banner
         try:
+            if self._proxy_peer is not None and not await self._proxy_header():
+                return
+            if self.policy is None and self.refusal is None:
+                return  # the connection was gone before it was taken
+            if self.refusal is not None:
+                await self.push(self.refusal.line())
+                return
+            # One turn of the loop lets bytes already sent arrive: a client that speaks
+            # before the greeting is not an SMTP client waiting for it (postscreen's
+            # pregreet test). After a PROXY header, so the header is not speaking first.
+            await asyncio.sleep(0)
+            if self._reader._buffer:
+                self._pregreet()
+                if self.transport is not None and not self.transport.is_closing():
+                    await self.push(self.reply(replies.PREGREET))
+                return
             await super()._handle_client()
+        except asyncio.CancelledError:
+            # The end of input (aiosmtpd cancels the session's task) or stop() before the
+            # engine's loop, which closes the connection itself, began.
+            if self.transport is not None:
+                self.transport.close()
+            raise
         finally:
             self.runtime.sessions.discard(self)
+
+    def _pregreet(self) -> None:
+        """Bytes before the greeting: a PROXY header from a peer not trusted for one is
+        closed without a word; anything else is a client that did not wait."""
+        if proxy.start(self._reader._buffer[:12]) is not proxy.Start.OTHER:
+            peer = self.session.peer if self.session is not None else ("-", 0)
+            self._refuse_proxy(
+                proxy.Reason.untrusted, f"{peer[0]}:{peer[1]}", "not a trusted proxy"
+            )
+            return
+        assert self.policy is not None
+        self.plog("*", "", "client spoke before the greeting")
+        health.SESSIONS_DROPPED.labels(self.policy.connector.name, "pregreet").inc()
 
     # -- replies ------------------------------------------------------------------------
 
