@@ -20,6 +20,7 @@ from smtpgate.receiver import proxy, replies
 from smtpgate.receiver.protocol_log import ProtocolLog
 
 from .conftest import free_port
+from .helpers import ranged_connector
 
 HAPROXY = shutil.which("haproxy")
 pytestmark = pytest.mark.skipif(
@@ -28,21 +29,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def _connectors() -> list[tuple[str, dict[str, Any]]]:
-    def one(ranges: list[str], banner: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "usage": "Custom",
-            "bindings": ["0.0.0.0:25"],
-            "remoteIPRanges": ranges,
-            "permissionGroups": ["AnonymousUsers"],
-            "tarpitIntervalSeconds": 0,
-            "banner": f"220 mail.contoso.com {banner}",
-            "protocolLoggingLevel": "Verbose",
-            **extra,
-        }
-
     return [
-        ("Near", one(["127.0.0.64/26"], "near", maxInboundConnectionPerSource=2)),
-        ("Loopback", one(["127.0.0.0/8"], "loopback")),
+        ("Near", ranged_connector(["127.0.0.64/26"], "near", maxInboundConnectionPerSource=2)),
+        ("Loopback", ranged_connector(["127.0.0.0/8"], "loopback")),
     ]
 
 

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from smtpgate.receiver import proxy, replies
 from smtpgate.receiver.protocol_log import ProtocolLog
 
-from .helpers import Raw, expected
+from .helpers import Raw, expected, ranged_connector
 
 # -- building headers ------------------------------------------------------------------
 
@@ -209,22 +209,10 @@ TRUSTED = {"trustedProxyRanges": ["127.0.0.1/32"]}
 
 
 def _connectors(**extra: Any) -> list[tuple[str, dict[str, Any]]]:
-    def one(ranges: list[str], banner: str) -> dict[str, Any]:
-        return {
-            "usage": "Custom",
-            "bindings": ["0.0.0.0:25"],
-            "remoteIPRanges": ranges,
-            "permissionGroups": ["AnonymousUsers"],
-            "tarpitIntervalSeconds": 0,
-            "banner": f"220 mail.contoso.com {banner}",
-            "protocolLoggingLevel": "Verbose",
-            **extra,
-        }
-
     return [
-        ("Partner", one(["198.51.100.0/24", "2001:db8::/32"], "partner")),
-        ("Loopback", one(["127.0.0.0/8"], "loopback")),
-        ("Others", one(["0.0.0.0/0", "::/0"], "others")),
+        ("Partner", ranged_connector(["198.51.100.0/24", "2001:db8::/32"], "partner", **extra)),
+        ("Loopback", ranged_connector(["127.0.0.0/8"], "loopback", **extra)),
+        ("Others", ranged_connector(["0.0.0.0/0", "::/0"], "others", **extra)),
     ]
 
 
