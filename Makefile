@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit lint demo setup controlplane crds lua strace bench clean lock
+.PHONY: test test-unit lint demo setup controlplane crds lua strace haproxy bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lua:
 strace:
 	@command -v strace >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends strace >/dev/null)
 
+# HAProxy in front of a receiver with send-proxy and send-proxy-v2
+# (tests/receiver/test_proxy_haproxy.py, skipped with the reason where it is missing).
+haproxy:
+	@command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy >/dev/null)
+
 crds: $(STAMP)
 	$(BIN)/python hack/gen_crds.py
 
@@ -48,10 +53,10 @@ lint: $(STAMP)
 	$(BIN)/python hack/gen_crds.py --check
 	$(BIN)/python hack/gen_argocd.py --check
 
-test: $(STAMP) controlplane lua strace lint
+test: $(STAMP) controlplane lua strace haproxy lint
 	$(BIN)/pytest
 
-test-unit: $(STAMP) lua strace
+test-unit: $(STAMP) lua strace haproxy
 	$(BIN)/pytest -m "not controlplane"
 
 demo: $(STAMP) controlplane

@@ -23,6 +23,7 @@ from .enums import (
     Permission,
     PermissionGroup,
     ProtocolLoggingLevel,
+    ProxyProtocol,
     ServerRole,
     SizeMode,
     TransportRole,
@@ -145,6 +146,18 @@ class ServerConfig(_Frozen):
     next_hop: NextHop
     user_database_file: str | None = None
     trusted_proxy_ranges: tuple[str, ...] = ()
+    # Added within version 1: a document without it (written before) means Off, as it did.
+    proxy_protocol: ProxyProtocol = ProxyProtocol.Off
+
+    @functools.cached_property
+    def parsed_trusted_proxy_ranges(self) -> tuple[ranges.IPRange, ...]:
+        return tuple(ranges.parse(r) for r in self.trusted_proxy_ranges)
+
+    def trusted_proxy(self, peer: ranges.IPAddress) -> bool:
+        """Whether ``peer`` is a proxy whose PROXY header this server takes."""
+        return self.proxy_protocol != ProxyProtocol.Off and any(
+            r.contains(peer) for r in self.parsed_trusted_proxy_ranges
+        )
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)
@@ -321,5 +334,6 @@ def compile_server(
         trusted_proxy_ranges=tuple(
             ranges.normalise(r) for r in server.exposure.trusted_proxy_ranges
         ),
+        proxy_protocol=server.exposure.proxy_protocol_mode,
     )
     return Compiled(config=config, rejected=rejected, resolved=dict(accepted))

@@ -12,6 +12,15 @@ class ServerRole(StrEnum):
     Edge = "Edge"
 
 
+class ProxyProtocol(StrEnum):
+    """Whether a server takes a PROXY protocol header (v1 or v2) from its trusted proxies:
+    never, when one comes, or always. Peers outside the trusted ranges never may send one."""
+
+    Off = "Off"
+    Optional = "Optional"
+    Required = "Required"
+
+
 class TransportRole(StrEnum):
     """The transport service a connector belongs to on a Mailbox server."""
 

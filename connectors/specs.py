@@ -19,6 +19,7 @@ from .enums import (
     PermissionAccess,
     PermissionGroup,
     ProtocolLoggingLevel,
+    ProxyProtocol,
     ServerRole,
     SizeMode,
     TransportRole,
@@ -411,6 +412,14 @@ class ServiceExposure(_Spec):
             "ports",
         ),
         Rule(
+            "!has(self.proxyProtocol) || self.proxyProtocol == 'Off' || "
+            "(has(self.trustedProxyRanges) && size(self.trustedProxyRanges) > 0)",
+            "Optional and Required need trustedProxyRanges: only a trusted proxy may send a "
+            "PROXY header",
+            lambda s: s.proxy_protocol in (None, ProxyProtocol.Off) or bool(s.trusted_proxy_ranges),
+            "proxyProtocol",
+        ),
+        Rule(
             "!has(self.type) || self.type != 'HostNetwork' || "
             "!(has(self.ports) || has(self.externalTrafficPolicy) || "
             "has(self.loadBalancerClass) || has(self.annotations) || "
@@ -486,6 +495,21 @@ class ServiceExposure(_Spec):
         description="Load balancers whose PROXY protocol header (v1/v2) is believed. At most "
         f"{admission.MAX_TRUSTED_PROXY_RANGES:,} ranges.",
     )
+    proxy_protocol: ProxyProtocol | None = Field(
+        None,
+        description="PROXY protocol from trustedProxyRanges: Required (the default when "
+        "trustedProxyRanges are set: a trusted peer must send a header), Optional (a trusted "
+        "peer may; the receiver waits briefly for one before its banner) or Off (the default "
+        "without trustedProxyRanges). A header from any other peer closes the connection.",
+    )
+
+    @property
+    def proxy_protocol_mode(self) -> ProxyProtocol:
+        """The mode in force: as given, else Required where trusted proxies are listed
+        (listing them says they send the header) and Off where none are."""
+        if self.proxy_protocol is not None:
+            return self.proxy_protocol
+        return ProxyProtocol.Required if self.trusted_proxy_ranges else ProxyProtocol.Off
 
 
 _RESERVED_PATHS = ("/tmp",)

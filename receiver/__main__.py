@@ -66,6 +66,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--protocol-log", default="-", help="receive protocol log file (rotated), or - for stdout"
     )
+    parser.add_argument(
+        "--proxy-timeout",
+        type=float,
+        default=server.PROXY_TIMEOUT,
+        help="seconds a trusted proxy has for its whole PROXY header (Required mode, or once "
+        "a header has begun)",
+    )
+    parser.add_argument(
+        "--proxy-optional-wait",
+        type=float,
+        default=server.PROXY_OPTIONAL_WAIT,
+        help="Optional mode: seconds the banner waits for a trusted proxy's header to begin",
+    )
     parser.add_argument("--grace-seconds", type=float, default=30, help="SIGTERM grace period")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument(
@@ -98,6 +111,8 @@ async def run(args: argparse.Namespace) -> int:
         files_root=args.files_root,
         protocol_log=plog,
         deliveries=deliveries,
+        proxy_timeout=args.proxy_timeout,
+        proxy_optional_wait=args.proxy_optional_wait,
     )
     listen = server.Listen(
         args.listen_v4,

@@ -93,6 +93,7 @@ def trace(
     *,
     helo: str | None,
     remote: str,
+    via: str | None = None,
     fqdn: str,
     connector: str,
     principal: str,
@@ -107,7 +108,8 @@ def trace(
     date = email.utils.formatdate(localtime=False)
     received = (
         f"Received: from {helo or 'unknown'} ([{remote}])\r\n"
-        f"\tby {fqdn} (smtpgate) with {protocol} id {queue_id}\r\n"
+        + (f"\t(via PROXY protocol from [{via}])\r\n" if via else "")
+        + f"\tby {fqdn} (smtpgate) with {protocol} id {queue_id}\r\n"
         f'\tvia connector "{connector}"; {date}\r\n'
     )
     flag = "yes" if authenticated or P.AcceptAuthenticationFlag in held else "no"

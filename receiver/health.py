@@ -49,6 +49,12 @@ PROTOCOL_LOG_DROPPED = Counter(
     "smtpgate_protocol_log_dropped_total",
     "Protocol log lines dropped because the log's destination did not keep up",
 )
+PROXY_REJECTED = Counter(
+    "smtpgate_proxy_rejected_total",
+    "Connections closed without a banner for their PROXY protocol header (untrusted, "
+    "malformed, truncated, missing, timeout)",
+    ["reason"],
+)
 CONFIG_RELOADS = Counter("smtpgate_config_reloads_total", "Config reloads", ["result"])
 
 

@@ -122,6 +122,7 @@ class Intake:
             trace = headers.trace(
                 helo=state.helo,
                 remote=str(state.remote),
+                via=state.via,
                 fqdn=state.connector.fqdn,
                 connector=state.connector.name,
                 principal=state.user or sorted(state.principals)[0],

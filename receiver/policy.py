@@ -40,6 +40,7 @@ class Session:
     remote: IPAddress
     accepted_domains: Sequence[AcceptedDomain]
     principals: identity.Principals
+    via: str | None = None  # the trusted proxy whose PROXY header named ``remote``
     tls: bool = False
     user: str | None = None
     helo: str | None = None

@@ -23,6 +23,8 @@ from .smtp import ConnectorSMTP
 from .users import UserDatabase
 
 log = logging.getLogger(__name__)
+PROXY_TIMEOUT = 5.0
+PROXY_OPTIONAL_WAIT = 0.25
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -121,8 +123,14 @@ class Runtime:
         files_root: str | None = None,
         protocol_log: ProtocolLog | None = None,
         deliveries: Callable[[ServerConfig], delivery_mod.Delivery] | None = None,
+        proxy_timeout: float = PROXY_TIMEOUT,
+        proxy_optional_wait: float = PROXY_OPTIONAL_WAIT,
     ) -> None:
         self.config = config
+        # A trusted proxy's header: how long it may take (Required, and once a header has
+        # begun), and how long the banner waits for one that may not come (Optional).
+        self.proxy_timeout = proxy_timeout
+        self.proxy_optional_wait = min(proxy_optional_wait, proxy_timeout)
         self.protocol_log = protocol_log
         self.delivery = delivery
         self.deliveries = deliveries

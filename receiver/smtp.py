@@ -27,8 +27,8 @@ from aiosmtpd.smtp import (
 from aiosmtpd.smtp import Session as EngineSession
 from aiosmtpd.smtp import __ident__ as ENGINE_IDENT
 from smtpgate.connectors.bindings import Binding
-from smtpgate.connectors.enums import ProtocolLoggingLevel
-from smtpgate.connectors.ranges import parse_address
+from smtpgate.connectors.enums import ProtocolLoggingLevel, ProxyProtocol
+from smtpgate.connectors.ranges import IPAddress, parse_address
 
 from . import (
     addresses,
@@ -39,6 +39,7 @@ from . import (
     lines,
     policy,
     protocol_log,
+    proxy,
     replies,
 )
 from .replies import Reply
@@ -132,6 +133,7 @@ class ConnectorSMTP(SMTP):
         self._close_after: Reply | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._counted: tuple[str, str] | None = None
+        self._proxy_peer: tuple[Any, Any] | None = None  # (peer, local) of a trusted proxy
         self._open_metric: str | None = None
         self.intake: intake.Intake | None = None
         self._arg: str | None = None  # the last MAIL or RCPT argument
@@ -192,12 +194,35 @@ class ConnectorSMTP(SMTP):
     # -- connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.policy is not None:  # the TLS layer after STARTTLS
+        if self._original_transport is not None:  # the TLS layer after STARTTLS
             super().connection_made(transport)
             return
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
+        if peer is None or local is None:
+            # Reset before it was taken (a TCP health check): nobody to serve.
+            super().connection_made(transport)
+            transport.abort()  # type: ignore[attr-defined]
+            return
         remote = parse_address(peer[0])
+        if self.config.proxy_protocol != ProxyProtocol.Off and self.config.trusted_proxy(remote):
+            # A trusted proxy: the connector is chosen by the client its header names.
+            self._proxy_peer = (peer, local)
+        else:
+            self._attach(local, remote, f"{peer[0]}:{peer[1]}")
+        super().connection_made(transport)
+
+    def _attach(
+        self,
+        local: tuple[Any, ...],
+        remote: IPAddress,
+        endpoint: str,
+        note: str = "",
+        via: str | None = None,
+    ) -> None:
+        """Choose the connector for a client at ``remote`` (``endpoint`` as logged) and set
+        the session up: counts, limits, protocol log, policy state, deadline. ``via``: the
+        proxy the client came through; ``note``: a protocol log line on how it came."""
         local_ip = self.binding.ip if not self.binding.all_addresses else parse_address(local[0])
         connector = self.config.connector_for(local_ip, self.binding.port, remote)
         on_connector, from_source = 0, 0
@@ -214,9 +239,11 @@ class ConnectorSMTP(SMTP):
             connector.name if connector else "-",
             delivery.new_queue_id(),
             f"{local[0]}:{local[1]}",
-            f"{peer[0]}:{peer[1]}",
+            endpoint,
         )
         self.plog("+")
+        if note:
+            self.plog("*", "", note)
         if self.refusal is not None:
             health.REFUSED_CONNECTIONS.labels(self.refusal.status or str(self.refusal.code)).inc()
         elif connector is not None:
@@ -229,6 +256,7 @@ class ConnectorSMTP(SMTP):
                 remote=remote,
                 accepted_domains=self.config.accepted_domains,
                 principals=identity.anonymous(connector),
+                via=via,
             )
             self.hostname = connector.fqdn
             self.tls_context = self.runtime.tls_context(connector)
@@ -239,7 +267,60 @@ class ConnectorSMTP(SMTP):
             self._deadline = loop.call_later(
                 connector.limits.connection_timeout_seconds, self._connection_deadline
             )
-        super().connection_made(transport)
+
+    async def _proxy_header(self) -> bool:
+        """Read the trusted proxy's header and choose the connector by the client it names;
+        False when the connection is closed instead (no banner)."""
+        assert self._proxy_peer is not None
+        (peer, local), runtime = self._proxy_peer, self.runtime
+        proxy_endpoint = f"{peer[0]}:{peer[1]}"
+        reader = self._reader._inner  # type: ignore[attr-defined]
+        try:
+            header = await proxy.read(
+                reader,
+                required=self.config.proxy_protocol == ProxyProtocol.Required,
+                timeout=runtime.proxy_timeout,
+                optional_wait=runtime.proxy_optional_wait,
+            )
+        except proxy.Refused as refused:
+            self._refuse_proxy(refused.reason, proxy_endpoint, str(refused))
+            return False
+        finally:
+            self._proxy_peer = None
+        if header is None and reader.at_eof():
+            # Connected and left without a word (a TCP health check): nothing to refuse.
+            if self.transport is not None:
+                self.transport.close()
+            return False
+        via = None
+        if header is None or header.source is None:
+            remote, endpoint = parse_address(peer[0]), proxy_endpoint
+            note = "no PROXY header" if header is None else f"PROXY v{header.version} "
+            if header is not None:
+                note += f"{header.command} {header.family}: the proxy's own connection"
+            note = f"{note} from trusted proxy {proxy_endpoint}"
+        else:
+            remote, port = header.source
+            endpoint = f"{remote}:{port}" if remote.version == 4 else f"[{remote}]:{port}"
+            destination = header.destination
+            assert destination is not None
+            note = (
+                f"PROXY v{header.version} {header.family} via {proxy_endpoint} "
+                f"(client dialled {destination[0]}:{destination[1]})"
+            )
+            via = str(parse_address(peer[0]))
+        if self.transport is None or self.transport.is_closing():
+            return False
+        self._attach(local, remote, endpoint, note, via)
+        self._reset_timeout()  # the connector's inactivity timeout from here on
+        return True
+
+    def _refuse_proxy(self, reason: proxy.Reason, endpoint: str, detail: str) -> None:
+        """Close without a banner, counted and in one log line."""
+        health.PROXY_REJECTED.labels(reason.value).inc()
+        log.warning("PROXY protocol: closed %s without a banner (%s): %s", endpoint, reason, detail)
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.transport is not None or self._original_transport is not None:
@@ -253,6 +334,13 @@ class ConnectorSMTP(SMTP):
             self.runtime.counters.close(*self._counted)
             self._counted = None
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._proxy_peer is not None:
+            # Waiting for a PROXY header: the reader sees the end (aiosmtpd would cancel
+            # the session's task, leaving nobody to count a cut-short header and close).
+            return asyncio.StreamReaderProtocol.eof_received(self)
+        return super().eof_received()
 
     def _connection_deadline(self) -> None:
         if self.transport is not None:
@@ -269,23 +357,46 @@ class ConnectorSMTP(SMTP):
             self.plog("<", protocol_log.redact(line.decode("utf-8", "replace").rstrip("\r\n")))
 
     async def _handle_client(self) -> None:
-        if self.refusal is not None:
-            await self.push(self.refusal.line())
-            return
-        # One turn of the loop lets bytes already sent arrive: a client that speaks before
-        # the greeting is not an SMTP client waiting for it (postscreen's pregreet test).
-        await asyncio.sleep(0)
-        if self._reader._buffer:
-            assert self.policy is not None
-            self.plog("*", "", "client spoke before the greeting")
-            health.SESSIONS_DROPPED.labels(self.policy.connector.name, "pregreet").inc()
-            await self.push(self.reply(replies.PREGREET))
-            return
-        self.runtime.sessions.add(self)
+        self.runtime.sessions.add(self)  # from the start: stop() closes it even before its banner
         try:
+            if self._proxy_peer is not None and not await self._proxy_header():
+                return
+            if self.policy is None and self.refusal is None:
+                return  # the connection was gone before it was taken
+            if self.refusal is not None:
+                await self.push(self.refusal.line())
+                return
+            # One turn of the loop lets bytes already sent arrive: a client that speaks
+            # before the greeting is not an SMTP client waiting for it (postscreen's
+            # pregreet test). After a PROXY header, so the header is not speaking first.
+            await asyncio.sleep(0)
+            if self._reader._buffer:
+                self._pregreet()
+                if self.transport is not None and not self.transport.is_closing():
+                    await self.push(self.reply(replies.PREGREET))
+                return
             await super()._handle_client()
+        except asyncio.CancelledError:
+            # The end of input (aiosmtpd cancels the session's task) or stop() before the
+            # engine's loop, which closes the connection itself, began.
+            if self.transport is not None:
+                self.transport.close()
+            raise
         finally:
             self.runtime.sessions.discard(self)
+
+    def _pregreet(self) -> None:
+        """Bytes before the greeting: a PROXY header from a peer not trusted for one is
+        closed without a word; anything else is a client that did not wait."""
+        if proxy.start(self._reader._buffer[:12]) is not proxy.Start.OTHER:
+            peer = self.session.peer if self.session is not None else ("-", 0)
+            self._refuse_proxy(
+                proxy.Reason.untrusted, f"{peer[0]}:{peer[1]}", "not a trusted proxy"
+            )
+            return
+        assert self.policy is not None
+        self.plog("*", "", "client spoke before the greeting")
+        health.SESSIONS_DROPPED.labels(self.policy.connector.name, "pregreet").inc()
 
     # -- replies ------------------------------------------------------------------------
 
@@ -371,7 +482,9 @@ class ConnectorSMTP(SMTP):
             # Anyone can fail a handshake: one line, not a traceback per connection.
             log.info(
                 "STARTTLS from %s failed: %s",
-                self.session and self.session.peer and self.session.peer[0],
+                self.policy.remote
+                if self.policy is not None
+                else self.session and self.session.peer and self.session.peer[0],
                 error.__cause__,
             )
             return ""  # the engine closes the connection and sends nothing
@@ -385,6 +498,18 @@ class ConnectorSMTP(SMTP):
             await self.push(replies.AUTH_IN_TRANSACTION.line())
             return
         await super().smtp_AUTH(arg)
+
+    async def smtp_PROXY(self, arg: str | None) -> None:
+        """A PROXY v1 header after the banner: not from a proxy this session trusts (or it
+        would have come first). Closed without a reply, as before the banner."""
+        assert self.policy is not None
+        via = f" (through {self.policy.via})" if self.policy.via else ""
+        self._refuse_proxy(
+            proxy.Reason.untrusted, f"{self.policy.remote}{via}", "PROXY header after the banner"
+        )
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+            await asyncio.sleep(0)
 
     smtp_NOOP = _junk(SMTP.smtp_NOOP)
     smtp_RSET = _junk(SMTP.smtp_RSET)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from smtpgate.connectors import config, defaults, permissions, specs
+from smtpgate.connectors import config, defaults, permissions, ranges, specs
 from smtpgate.connectors.enums import Permission, PermissionAccess, PermissionGroup, Principal
 
 SERVER = specs.TransportServerSpec(fqdn="ex01.contoso.com")
@@ -174,3 +174,50 @@ def test_compiled_connector_carries_resolved_defaults() -> None:
     assert connector.limits.connection_timeout_seconds == 600
     assert connector.tls is None and not connector.starttls_available
     assert connector.acl.effective([Principal.AnonymousLogon.value]) == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("exposure", "mode"),
+    [
+        ({}, "Off"),
+        ({"trustedProxyRanges": ["10.0.0.0/8"]}, "Required"),
+        ({"trustedProxyRanges": ["10.0.0.0/8"], "proxyProtocol": "Optional"}, "Optional"),
+        ({"trustedProxyRanges": ["10.0.0.0/8"], "proxyProtocol": "Off"}, "Off"),
+    ],
+)
+def test_proxy_protocol_is_required_from_listed_trusted_proxies_unless_said(
+    exposure: dict[str, object], mode: str
+) -> None:
+    server = specs.TransportServerSpec.model_validate(
+        {"fqdn": "ex01.contoso.com", "exposure": exposure}
+    )
+    compiled = config.compile_server("ex01", "mail", server, [])
+    assert compiled.config.proxy_protocol == mode
+
+
+def test_proxy_protocol_without_trusted_proxies_is_refused() -> None:
+    with pytest.raises(ValueError, match="need trustedProxyRanges"):
+        specs.TransportServerSpec.model_validate(
+            {"fqdn": "ex01.contoso.com", "exposure": {"proxyProtocol": "Optional"}}
+        )
+
+
+def test_config_written_before_proxy_protocol_still_loads_as_off() -> None:
+    text = config.compile_server("ex01", "mail", SERVER, []).config.to_json()
+    assert '"proxyProtocol": "Off"' in text
+    old = text.replace(',\n  "proxyProtocol": "Off"', "")
+    assert "proxyProtocol" not in old
+    loaded = config.ServerConfig.from_json(old)
+    assert loaded.proxy_protocol == "Off"
+
+
+def test_only_trusted_peers_are_proxies_and_only_when_the_mode_is_on() -> None:
+    server = specs.TransportServerSpec.model_validate(
+        {"fqdn": "ex01.contoso.com", "exposure": {"trustedProxyRanges": ["10.0.0.0/8"]}}
+    )
+    on = config.compile_server("ex01", "mail", server, []).config
+    assert on.trusted_proxy(ranges.parse_address("10.1.2.3"))
+    assert on.trusted_proxy(ranges.parse_address("::ffff:10.1.2.3"))
+    assert not on.trusted_proxy(ranges.parse_address("192.0.2.1"))
+    off = on.model_copy(update={"proxy_protocol": "Off"})
+    assert not off.trusted_proxy(ranges.parse_address("10.1.2.3"))

@@ -58,6 +58,9 @@ INVALID: list[tuple[str, dict[str, Any], str | None]] = [
     (TS, {"userDatabaseSecretRef": {"name": "users", "key": ".."}}, None),
     (TS, {"replicas": 101}, None),
     (TS, {"exposure": {"trustedProxyRanges": ["10.0.0.0/33"]}}, None),
+    (TS, {"exposure": {"proxyProtocol": "Required"}}, None),
+    (TS, {"exposure": {"proxyProtocol": "Optional", "trustedProxyRanges": []}}, None),
+    (TS, {"exposure": {"proxyProtocol": "Sometimes", "trustedProxyRanges": ["10.0.0.0/8"]}}, None),
     (TS, {"image": "smtpgate/receiver: latest"}, None),
     (TS, {"exposure": {"type": "HostNetwork", "annotations": {"a": "b"}}}, None),
     (TS, {"exposure": {"type": "HostNetwork", "ports": [{"port": 25, "type": "NodePort"}]}}, None),
@@ -165,6 +168,12 @@ VALID: list[tuple[str, dict[str, Any], str | None]] = [
     (TS, {"userDatabaseSecretRef": {"name": "users.db", "key": "htpasswd"}}, None),
     (TS, {"image": "registry.example:5000/smtpgate/receiver:1.0"}, None),
     (TS, {"exposure": {"trustedProxyRanges": ["10.0.0.0/8", "2001:db8::/32"]}}, None),
+    (
+        TS,
+        {"exposure": {"proxyProtocol": "Optional", "trustedProxyRanges": ["10.0.0.0/8"]}},
+        None,
+    ),
+    (TS, {"exposure": {"proxyProtocol": "Off"}}, None),
     (
         TS,
         {

@@ -73,8 +73,13 @@ class Running:
         domains: list[dict[str, Any]] | None = None,
         with_tls: bool = True,
         protocol_log: Any = None,
+        exposure: dict[str, Any] | None = None,
+        proxy_timeout: float = server.PROXY_TIMEOUT,
+        proxy_optional_wait: float = server.PROXY_OPTIONAL_WAIT,
     ) -> None:
-        server_spec = specs.TransportServerSpec(fqdn=FQDN, role=role)
+        server_spec = specs.TransportServerSpec.model_validate(
+            {"fqdn": FQDN, "role": role, "exposure": exposure or {}}
+        )
         parsed = [
             (name, specs.ReceiveConnectorSpec.model_validate({"server": "ex01", **data}))
             for name, data in connectors
@@ -118,6 +123,8 @@ class Running:
             delivery.MaildirDelivery(self.spool),
             UserDatabase(dict(_HASHES), dict(SENDERS)),
             protocol_log=protocol_log,
+            proxy_timeout=proxy_timeout,
+            proxy_optional_wait=proxy_optional_wait,
         )
         self.receiver = server.Receiver(self.runtime, self.listen)
         self.loop = server.new_event_loop()

@@ -187,3 +187,18 @@ def custom_connector(name: str = "Edge", **extra: Any) -> list[tuple[str, dict[s
             },
         )
     ]
+
+
+def ranged_connector(ranges: list[str], banner: str, **extra: Any) -> dict[str, Any]:
+    """A Custom connector on 0.0.0.0:25 for anonymous clients from ``ranges``, whose banner
+    ends in ``banner`` (to tell which one a client landed on), logged verbosely."""
+    return {
+        "usage": "Custom",
+        "bindings": ["0.0.0.0:25"],
+        "remoteIPRanges": ranges,
+        "permissionGroups": ["AnonymousUsers"],
+        "tarpitIntervalSeconds": 0,
+        "banner": f"220 mail.contoso.com {banner}",
+        "protocolLoggingLevel": "Verbose",
+        **extra,
+    }

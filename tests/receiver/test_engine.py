@@ -32,6 +32,7 @@ OWN = {
     "_close_after",
     "_deadline",
     "_counted",
+    "_proxy_peer",
     "_open_metric",
     "intake",
     "_arg",
