@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit lint demo setup controlplane crds lua strace haproxy bench clean lock
+.PHONY: test test-unit lint demo setup controlplane crds lua strace haproxy nginx bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ strace:
 haproxy:
 	@command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy >/dev/null)
 
+# nginx's stream module with proxy_protocol in front of a receiver
+# (tests/receiver/test_proxy_nginx.py); RUNLEVEL=1 keeps the package from starting a server.
+nginx:
+	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || (apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-stream >/dev/null)
+
 crds: $(STAMP)
 	$(BIN)/python hack/gen_crds.py
 
@@ -53,10 +58,10 @@ lint: $(STAMP)
 	$(BIN)/python hack/gen_crds.py --check
 	$(BIN)/python hack/gen_argocd.py --check
 
-test: $(STAMP) controlplane lua strace haproxy lint
+test: $(STAMP) controlplane lua strace haproxy nginx lint
 	$(BIN)/pytest
 
-test-unit: $(STAMP) lua strace haproxy
+test-unit: $(STAMP) lua strace haproxy nginx
 	$(BIN)/pytest -m "not controlplane"
 
 demo: $(STAMP) controlplane
