@@ -136,6 +136,9 @@ class ControlPlane:
     _args: dict[str, list[str]] = field(default_factory=dict)
     api_port: int = 0
     keep_workdir: bool = False
+    # With a node (hack/node): Node authorization for the kubelet, and the workload and
+    # volume controllers on, since a kubelet now runs what they make.
+    node_mode: bool = False
 
     @property
     def kubeconfig(self) -> pathlib.Path:
@@ -156,13 +159,16 @@ class ControlPlane:
     @classmethod
     @contextmanager
     def start(
-        cls, workdir: pathlib.Path | None = None, controller_manager: bool = True
+        cls,
+        workdir: pathlib.Path | None = None,
+        controller_manager: bool = True,
+        node_mode: bool = False,
     ) -> Iterator[ControlPlane]:
         bin_dir = build()
         made = workdir is None
         folder = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-cp-")) if made else workdir
         assert folder is not None
-        plane = cls(bin_dir=bin_dir, workdir=folder, keep_workdir=not made)
+        plane = cls(bin_dir=bin_dir, workdir=folder, keep_workdir=not made, node_mode=node_mode)
         atexit.register(plane.stop)
         try:
             plane._launch(controller_manager)
@@ -273,11 +279,14 @@ current-context: smtpgate
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--service-cluster-ip-range=10.0.0.0/24",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC" if self.node_mode else "--authorization-mode=RBAC",
                 # as OpenShift has it: blockOwnerDeletion needs update on the owner's finalizers
-                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement"
+                + (",NodeRestriction" if self.node_mode else ""),
                 "--allow-privileged=true",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                # the node's InternalIP (its own bridge), never a DNS lookup of its name
+                "--kubelet-preferred-address-types=InternalIP",
                 "--v=1",
             ],
         )
@@ -295,16 +304,23 @@ current-context: smtpgate
                     f"--root-ca-file={pki / 'ca.crt'}",
                     f"--cert-dir={self.workdir / 'kcm-certs'}",
                     "--leader-elect=false",
-                    "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,"
-                    "-persistentvolume-binder,-attachdetach,-persistentvolume-expander,"
-                    "-ttl,-bootstrapsigner,-tokencleaner,"
-                    # No node runs pods here: the workload controllers would only make Pending
-                    # pods and report 0 ready; tests set workload status themselves.
-                    "-statefulset,-deployment,-replicaset,-daemonset,-job,-cronjob",
+                    self._controllers(),
                     "--concurrent-gc-syncs=5",
                     "--v=1",
                 ],
             )
+
+    def _controllers(self) -> str:
+        if self.node_mode:
+            return "--controllers=*,-nodeipam,-cloud-node-lifecycle,-bootstrapsigner,-tokencleaner"
+        return (
+            "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,"
+            "-persistentvolume-binder,-attachdetach,-persistentvolume-expander,"
+            "-ttl,-bootstrapsigner,-tokencleaner,"
+            # No node runs pods here: the workload controllers would only make Pending
+            # pods and report 0 ready; tests set workload status themselves.
+            "-statefulset,-deployment,-replicaset,-daemonset,-job,-cronjob"
+        )
 
     def _ssl_context(self) -> ssl.SSLContext:
         pki = self.workdir / "pki"

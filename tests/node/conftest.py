@@ -1,0 +1,15 @@
+"""Images for the node tests, assembled offline and loaded into the node's containerd."""
+
+from __future__ import annotations
+
+import pytest
+
+from hack.node import images
+
+from ..conftest import NodeCluster
+
+
+@pytest.fixture(scope="session")
+def busybox(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    node.node.import_image(images.busybox_archive(tmp_path_factory.mktemp("images")))
+    return images.BUSYBOX_IMAGE
