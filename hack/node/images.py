@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pathlib
 import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass
 
+HERE = pathlib.Path(__file__).resolve().parent
 PAUSE_IMAGE = "smtpgate.local/pause:1"
 BUSYBOX_IMAGE = "smtpgate.local/busybox:1"
 
@@ -177,3 +179,126 @@ def busybox_archive(folder: pathlib.Path) -> pathlib.Path:
     )
     files["etc/group"] = File(b"root:x:0:\nnogroup:x:65534:\n")
     return oci_archive(folder / "busybox.tar", BUSYBOX_IMAGE, files, cmd=["/bin/sh"])
+
+
+# -- the project's own images, built from its Dockerfiles with buildah ---------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CACHE = pathlib.Path(os.environ.get("SMTPGATE_CACHE", pathlib.Path.home() / ".cache/smtpgate"))
+# What the Dockerfiles COPY: a change to any of these makes a new image.
+BUILD_INPUTS = ("pyproject.toml", "README.md", "connectors", "operator", "receiver")
+# Fully qualified, as the CRI normalizes what a pod spec says ("smtpgate/receiver:local").
+PROJECT_IMAGES = {
+    "operator": "docker.io/smtpgate/operator:local",
+    "receiver": "docker.io/smtpgate/receiver:local",
+}
+
+
+class ImageBuildError(RuntimeError):
+    pass
+
+
+def _buildah(*args: str) -> subprocess.CompletedProcess[str]:
+    store = CACHE / "buildah"
+    argv = [
+        "buildah",
+        "--root",
+        str(store / "root"),
+        "--runroot",
+        str(store / "run"),
+        "--storage-driver",
+        "vfs",
+        *args,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ImageBuildError(
+            f"{' '.join(argv)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
+    return done
+
+
+def base_image() -> str:
+    """The local Debian stand-in for python:3.11-slim-bookworm (hack/node/base.sh), committed
+    to buildah's store once per base key; returns its name."""
+    done = subprocess.run(
+        ["bash", str(HERE / "base.sh")], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise ImageBuildError(f"hack/node/base.sh failed with {done.returncode}")
+    rootfs = pathlib.Path(done.stdout.strip().splitlines()[-1])
+    name = f"localhost/smtpgate-base:{rootfs.parent.name}"
+    if _buildah("images", "--quiet", "--filter", f"reference={name}").stdout.strip():
+        return name
+    container = _buildah("from", "scratch").stdout.strip()
+    try:
+        _buildah("add", container, str(rootfs), "/")
+        _buildah(
+            "config",
+            "--env",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--env",
+            "LANG=C.UTF-8",
+            "--env",
+            "DEB_PYTHON_INSTALL_LAYOUT=deb",
+            "--cmd",
+            "python3",
+            container,
+        )
+        _buildah("commit", "--quiet", container, name)
+    finally:
+        _buildah("rm", container)
+    return name
+
+
+def _inputs_key(base: str, dockerfile: pathlib.Path) -> str:
+    digest = hashlib.sha256(base.encode())
+    digest.update(dockerfile.read_bytes())
+    for top in BUILD_INPUTS:
+        path = ROOT / top
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if "__pycache__" in file.parts:
+                continue
+            digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def project_archive(component: str) -> tuple[str, pathlib.Path]:
+    """Build ``<component>/Dockerfile`` on the local base with buildah (vfs storage, chroot
+    isolation, no daemon) and export it as an OCI archive; cached by a hash of the base and
+    the files the Dockerfile copies. Returns (image name, archive)."""
+    name = PROJECT_IMAGES[component]
+    dockerfile = ROOT / component / "Dockerfile"
+    base = base_image()
+    key = _inputs_key(base, dockerfile)
+    archive = CACHE / "images" / f"{component}-{key}.tar"
+    if archive.exists():
+        return name, archive
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"localhost/smtpgate-{component}:{key}"
+    build = [
+        "bud",
+        "--isolation",
+        "chroot",
+        "--pull-never",
+        "--layers=false",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "-f",
+        str(dockerfile),
+        "-t",
+        tag,
+    ]
+    # pip inside the build reaches PyPI through this host's trust store (which may hold a
+    # proxy's CA); mounted for RUN steps only, never part of the image.
+    bundle = pathlib.Path("/etc/ssl/certs/ca-certificates.crt")
+    if bundle.exists():
+        build += ["--volume", f"{bundle}:{bundle}:ro"]
+    _buildah(*build, str(ROOT))
+    partial = archive.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    _buildah("push", "--quiet", tag, f"oci-archive:{partial}:{name}")
+    _buildah("rmi", tag)
+    partial.rename(archive)
+    return name, archive
