@@ -86,13 +86,14 @@ class NodeCluster(Cluster):
 
 @pytest.fixture(scope="session")
 def node() -> Iterator[NodeCluster]:
-    """Separate from ``controlplane``: its API server authorizes a kubelet, and its
-    controller-manager runs the workload controllers."""
+    """Separate from ``controlplane``: its own control plane, whose API server listens on
+    the node's address and authorizes a kubelet, and whose controller-manager runs the
+    workload controllers."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"this machine cannot run a Kubernetes node: {reason}")
-    with ControlPlane.start(node_mode=True) as plane, Node.start(plane) as running:
-        cluster = NodeCluster(plane, running)
+    with Node.start() as running:
+        cluster = NodeCluster(running.plane, running)
         cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
         yield cluster
 

@@ -139,6 +139,10 @@ class ControlPlane:
     # With a node (hack/node): Node authorization for the kubelet, and the workload and
     # volume controllers on, since a kubelet now runs what they make.
     node_mode: bool = False
+    # Where the API server alone listens and what it advertises; the node's bridge address
+    # in node mode, so that pods reach it through the `kubernetes` Service. etcd and the
+    # controller-manager stay on ``host``.
+    api_host: str = ""
 
     @property
     def kubeconfig(self) -> pathlib.Path:
@@ -154,7 +158,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://{self.host}:{self.api_port}"
+        return f"https://{self.api_host or self.host}:{self.api_port}"
 
     @classmethod
     @contextmanager
@@ -163,12 +167,19 @@ class ControlPlane:
         workdir: pathlib.Path | None = None,
         controller_manager: bool = True,
         node_mode: bool = False,
+        api_host: str = "",
     ) -> Iterator[ControlPlane]:
         bin_dir = build()
         made = workdir is None
         folder = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-cp-")) if made else workdir
         assert folder is not None
-        plane = cls(bin_dir=bin_dir, workdir=folder, keep_workdir=not made, node_mode=node_mode)
+        plane = cls(
+            bin_dir=bin_dir,
+            workdir=folder,
+            keep_workdir=not made,
+            node_mode=node_mode,
+            api_host=api_host,
+        )
         atexit.register(plane.stop)
         try:
             plane._launch(controller_manager)
@@ -189,7 +200,7 @@ class ControlPlane:
             _name("kube-apiserver"),
             serving_key,
             (ca_name, ca_key),
-            server_ips=(self.host, "10.0.0.1"),
+            server_ips=tuple(dict.fromkeys((self.host, self.api_host or self.host, "10.0.0.1"))),
             server_dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
         )
         _write_pem(pki / "apiserver.crt", cert=serving)
@@ -269,8 +280,8 @@ current-context: smtpgate
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json",
                 f"--etcd-servers=http://{self.host}:{etcd_port}",
-                f"--bind-address={self.host}",
-                f"--advertise-address={self.host}",
+                f"--bind-address={self.api_host or self.host}",
+                f"--advertise-address={self.api_host or self.host}",
                 f"--secure-port={self.api_port}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",

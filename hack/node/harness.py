@@ -4,7 +4,7 @@ our own with a host-local pod range), kube-scheduler, a kubelet registered as
 ``system:node:<name>`` and kube-proxy. Images come from ``ctr images import`` of OCI archives
 (hack/node/images.py), never from a registry.
 
-    with ControlPlane.start(node_mode=True) as cp, Node.start(cp) as node:
+    with Node.start() as node:
         node.import_image(images.busybox_archive(folder))
 
 Only one node runs per host at a time (kube-proxy's chains are host-wide): a second waits for
@@ -161,9 +161,9 @@ def _remove_kube_chains(chains: set[tuple[str, str, str]]) -> None:
 
 @dataclass
 class Node:
-    plane: ControlPlane
     bin_dir: pathlib.Path
     workdir: pathlib.Path
+    plane: ControlPlane = field(init=False)
     name: str = "smtpgate-node"
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     bridge: str = ""
@@ -182,19 +182,30 @@ class Node:
 
     @classmethod
     @contextmanager
-    def start(cls, plane: ControlPlane, workdir: pathlib.Path | None = None) -> Iterator[Node]:
+    def start(cls, workdir: pathlib.Path | None = None) -> Iterator[Node]:
+        """The node's network first, then a control plane of its own in node mode whose API
+        server listens on the node's address (``node.plane``), then the node."""
         reason = unavailable_reason()
         if reason:
             raise NodeUnavailable(reason)
         bin_dir = build()
         folder = workdir or pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-node-"))
-        node = cls(plane=plane, bin_dir=bin_dir, workdir=folder)
+        node = cls(bin_dir=bin_dir, workdir=folder)
         atexit.register(node.stop)
         previous = _stop_on_sigterm()
         try:
             node._take_lock()
-            node._launch()
-            yield node
+            node._chains_before = _kube_chains()
+            node.pod_network = _pod_network()
+            node.bridge = f"sg{os.getpid() % 100000:05d}{random.randrange(16**4):04x}"
+            node._network()
+            with ControlPlane.start(node_mode=True, api_host=node.node_ip) as plane:
+                node.plane = plane
+                try:
+                    node._launch()
+                    yield node
+                finally:
+                    node.stop_components()
         finally:
             node.stop()
             if previous is not None:
@@ -226,10 +237,6 @@ class Node:
             )
 
     def _launch(self) -> None:
-        self._chains_before = _kube_chains()
-        self.pod_network = _pod_network()
-        self.bridge = f"sg{os.getpid() % 100000:05d}{random.randrange(16**4):04x}"
-        self._network()
         self._containerd()
         self.import_image(images.pause_archive(self.workdir, self.bin_dir / "pause"))
         self._kubelet()
@@ -269,6 +276,9 @@ class Node:
                         "type": "host-local",
                         "ranges": [[{"subnet": str(self.pod_network), "gateway": self.node_ip}]],
                         "dataDir": str(self.workdir / "cni" / "ipam"),
+                        # no default route: pods reach their subnet, this node's address
+                        # (the API server) and Services, nothing beyond this host
+                        "routes": [{"dst": SERVICE_RANGE}],
                     },
                 },
                 {"type": "portmap", "capabilities": {"portMappings": True}},
@@ -550,10 +560,8 @@ current-context: kubelet
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    def stop(self) -> None:
-        """Stop exactly what this node started and leave nothing behind on the host."""
-        if not self.workdir.exists() and not self.processes:
-            return
+    def stop_components(self) -> None:
+        """The node's processes and pods (while the API server still runs)."""
         for name in ("kube-proxy", "kube-scheduler", "kubelet"):
             self._terminate(name)
         if "containerd" in self.processes and self.processes["containerd"].poll() is None:
@@ -565,6 +573,12 @@ current-context: kubelet
         self._terminate("containerd")
         self._kill_shims()
         self._unmount()
+
+    def stop(self) -> None:
+        """Stop exactly what this node started and leave nothing behind on the host."""
+        if not self.workdir.exists() and not self.processes:
+            return
+        self.stop_components()
         if self.kube_proxy == "iptables" and (self.bin_dir / "kube-proxy").exists():
             self._run(str(self.bin_dir / "kube-proxy"), "--cleanup", check=False)
         _remove_kube_chains(_kube_chains() - self._chains_before)

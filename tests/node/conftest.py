@@ -13,3 +13,11 @@ from ..conftest import NodeCluster
 def busybox(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> str:
     node.node.import_image(images.busybox_archive(tmp_path_factory.mktemp("images")))
     return images.BUSYBOX_IMAGE
+
+
+@pytest.fixture(scope="session")
+def receiver_image(node: NodeCluster) -> str:
+    """receiver/Dockerfile built offline (hack/node/images.py) and loaded into the node."""
+    name, archive = images.project_archive("receiver")
+    node.node.import_image(archive)
+    return name

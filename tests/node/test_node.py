@@ -119,3 +119,53 @@ def test_deployment_rolls_out_and_serves(node: NodeCluster, busybox: str) -> Non
         timeout=60,
         what=f"both pods answering on ClusterIP {cluster_ip} (kube-proxy)",
     )
+
+
+WHOAMI = """
+import json, os, ssl, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+request = urllib.request.Request(
+    f"https://{host}:{port}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    data=b'{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}',
+    headers={"Authorization": "Bearer " + open(f"{sa}/token").read(),
+             "Content-Type": "application/json"},
+)
+context = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+with urllib.request.urlopen(request, context=context, timeout=10) as response:
+    print(json.load(response)["status"]["userInfo"]["username"])
+"""
+
+
+def test_pod_reaches_the_api_server_in_cluster(node: NodeCluster, receiver_image: str) -> None:
+    """In-cluster config as the operator pod uses it: the `kubernetes` Service (kube-proxy
+    to the API server on the node's address), the projected token and CA."""
+    ns = _namespace(node)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "whoami", "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "whoami",
+                    "image": receiver_image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", WHOAMI],
+                }
+            ],
+        },
+    }
+    node.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    node.kubectl(
+        "wait",
+        "-n",
+        ns,
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/whoami",
+        "--timeout=90s",
+        check=False,
+    )
+    logs = node.kubectl("logs", "-n", ns, "whoami", check=False)
+    assert logs.stdout.strip() == f"system:serviceaccount:{ns}:default", logs.stdout + logs.stderr

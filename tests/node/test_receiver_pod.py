@@ -11,24 +11,14 @@ import os
 import pathlib
 import uuid
 
-import pytest
 from smtpgate.connectors import config, specs
 from smtpgate.operator import resources
-
-from hack.node import images
 
 from ..conftest import NodeCluster
 from ..kube_helpers import eventually
 from ..receiver.helpers import Raw
 
 SERVER = "ex01"
-
-
-@pytest.fixture(scope="session")
-def receiver_image(node: NodeCluster) -> str:
-    name, archive = images.project_archive("receiver")
-    node.node.import_image(archive)
-    return name
 
 
 def _static_volume(node: NodeCluster, folder: pathlib.Path) -> None:
