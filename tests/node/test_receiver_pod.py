@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 import uuid
 
 from smtpgate.connectors import config, specs
@@ -39,8 +40,21 @@ def _static_volume(node: NodeCluster, folder: pathlib.Path) -> None:
     node.kubectl("apply", "-f", "-", input=json.dumps(pv))
 
 
+def _connect(host: str, port: int, timeout: float = 30) -> Raw:
+    """A client connected to ``host:port``, retrying while nothing accepts yet (kube-proxy
+    rejects a Service's connections until it has synced the new endpoints)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Raw(port, host=host, source="0.0.0.0")
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _conversation(host: str, port: int, tag: str) -> str:
-    client = Raw(port, host=host, source="0.0.0.0")
+    client = _connect(host, port)
     code, banner = client.reply()
     assert code == 220, banner
     assert client.command("EHLO client.example")[0] == 250
@@ -103,7 +117,7 @@ def test_receiver_pod_serves_smtp(
         node.kubectl("apply", "-f", "-", input=json.dumps(body))
     name = resources.receiver_name(SERVER)
     done = node.kubectl(
-        "rollout", "status", "-n", ns, f"statefulset/{name}", "--timeout=150s", check=False
+        "rollout", "status", "-n", ns, f"statefulset/{name}", "--timeout=100s", check=False
     )
     if done.returncode != 0:
         pods = node.kubectl("describe", "pods", "-n", ns, check=False).stdout
