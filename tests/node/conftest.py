@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+
 import pytest
 
 from hack.node import images
@@ -21,3 +24,12 @@ def receiver_image(node: NodeCluster) -> str:
     name, archive = images.project_archive("receiver")
     node.node.import_image(archive)
     return name
+
+
+@pytest.fixture
+def node_ns(node: NodeCluster) -> Iterator[str]:
+    """A namespace for one test, deleted afterwards so that its pods stop running."""
+    name = f"node-{uuid.uuid4().hex[:8]}"
+    node.kubectl("create", "namespace", name)
+    yield name
+    node.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 
 from hack.node import images
 
@@ -26,10 +25,9 @@ def _repo_tag(name: str) -> tuple[str, str]:
 
 
 def test_helm_install_runs_the_operator_and_a_receiver(
-    node: NodeCluster, receiver_image: str
+    node: NodeCluster, receiver_image: str, node_ns: str
 ) -> None:
-    ns = f"chart-{uuid.uuid4().hex[:8]}"
-    node.kubectl("create", "namespace", ns)
+    ns = node_ns
     operator_image, archive = images.project_archive("operator")
     node.node.import_image(archive)
     op_repo, op_tag = _repo_tag(operator_image)

@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import json
 import socket
-import uuid
 
 from ..conftest import NodeCluster
 from ..kube_helpers import eventually
-
-
-def _namespace(node: NodeCluster) -> str:
-    name = f"node-{uuid.uuid4().hex[:8]}"
-    node.kubectl("create", "namespace", name)
-    return name
 
 
 def _http_get(host: str, port: int) -> str:
@@ -32,8 +25,8 @@ def _body(host: str, port: int) -> str:
         return ""
 
 
-def test_pod_runs_ready_and_logs(node: NodeCluster, busybox: str) -> None:
-    ns = _namespace(node)
+def test_pod_runs_ready_and_logs(node: NodeCluster, busybox: str, node_ns: str) -> None:
+    ns = node_ns
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -66,8 +59,8 @@ def test_pod_runs_ready_and_logs(node: NodeCluster, busybox: str) -> None:
     assert node.kubectl("logs", "-n", ns, "hello").stdout == "hello from the node\n"
 
 
-def test_deployment_rolls_out_and_serves(node: NodeCluster, busybox: str) -> None:
-    ns = _namespace(node)
+def test_deployment_rolls_out_and_serves(node: NodeCluster, busybox: str, node_ns: str) -> None:
+    ns = node_ns
     labels = {"app": "web"}
     script = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"
     deployment = {
@@ -137,10 +130,12 @@ with urllib.request.urlopen(request, context=context, timeout=10) as response:
 """
 
 
-def test_pod_reaches_the_api_server_in_cluster(node: NodeCluster, receiver_image: str) -> None:
+def test_pod_reaches_the_api_server_in_cluster(
+    node: NodeCluster, receiver_image: str, node_ns: str
+) -> None:
+    ns = node_ns
     """In-cluster config as the operator pod uses it: the `kubernetes` Service (kube-proxy
     to the API server on the node's address), the projected token and CA."""
-    ns = _namespace(node)
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import time
-import uuid
 
 from smtpgate.connectors import config, specs
 from smtpgate.operator import resources
@@ -69,11 +68,8 @@ def _conversation(host: str, port: int, tag: str) -> str:
     return banner
 
 
-def test_receiver_pod_serves_smtp(
-    node: NodeCluster, receiver_image: str, tmp_path: pathlib.Path
-) -> None:
-    ns = f"rx-{uuid.uuid4().hex[:8]}"
-    node.kubectl("create", "namespace", ns)
+def test_receiver_pod_serves_smtp(node: NodeCluster, receiver_image: str, node_ns: str) -> None:
+    ns = node_ns
     spool = node.node.workdir / "volumes" / ns
     _static_volume(node, spool)
     owner = json.loads(
