@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit lint demo setup controlplane crds bench clean
+.PHONY: test test-unit lint demo setup controlplane node node-deps crds bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ setup: $(STAMP)
 
 controlplane:
 	@bash hack/controlplane/build.sh >/dev/null
+
+# The node for the tests marked `node` (root): its binaries, and the Debian packages it runs.
+node:
+	@bash hack/node/build.sh >/dev/null
+
+node-deps:
+	apt-get install -y --no-install-recommends containerd runc containernetworking-plugins \
+	  iptables conntrack iproute2 buildah debootstrap busybox-static
 
 crds: $(STAMP)
 	$(BIN)/python hack/gen_crds.py

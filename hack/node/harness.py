@@ -41,13 +41,18 @@ HERE = pathlib.Path(__file__).resolve().parent
 LOCK = pathlib.Path("/run/smtpgate-node.lock")
 CNI_BIN = pathlib.Path("/usr/lib/cni")
 SERVICE_RANGE = "10.0.0.0/24"  # the API server's --service-cluster-ip-range
+# program -> Debian package; `make node-deps` installs them all
 NEEDS = {
-    "containerd": "Debian package containerd",
-    "ctr": "Debian package containerd",
-    "runc": "Debian package runc",
-    "containerd-shim-runc-v2": "Debian package containerd",
-    "iptables": "Debian package iptables",
-    "ip": "Debian package iproute2",
+    "containerd": "containerd",
+    "ctr": "containerd",
+    "containerd-shim-runc-v2": "containerd",
+    "runc": "runc",
+    "iptables": "iptables",
+    "conntrack": "conntrack",
+    "ip": "iproute2",
+    "buildah": "buildah",  # the project's images
+    "debootstrap": "debootstrap",  # their base
+    "busybox": "busybox-static",  # the test image
 }
 
 
@@ -68,16 +73,22 @@ def build() -> pathlib.Path:
     return pathlib.Path(done.stdout.strip().splitlines()[-1])
 
 
+def missing_packages() -> list[str]:
+    """Debian packages the node needs and this machine lacks (installable: not a reason to
+    skip, the node fixture fails and names them)."""
+    missing = {package for tool, package in NEEDS.items() if shutil.which(tool) is None}
+    if not all((CNI_BIN / p).exists() for p in ("bridge", "host-local", "loopback", "portmap")):
+        missing.add("containernetworking-plugins")
+    return sorted(missing)
+
+
 def unavailable_reason() -> str | None:
-    """Why no node can run on this machine, or None. Only physical reasons count here."""
+    """Why no node can run on this machine at all, or None: only what installing packages
+    cannot change (not root, no cgroups, no overlay filesystem)."""
     if os.geteuid() != 0:
         return "a node needs root (mounts, network namespaces, cgroups)"
-    for tool, package in NEEDS.items():
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed ({package})"
-    for plugin in ("bridge", "host-local", "loopback", "portmap"):
-        if not (CNI_BIN / plugin).exists():
-            return f"CNI plugin {CNI_BIN / plugin} missing (Debian containernetworking-plugins)"
+    if "overlay" not in pathlib.Path("/proc/filesystems").read_text():
+        return "the kernel has no overlay filesystem (containerd's snapshotter)"
     for controller in ("cpu", "memory", "pids", "devices"):
         if (
             not pathlib.Path(f"/sys/fs/cgroup/{controller}").is_dir()
@@ -188,6 +199,11 @@ class Node:
         reason = unavailable_reason()
         if reason:
             raise NodeUnavailable(reason)
+        missing = missing_packages()
+        if missing:
+            raise NodeError(
+                f"missing Debian packages {' '.join(missing)}: run `make node-deps` (apt-get)"
+            )
         bin_dir = build()
         folder = workdir or pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-node-"))
         node = cls(bin_dir=bin_dir, workdir=folder)
