@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit lint demo setup controlplane crds lua strace haproxy nginx bench clean lock
+.PHONY: test test-unit lint demo setup controlplane node node-deps crds lua strace haproxy nginx bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,19 @@ haproxy:
 nginx:
 	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || (apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-stream >/dev/null)
 
+# The node for the tests marked `node` (root): its binaries, and the Debian packages it runs.
+node:
+	@bash hack/node/build.sh >/dev/null
+
+# Installs what is missing only; RUNLEVEL=1 keeps containerd's package from starting the
+# system's own containerd (the node runs its own).
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables conntrack iproute2 \
+	buildah debootstrap busybox-static
+node-deps:
+	@missing=$$(for p in $(NODE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq \
+	  --no-install-recommends $$missing >/dev/null; fi
+
 crds: $(STAMP)
 	$(BIN)/python hack/gen_crds.py
 
@@ -58,7 +71,7 @@ lint: $(STAMP)
 	$(BIN)/python hack/gen_crds.py --check
 	$(BIN)/python hack/gen_argocd.py --check
 
-test: $(STAMP) controlplane lua strace haproxy nginx lint
+test: $(STAMP) controlplane node-deps node lua strace haproxy nginx lint
 	$(BIN)/pytest
 
 test-unit: $(STAMP) lua strace haproxy nginx

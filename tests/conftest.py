@@ -14,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for hack.controlplane
 
 from hack.controlplane.harness import ControlPlane  # noqa: E402
+from hack.node.harness import Node, unavailable_reason  # noqa: E402
 
 from .kube_helpers import NO_STANDIN_PREFIX, Operator, WorkloadStatusStandIn  # noqa: E402
 
@@ -24,8 +25,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use the control plane carry the ``controlplane`` marker, so that
     ``pytest -m "not controlplane"`` runs the fast ones alone."""
     for item in items:
-        if "controlplane" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "controlplane" in fixtures or "node" in fixtures:
             item.add_marker(pytest.mark.controlplane)
+        if "node" in fixtures:
+            item.add_marker(pytest.mark.node)
 
 
 class Cluster:
@@ -69,6 +73,28 @@ def controlplane() -> Iterator[Cluster]:
             "crd/transportservers.smtpgate.io",
             "crd/accepteddomains.smtpgate.io",
         )
+        yield cluster
+
+
+class NodeCluster(Cluster):
+    """A control plane of its own with one real node (hack/node): pods actually run."""
+
+    def __init__(self, plane: ControlPlane, node: Node) -> None:
+        super().__init__(plane)
+        self.node = node
+
+
+@pytest.fixture(scope="session")
+def node() -> Iterator[NodeCluster]:
+    """Separate from ``controlplane``: its own control plane, whose API server listens on
+    the node's address and authorizes a kubelet, and whose controller-manager runs the
+    workload controllers."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"this machine cannot run a Kubernetes node: {reason}")
+    with Node.start() as running:
+        cluster = NodeCluster(running.plane, running)
+        cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
         yield cluster
 
 

@@ -136,6 +136,13 @@ class ControlPlane:
     _args: dict[str, list[str]] = field(default_factory=dict)
     api_port: int = 0
     keep_workdir: bool = False
+    # With a node (hack/node): Node authorization for the kubelet, and the workload and
+    # volume controllers on, since a kubelet now runs what they make.
+    node_mode: bool = False
+    # Where the API server alone listens and what it advertises; the node's bridge address
+    # in node mode, so that pods reach it through the `kubernetes` Service. etcd and the
+    # controller-manager stay on ``host``.
+    api_host: str = ""
 
     @property
     def kubeconfig(self) -> pathlib.Path:
@@ -151,18 +158,28 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://{self.host}:{self.api_port}"
+        return f"https://{self.api_host or self.host}:{self.api_port}"
 
     @classmethod
     @contextmanager
     def start(
-        cls, workdir: pathlib.Path | None = None, controller_manager: bool = True
+        cls,
+        workdir: pathlib.Path | None = None,
+        controller_manager: bool = True,
+        node_mode: bool = False,
+        api_host: str = "",
     ) -> Iterator[ControlPlane]:
         bin_dir = build()
         made = workdir is None
         folder = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-cp-")) if made else workdir
         assert folder is not None
-        plane = cls(bin_dir=bin_dir, workdir=folder, keep_workdir=not made)
+        plane = cls(
+            bin_dir=bin_dir,
+            workdir=folder,
+            keep_workdir=not made,
+            node_mode=node_mode,
+            api_host=api_host,
+        )
         atexit.register(plane.stop)
         try:
             plane._launch(controller_manager)
@@ -183,7 +200,7 @@ class ControlPlane:
             _name("kube-apiserver"),
             serving_key,
             (ca_name, ca_key),
-            server_ips=(self.host, "10.0.0.1"),
+            server_ips=tuple(dict.fromkeys((self.host, self.api_host or self.host, "10.0.0.1"))),
             server_dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
         )
         _write_pem(pki / "apiserver.crt", cert=serving)
@@ -263,8 +280,8 @@ current-context: smtpgate
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json",
                 f"--etcd-servers=http://{self.host}:{etcd_port}",
-                f"--bind-address={self.host}",
-                f"--advertise-address={self.host}",
+                f"--bind-address={self.api_host or self.host}",
+                f"--advertise-address={self.api_host or self.host}",
                 f"--secure-port={self.api_port}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -273,11 +290,14 @@ current-context: smtpgate
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--service-cluster-ip-range=10.0.0.0/24",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC" if self.node_mode else "--authorization-mode=RBAC",
                 # as OpenShift has it: blockOwnerDeletion needs update on the owner's finalizers
-                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement"
+                + (",NodeRestriction" if self.node_mode else ""),
                 "--allow-privileged=true",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                # the node's InternalIP (its own bridge), never a DNS lookup of its name
+                "--kubelet-preferred-address-types=InternalIP",
                 "--v=1",
             ],
         )
@@ -295,16 +315,23 @@ current-context: smtpgate
                     f"--root-ca-file={pki / 'ca.crt'}",
                     f"--cert-dir={self.workdir / 'kcm-certs'}",
                     "--leader-elect=false",
-                    "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,"
-                    "-persistentvolume-binder,-attachdetach,-persistentvolume-expander,"
-                    "-ttl,-bootstrapsigner,-tokencleaner,"
-                    # No node runs pods here: the workload controllers would only make Pending
-                    # pods and report 0 ready; tests set workload status themselves.
-                    "-statefulset,-deployment,-replicaset,-daemonset,-job,-cronjob",
+                    self._controllers(),
                     "--concurrent-gc-syncs=5",
                     "--v=1",
                 ],
             )
+
+    def _controllers(self) -> str:
+        if self.node_mode:
+            return "--controllers=*,-nodeipam,-cloud-node-lifecycle,-bootstrapsigner,-tokencleaner"
+        return (
+            "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,"
+            "-persistentvolume-binder,-attachdetach,-persistentvolume-expander,"
+            "-ttl,-bootstrapsigner,-tokencleaner,"
+            # No node runs pods here: the workload controllers would only make Pending
+            # pods and report 0 ready; tests set workload status themselves.
+            "-statefulset,-deployment,-replicaset,-daemonset,-job,-cronjob"
+        )
 
     def _ssl_context(self) -> ssl.SSLContext:
         pki = self.workdir / "pki"
