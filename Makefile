@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit lint demo setup controlplane node node-deps crds lua strace haproxy nginx bench clean lock
+.PHONY: test test-unit lint demo setup controlplane node node-deps images crds lua strace haproxy nginx bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ node-deps:
 	@missing=$$(for p in $(NODE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq \
 	  --no-install-recommends $$missing >/dev/null; fi
+
+# The operator and receiver images, built offline with buildah from their Dockerfiles on a
+# debootstrap Debian base, as OCI archives (printed: image name, archive); `docker build -f
+# receiver/Dockerfile .` builds the same on the public Python base.
+images: $(STAMP) node-deps
+	@$(BIN)/python -m hack.node.images
 
 crds: $(STAMP)
 	$(BIN)/python hack/gen_crds.py

@@ -310,3 +310,9 @@ def project_archive(component: str) -> tuple[str, pathlib.Path]:
     _buildah("rmi", tag)
     partial.rename(archive)
     return name, archive
+
+
+if __name__ == "__main__":  # make images
+    for room in PROJECT_IMAGES:
+        image, path = project_archive(room)
+        print(f"{image}\t{path}")
