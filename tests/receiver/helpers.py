@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from typing import Any
 
 from smtpgate.connectors import config, specs
@@ -202,3 +203,31 @@ def ranged_connector(ranges: list[str], banner: str, **extra: Any) -> dict[str, 
         "protocolLoggingLevel": "Verbose",
         **extra,
     }
+
+
+class FrontProxy:
+    """A proxy program (HAProxy, nginx) run in the foreground in front of a receiver: started
+    with ``argv``, ready once every one of ``ports`` on 127.0.0.1 accepts connections."""
+
+    def __init__(self, argv: list[str], ports: list[int], what: str) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        for port in ports:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    assert self.proc.poll() is None, self.proc.stderr and self.proc.stderr.read()
+                    assert time.monotonic() < deadline, f"{what} did not listen"
+                    time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()

@@ -8,8 +8,6 @@ import csv
 import pathlib
 import shutil
 import smtplib
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +18,7 @@ from smtpgate.receiver import proxy, replies
 from smtpgate.receiver.protocol_log import ProtocolLog
 
 from .conftest import free_port
-from .helpers import ranged_connector
+from .helpers import FrontProxy, ranged_connector
 
 HAPROXY = shutil.which("haproxy")
 pytestmark = pytest.mark.skipif(
@@ -53,21 +51,9 @@ class HAProxy:
             "check check-send-proxy inter 100ms\n"
         )
         assert HAPROXY is not None
-        self.proc = subprocess.Popen(
-            [HAPROXY, "-db", "-f", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+        self.front = FrontProxy(
+            [HAPROXY, "-db", "-f", str(config)], list(self.ports.values()), "haproxy"
         )
-        deadline = time.monotonic() + 10
-        for port in self.ports.values():
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    assert self.proc.poll() is None, self.proc.stderr and self.proc.stderr.read()
-                    assert time.monotonic() < deadline, "haproxy did not listen"
-                    time.sleep(0.05)
 
     def client(self, version: str, source: str) -> smtplib.SMTP:
         return smtplib.SMTP(
@@ -75,14 +61,7 @@ class HAProxy:
         )
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.front.stop()
 
 
 @pytest.fixture

@@ -7,9 +7,6 @@ from __future__ import annotations
 import pathlib
 import shutil
 import smtplib
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +14,7 @@ import pytest
 from smtpgate.receiver import replies
 
 from .conftest import free_port
-from .helpers import ranged_connector
+from .helpers import FrontProxy, ranged_connector
 
 NGINX = shutil.which("nginx")
 STREAM_MODULE = pathlib.Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -48,33 +45,13 @@ class Nginx:
             "}\n"
         )
         assert NGINX is not None
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", str(folder), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                break
-            except OSError:
-                assert self.proc.poll() is None, self.proc.stderr and self.proc.stderr.read()
-                assert time.monotonic() < deadline, "nginx did not listen"
-                time.sleep(0.05)
+        self.front = FrontProxy([NGINX, "-p", str(folder), "-c", str(config)], [self.port], "nginx")
 
     def client(self, source: str) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.port, source_address=(source, 0), timeout=10)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.front.stop()
 
 
 @pytest.fixture
