@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -299,11 +298,3 @@ def _verb(method: str, content_type: str) -> str:
 def backoff(failures: int, cap: float = 300.0) -> float:
     """Seconds to wait after ``failures`` consecutive failures: 1, 2, 4, ... up to ``cap``."""
     return float(min(cap, 2 ** max(0, failures - 1)))
-
-
-def sleep_unless(stop: Any, seconds: float) -> bool:
-    """Sleep on a threading.Event; True when it was set meanwhile."""
-    if stop is None:
-        time.sleep(seconds)
-        return False
-    return bool(stop.wait(seconds))

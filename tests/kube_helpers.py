@@ -78,3 +78,29 @@ def apply_examples(controlplane: Any, namespace: str) -> None:
         "apply", "-f", "-", input=json.dumps(tls_secret("mail-contoso-com", namespace, cert, key))
     )
     controlplane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
+
+
+def apply(controlplane: Any, *manifests: str) -> None:
+    """kubectl apply of YAML documents."""
+    controlplane.kubectl("apply", "-f", "-", input="\n---\n".join(manifests))
+
+
+def receiver_config(controlplane: Any, ns: str, server: str = "ex01") -> dict[str, Any]:
+    """The ServerConfig the operator wrote into ``<server>-receiver``."""
+    cm = get(controlplane, "configmap", f"{server}-receiver", ns)
+    return dict(json.loads(cm["data"]["config.json"]))
+
+
+def patch_status(controlplane: Any, kind: str, name: str, ns: str, status: dict[str, Any]) -> None:
+    """Write an object's status as its controller (or kubelet) would."""
+    controlplane.kubectl(
+        "patch",
+        kind,
+        name,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )

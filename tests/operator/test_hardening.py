@@ -18,7 +18,15 @@ import yaml
 from hack.pki import Authority, tls_secret
 
 from ..conftest import CRDS
-from ..kube_helpers import condition, eventually, get, writes_by
+from ..kube_helpers import (
+    apply,
+    condition,
+    eventually,
+    get,
+    patch_status,
+    receiver_config,
+    writes_by,
+)
 
 SERVER = """
 apiVersion: smtpgate.io/v1alpha1
@@ -47,10 +55,6 @@ spec: {{domainName: contoso.com}}
 """
 
 
-def _apply(controlplane: Any, *manifests: str) -> None:
-    controlplane.kubectl("apply", "-f", "-", input="\n---\n".join(manifests))
-
-
 def _server(
     ns: str, name: str = "ex01", defaults: bool = True, exposure: str = "LoadBalancer"
 ) -> str:
@@ -67,11 +71,6 @@ def _connector(
     binding: str = "0.0.0.0:2526",
 ) -> str:
     return CONNECTOR.format(name=name, ns=ns, server=server, ranges=ranges, binding=binding)
-
-
-def _config(controlplane: Any, ns: str, server: str = "ex01") -> dict[str, Any]:
-    cm = get(controlplane, "configmap", f"{server}-receiver", ns)
-    return dict(json.loads(cm["data"]["config.json"]))
 
 
 def _ready(controlplane: Any, kind: str, name: str, ns: str) -> bool:
@@ -94,7 +93,7 @@ def test_idle_operator_writes_nothing_for_three_minutes(
     cert, key = authority.issue("mail.contoso.com", ["mail.contoso.com"], (-1, 90))
     secret = tls_secret("mail-contoso-com", ns, cert, key)
     controlplane.kubectl("apply", "-f", "-", input=json.dumps(secret))
-    _apply(
+    apply(
         controlplane,
         _server(ns, "ex01"),
         _server(ns, "ex02", defaults=False),
@@ -134,11 +133,14 @@ def test_idle_operator_writes_nothing_for_three_minutes(
 def test_a_deleted_default_connector_is_not_recreated(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(controlplane, _server(ns))
+    apply(controlplane, _server(ns))
     eventually(lambda: get(controlplane, "rcvc", "default-ex01", ns), what="defaults")
     controlplane.kubectl("delete", "rcvc", "default-ex01", "-n", ns)
     eventually(
-        lambda: "default-ex01" not in {c["name"] for c in _config(controlplane, ns)["connectors"]},
+        lambda: (
+            "default-ex01"
+            not in {c["name"] for c in receiver_config(controlplane, ns)["connectors"]}
+        ),
         what="the deleted connector to leave the config",
     )
     time.sleep(12)  # two resyncs
@@ -173,7 +175,7 @@ def lenient_transportserver_crd(controlplane: Any) -> Iterator[None]:
 def test_an_invalid_server_spec_keeps_the_last_good_children_serving(
     controlplane: Any, operator: Any, ns: str, lenient_transportserver_crd: None
 ) -> None:
-    _apply(controlplane, _server(ns, defaults=False), _connector(ns, "partner"))
+    apply(controlplane, _server(ns, defaults=False), _connector(ns, "partner"))
     eventually(lambda: _ready(controlplane, "rcvc", "partner", ns), what="partner Ready")
 
     def children() -> dict[str, tuple[str, str]]:
@@ -266,7 +268,7 @@ def test_a_refused_child_fails_only_its_server_and_says_why(
             ),
             what="the policy in force",
         )
-        _apply(
+        apply(
             controlplane,
             _server(ns, "ex01", defaults=False, exposure="ClusterIP"),
             _connector(ns, "partner", "ex01", binding="192.0.2.20:25"),
@@ -302,7 +304,7 @@ def test_ready_follows_the_receivers_and_says_why_they_do_not_serve(
     controlplane: Any, operator: Any, nokubelet_ns: str
 ) -> None:
     ns = nokubelet_ns
-    _apply(
+    apply(
         controlplane,
         _server(ns, defaults=False).replace("spec:\n", "spec:\n  replicas: 2\n"),
         _connector(ns, "partner"),
@@ -328,61 +330,45 @@ def test_ready_follows_the_receivers_and_says_why_they_do_not_serve(
         "spec": {"containers": [{"name": "receiver", "image": "smtpgate/receiver:missing"}]},
     }
     controlplane.kubectl("apply", "-f", "-", input=json.dumps(pod))
-    controlplane.kubectl(
-        "patch",
+    patch_status(
+        controlplane,
         "pod",
         "ex01-receiver-0",
-        "-n",
         ns,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(
-            {
-                "status": {
-                    "phase": "Pending",
-                    "conditions": [{"type": "PodScheduled", "status": "True"}],
-                    "containerStatuses": [
-                        {
-                            "name": "receiver",
-                            "image": "smtpgate/receiver:missing",
-                            "imageID": "",
-                            "ready": False,
-                            "restartCount": 0,
-                            "state": {
-                                "waiting": {
-                                    "reason": "ImagePullBackOff",
-                                    "message": "Back-off pulling image",
-                                }
-                            },
+        {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {
+                    "name": "receiver",
+                    "image": "smtpgate/receiver:missing",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": "Back-off pulling image",
                         }
-                    ],
+                    },
                 }
-            }
-        ),
+            ],
+        },
     )
 
     def set_workload(ready: int) -> None:
         generation = get(controlplane, "statefulset", "ex01-receiver", ns)["metadata"]["generation"]
-        controlplane.kubectl(
-            "patch",
+        patch_status(
+            controlplane,
             "statefulset",
             "ex01-receiver",
-            "-n",
             ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps(
-                {
-                    "status": {
-                        "observedGeneration": generation,
-                        "replicas": 2,
-                        "readyReplicas": ready,
-                        "updatedReplicas": 2,
-                    }
-                }
-            ),
+            {
+                "observedGeneration": generation,
+                "replicas": 2,
+                "readyReplicas": ready,
+                "updatedReplicas": 2,
+            },
         )
 
     set_workload(1)
@@ -401,7 +387,7 @@ def test_ready_follows_the_receivers_and_says_why_they_do_not_serve(
 def test_events_carry_the_objects_uid_so_describe_shows_them(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(controlplane, _server(ns, defaults=False), _connector(ns, "partner"))
+    apply(controlplane, _server(ns, defaults=False), _connector(ns, "partner"))
     eventually(lambda: _ready(controlplane, "rcvc", "partner", ns), what="partner Ready")
     uid = get(controlplane, "rcvc", "partner", ns)["metadata"]["uid"]
     events = json.loads(
@@ -430,14 +416,14 @@ def test_events_carry_the_objects_uid_so_describe_shows_them(
 def test_an_edit_that_clashes_leaves_the_serving_connector_serving(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(
+    apply(
         controlplane, _server(ns, defaults=False), _connector(ns, "older", ranges="198.51.100.0/24")
     )
     eventually(lambda: _ready(controlplane, "rcvc", "older", ns), what="older Ready")
     time.sleep(1.1)  # creation timestamps have a resolution of one second
-    _apply(controlplane, _connector(ns, "newer", ranges="203.0.113.0/24"))
+    apply(controlplane, _connector(ns, "newer", ranges="203.0.113.0/24"))
     eventually(lambda: _ready(controlplane, "rcvc", "newer", ns), what="newer Ready")
-    _apply(controlplane, _connector(ns, "older", ranges="203.0.113.0/24"))
+    apply(controlplane, _connector(ns, "older", ranges="203.0.113.0/24"))
 
     def older_refused() -> dict[str, Any]:
         cond = condition(get(controlplane, "rcvc", "older", ns), "Accepted")
@@ -447,14 +433,14 @@ def test_an_edit_that_clashes_leaves_the_serving_connector_serving(
     cond = eventually(older_refused, what="the edited connector refused")
     assert "'newer'" in cond["message"]
     assert condition(get(controlplane, "rcvc", "newer", ns), "Accepted")["status"] == "True"
-    assert "newer" in {c["name"] for c in _config(controlplane, ns)["connectors"]}
+    assert "newer" in {c["name"] for c in receiver_config(controlplane, ns)["connectors"]}
     time.sleep(6)  # and it stays that way across a resync
-    assert "newer" in {c["name"] for c in _config(controlplane, ns)["connectors"]}
+    assert "newer" in {c["name"] for c in receiver_config(controlplane, ns)["connectors"]}
     assert condition(get(controlplane, "rcvc", "older", ns), "Accepted")["reason"] == "Conflict"
 
 
 def test_operator_serves_metrics(controlplane: Any, operator: Any, ns: str) -> None:
-    _apply(controlplane, _server(ns, defaults=False))
+    apply(controlplane, _server(ns, defaults=False))
     eventually(lambda: get(controlplane, "configmap", "ex01-receiver", ns), what="ConfigMap")
     code, text = operator.http("/metrics")
     assert code == 200
@@ -509,13 +495,13 @@ def test_a_burst_in_one_namespace_does_not_delay_another(
                 ),
             )
         ]
-        applying = threading.Thread(target=_apply, args=(controlplane, *burst))
+        applying = threading.Thread(target=apply, args=(controlplane, *burst))
         applying.start()
         eventually(
             lambda: get(controlplane, "configmap", "s00-receiver", ns), what="the burst under way"
         )
         started = time.monotonic()
-        _apply(controlplane, _server(other, "lonely", defaults=False))
+        apply(controlplane, _server(other, "lonely", defaults=False))
         eventually(
             lambda: get(controlplane, "configmap", "lonely-receiver", other),
             timeout=30,
@@ -527,7 +513,8 @@ def test_a_burst_in_one_namespace_does_not_delay_another(
 
         def converged() -> bool:
             return all(
-                len(_config(controlplane, ns, f"s{i:02d}")["connectors"]) == 11  # + delivery
+                len(receiver_config(controlplane, ns, f"s{i:02d}")["connectors"])
+                == 11  # + delivery
                 for i in range(30)
             )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ..kube_helpers import Operator, condition, eventually, get, writes_by
+from ..kube_helpers import Operator, condition, eventually, get, receiver_config, writes_by
 
 SERVER = """
 apiVersion: smtpgate.io/v1alpha1
@@ -40,7 +40,7 @@ def _stamp() -> str:
 
 
 def _size(controlplane: Any, ns: str) -> int:
-    config = json.loads(get(controlplane, "configmap", "ex01-receiver", ns)["data"]["config.json"])
+    config = receiver_config(controlplane, ns)
     partner = next(c for c in config["connectors"] if c["name"] == "partner")
     return int(partner["limits"]["maxMessageSize"])
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..kube_helpers import eventually, get
+from ..kube_helpers import apply, eventually, get
 
 SERVER = """
 apiVersion: smtpgate.io/v1alpha1
@@ -43,12 +43,8 @@ spec:
 """
 
 
-def _apply(controlplane: Any, text: str) -> None:
-    controlplane.kubectl("apply", "-f", "-", input=text)
-
-
 def test_pod_settings_reach_the_workload(controlplane: Any, operator: Any, ns: str) -> None:
-    _apply(controlplane, SERVER.format(ns=ns, resources=""))
+    apply(controlplane, SERVER.format(ns=ns, resources=""))
     workload = eventually(lambda: get(controlplane, "statefulset", "ex01-receiver", ns))
     template = workload["spec"]["template"]
     pod = template["spec"]
@@ -74,7 +70,7 @@ def test_pod_settings_reach_the_workload(controlplane: Any, operator: Any, ns: s
     assert metrics["spec"]["ports"][0]["port"] == 8080
     assert metrics["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
 
-    _apply(
+    apply(
         controlplane,
         SERVER.format(ns=ns, resources="resources: {limits: {memory: 3Gi}, requests: {cpu: 1}}"),
     )
@@ -90,7 +86,7 @@ def test_pod_settings_reach_the_workload(controlplane: Any, operator: Any, ns: s
 
 
 def test_kubectl_scale_and_ready_of_desired(controlplane: Any, operator: Any, ns: str) -> None:
-    _apply(controlplane, SERVER.format(ns=ns, resources=""))
+    apply(controlplane, SERVER.format(ns=ns, resources=""))
     eventually(
         lambda: get(controlplane, "tsrv", "ex01", ns)["status"].get("replicasReady") == "2/2",
         what="2/2 ready",
@@ -139,7 +135,7 @@ spec:
 def test_port_25_on_a_load_balancer_the_rest_cluster_internal(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(controlplane, EXPOSED.format(ns=ns))
+    apply(controlplane, EXPOSED.format(ns=ns))
     public = eventually(
         lambda: get(controlplane, "service", "ex01-receiver-lb", ns), what="the LB Service"
     )

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from ..kube_helpers import condition, eventually, get
+from ..kube_helpers import apply, condition, eventually, get, receiver_config
 
 SERVER = """
 apiVersion: smtpgate.io/v1alpha1
@@ -35,19 +35,10 @@ spec:
 """
 
 
-def _apply(controlplane: Any, manifests: str) -> None:
-    controlplane.kubectl("apply", "-f", "-", input=manifests)
-
-
-def _config(controlplane: Any, ns: str, server: str = "ex01") -> dict[str, Any]:
-    cm = get(controlplane, "configmap", f"{server}-receiver", ns)
-    return json.loads(cm["data"]["config.json"])
-
-
 def test_server_gets_its_defaults_config_workload_and_services(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(controlplane, SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns))
+    apply(controlplane, SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns))
     names = {
         "client-frontend-ex01",
         "default-frontend-ex01",
@@ -66,7 +57,7 @@ def test_server_gets_its_defaults_config_workload_and_services(
         return True
 
     eventually(defaults_ready, what="default connectors Ready")
-    config = _config(controlplane, ns)
+    config = receiver_config(controlplane, ns)
     assert {c["name"] for c in config["connectors"]} == names | {
         "mailbox-delivery-receive-connector-ex01"
     }
@@ -94,7 +85,7 @@ def test_server_gets_its_defaults_config_workload_and_services(
 def test_specific_binding_gets_its_own_port_and_service(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(
+    apply(
         controlplane,
         SERVER.format(name="ex01", ns=ns)
         + "---"
@@ -127,8 +118,10 @@ def test_edit_reaches_the_config_and_nothing_else_churns(
             name="partner", ns=ns, server="ex01", ranges="198.51.100.0/24", size="50MB"
         )
     )
-    _apply(controlplane, manifests)
-    eventually(lambda: any(c["name"] == "partner" for c in _config(controlplane, ns)["connectors"]))
+    apply(controlplane, manifests)
+    eventually(
+        lambda: any(c["name"] == "partner" for c in receiver_config(controlplane, ns)["connectors"])
+    )
     eventually(
         lambda: condition(get(controlplane, "rcvc", "partner", ns), "Ready")["status"] == "True"
     )
@@ -147,15 +140,17 @@ def test_edit_reaches_the_config_and_nothing_else_churns(
 
     time.sleep(6)  # past one resync
     before = versions()
-    _apply(controlplane, manifests)
+    apply(controlplane, manifests)
     time.sleep(6)
     assert versions() == before, "re-applying the same manifests must change nothing"
 
     edited = manifests.replace("maxMessageSize: 50MB", "maxMessageSize: 70MB")
-    _apply(controlplane, edited)
+    apply(controlplane, edited)
 
     def size_followed() -> bool:
-        partner = next(c for c in _config(controlplane, ns)["connectors"] if c["name"] == "partner")
+        partner = next(
+            c for c in receiver_config(controlplane, ns)["connectors"] if c["name"] == "partner"
+        )
         return partner["limits"]["maxMessageSize"] == 70 * 1024 * 1024
 
     eventually(size_followed, what="ConfigMap to follow the edit")
@@ -181,7 +176,7 @@ def test_edit_reaches_the_config_and_nothing_else_churns(
 def test_conflicting_connector_is_not_accepted_and_names_the_other(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(
+    apply(
         controlplane,
         SERVER.format(name="ex01", ns=ns)
         + "---"
@@ -190,7 +185,7 @@ def test_conflicting_connector_is_not_accepted_and_names_the_other(
     eventually(
         lambda: condition(get(controlplane, "rcvc", "first", ns), "Ready")["status"] == "True"
     )
-    _apply(
+    apply(
         controlplane,
         PARTNER.format(
             name="second", ns=ns, server="ex01", ranges="198.51.100.0/25", size="10MB"
@@ -206,7 +201,7 @@ def test_conflicting_connector_is_not_accepted_and_names_the_other(
     assert cond["reason"] == "Conflict" and "'first'" in cond["message"]
     assert condition(get(controlplane, "rcvc", "second", ns), "Ready")["status"] == "False"
     assert condition(get(controlplane, "rcvc", "first", ns), "Accepted")["status"] == "True"
-    assert "second" not in {c["name"] for c in _config(controlplane, ns)["connectors"]}
+    assert "second" not in {c["name"] for c in receiver_config(controlplane, ns)["connectors"]}
     events = controlplane.kubectl(
         "get", "events", "-n", ns, "--field-selector", "involvedObject.name=second", "-o", "json"
     ).stdout
@@ -214,7 +209,7 @@ def test_conflicting_connector_is_not_accepted_and_names_the_other(
 
 
 def test_connector_waits_for_its_server(controlplane: Any, operator: Any, ns: str) -> None:
-    _apply(
+    apply(
         controlplane,
         PARTNER.format(name="early", ns=ns, server="later", ranges="198.51.100.7", size="10MB"),
     )
@@ -224,17 +219,17 @@ def test_connector_waits_for_its_server(controlplane: Any, operator: Any, ns: st
         and cond["reason"] == "ServerNotFound"
         and "'later'" in cond["message"]
     )
-    _apply(controlplane, SERVER.format(name="later", ns=ns))
+    apply(controlplane, SERVER.format(name="later", ns=ns))
     eventually(
         lambda: condition(get(controlplane, "rcvc", "early", ns), "Ready")["status"] == "True"
     )
-    assert "early" in {c["name"] for c in _config(controlplane, ns, "later")["connectors"]}
+    assert "early" in {c["name"] for c in receiver_config(controlplane, ns, "later")["connectors"]}
 
 
 def test_invalid_connector_gets_a_condition_naming_the_field(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(
+    apply(
         controlplane,
         SERVER.format(name="ex01", ns=ns)
         + "---"
@@ -261,7 +256,7 @@ spec:
 def test_deleting_the_server_collects_its_children(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(controlplane, SERVER.format(name="ex01", ns=ns))
+    apply(controlplane, SERVER.format(name="ex01", ns=ns))
     eventually(lambda: get(controlplane, "statefulset", "ex01-receiver", ns))
     controlplane.kubectl("delete", "tsrv", "ex01", "-n", ns)
 
@@ -287,11 +282,11 @@ def test_operator_restart_converges_without_duplicates(
 ) -> None:
     operator.stop()
     try:
-        _apply(controlplane, SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns))
+        apply(controlplane, SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns))
         operator.start()
-        eventually(lambda: len(_config(controlplane, ns)["connectors"]) == 6)
+        eventually(lambda: len(receiver_config(controlplane, ns)["connectors"]) == 6)
         operator.stop()
-        _apply(
+        apply(
             controlplane,
             PARTNER.format(
                 name="partner", ns=ns, server="ex01", ranges="198.51.100.0/24", size="10MB"
@@ -299,7 +294,7 @@ def test_operator_restart_converges_without_duplicates(
         )
     finally:
         operator.start()
-    eventually(lambda: len(_config(controlplane, ns)["connectors"]) == 7)
+    eventually(lambda: len(receiver_config(controlplane, ns)["connectors"]) == 7)
     connectors = controlplane.kubectl("get", "rcvc", "-n", ns, "-o", "name").stdout.split()
     assert len(connectors) == len(set(connectors)) == 6
     expected = {
@@ -329,14 +324,18 @@ def test_operator_converges_after_the_api_server_was_away(
             name="partner", ns=ns, server="ex01", ranges="198.51.100.0/24", size="10MB"
         )
     )
-    _apply(controlplane, manifests)
-    eventually(lambda: any(c["name"] == "partner" for c in _config(controlplane, ns)["connectors"]))
-    _apply(controlplane, manifests.replace("10MB", "20MB"))
+    apply(controlplane, manifests)
+    eventually(
+        lambda: any(c["name"] == "partner" for c in receiver_config(controlplane, ns)["connectors"])
+    )
+    apply(controlplane, manifests.replace("10MB", "20MB"))
     controlplane.plane.pause("kube-apiserver", 8)
     assert operator.proc is not None and operator.proc.poll() is None, "the operator survives"
 
     def followed() -> bool:
-        partner = next(c for c in _config(controlplane, ns)["connectors"] if c["name"] == "partner")
+        partner = next(
+            c for c in receiver_config(controlplane, ns)["connectors"] if c["name"] == "partner"
+        )
         return partner["limits"]["maxMessageSize"] == 20 * 1024 * 1024
 
     eventually(followed, timeout=60, what="the edit made before the outage")
@@ -362,12 +361,12 @@ def test_a_second_operator_replica_waits_for_the_lease(
         second.stop()
 
 
-def test_a_new_accepted_domain_reaches_every_server_config(
+def test_a_new_accepted_domain_reaches_every_serverreceiver_config(
     controlplane: Any, operator: Any, ns: str
 ) -> None:
-    _apply(controlplane, SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns))
-    eventually(lambda: _config(controlplane, ns)["acceptedDomains"])
-    _apply(
+    apply(controlplane, SERVER.format(name="ex01", ns=ns) + "---" + DOMAIN.format(ns=ns))
+    eventually(lambda: receiver_config(controlplane, ns)["acceptedDomains"])
+    apply(
         controlplane,
         f"""
 apiVersion: smtpgate.io/v1alpha1
@@ -378,7 +377,7 @@ spec: {{domainName: "*.fabrikam.com", domainType: InternalRelay}}
     )
     eventually(
         lambda: (
-            {d["domain"] for d in _config(controlplane, ns)["acceptedDomains"]}
+            {d["domain"] for d in receiver_config(controlplane, ns)["acceptedDomains"]}
             == {"contoso.com", "*.fabrikam.com"}
         ),
         what="the new accepted domain in the ConfigMap",
