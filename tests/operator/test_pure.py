@@ -185,3 +185,16 @@ def test_lease_timing_must_leave_room_to_stop_writing() -> None:
     with pytest.raises(ValueError):
         leader.Timing(retry_seconds=10, renew_deadline_seconds=5, lease_seconds=15)
     assert leader.Timing().renew_deadline_seconds < leader.Timing().lease_seconds
+
+
+def test_the_documented_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: 4 workers, every server again every 10 minutes, a key waits 0.3 s after its
+    last event and 3 s at most; a 15 s Lease, 10 s renew deadline, 2 s between tries."""
+    from smtpgate.operator import __main__ as main
+
+    monkeypatch.delenv("SMTPGATE_RESYNC_SECONDS", raising=False)
+    args = main.parse_args([])
+    assert (args.workers, args.resync_seconds) == (4, 600)
+    queue = WorkQueue()
+    assert (queue.quiet, queue.max_delay) == (0.3, 3.0)
+    assert leader.Timing() == leader.Timing(15, 10, 2)
