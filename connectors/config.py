@@ -30,6 +30,7 @@ from .enums import (
     Usage,
 )
 from .errors import ConflictError, SpecError
+from .kerberos import KerberosConfig, NtlmConfig
 from .specs import AcceptedDomainSpec, NextHop, ReceiveConnectorSpec, TransportServerSpec
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -148,6 +149,9 @@ class ServerConfig(_Frozen):
     trusted_proxy_ranges: tuple[str, ...] = ()
     # Added within version 1: a document without it (written before) means Off, as it did.
     proxy_protocol: ProxyProtocol = ProxyProtocol.Off
+    # Added within version 1: Kerberos and NTLM (absent: neither is offered).
+    kerberos: KerberosConfig | None = None
+    ntlm: NtlmConfig | None = None
 
     @functools.cached_property
     def parsed_trusted_proxy_ranges(self) -> tuple[ranges.IPRange, ...]:
@@ -296,6 +300,8 @@ def compile_server(
     tls: Mapping[str, TlsFiles] | None = None,
     user_database_file: str | None = None,
     implicit: Sequence[tuple[str, ReceiveConnectorSpec]] = (),
+    kerberos: KerberosConfig | None = None,
+    ntlm: NtlmConfig | None = None,
 ) -> Compiled:
     """Compile one server. ``connectors`` come in precedence order (oldest first): a later
     connector that conflicts with an earlier one is rejected, naming it. Disabled connectors
@@ -335,5 +341,7 @@ def compile_server(
             ranges.normalise(r) for r in server.exposure.trusted_proxy_ranges
         ),
         proxy_protocol=server.exposure.proxy_protocol_mode,
+        kerberos=kerberos,
+        ntlm=ntlm,
     )
     return Compiled(config=config, rejected=rejected, resolved=dict(accepted))

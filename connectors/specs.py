@@ -50,6 +50,7 @@ from .fields import (
     parse_size,
     server_name_cel,
 )
+from .kerberos import KerberosSpec, NtlmSpec
 
 __all__ = ["SERVER_NAME_RULE", "check_server_name", "parse_size", "server_name_cel"]
 
@@ -696,6 +697,14 @@ class TransportServerSpec(_Spec):
         "name:hash, optionally :addresses the user may send as (alice@contoso.com, or "
         "@fabrikam.com for a whole domain, comma-separated); a user named by an address may "
         "send as it. Reloaded by the receivers when the Secret changes.",
+    )
+    kerberos: KerberosSpec | None = Field(
+        None,
+        description="Kerberos for AUTH GSSAPI (Integrated) and X-EXPS GSSAPI (ExchangeServer): "
+        "the keytab, the realm, this server's service principals.",
+    )
+    ntlm: NtlmSpec | None = Field(
+        None, description="NTLM for AUTH NTLM (Integrated): the users' NT hashes."
     )
     create_default_connectors: bool = Field(
         True, description="Create the role's default receive connectors with the server."

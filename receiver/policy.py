@@ -47,6 +47,10 @@ class Session:
     logon_failures: int = 0
     protocol_errors: int = 0
     junk_commands: int = 0
+    # The AUTH (GSSAPI, NTLM) and X-EXPS mechanisms the connector's Integrated and
+    # ExchangeServer give, of those the server has credentials for (``sasl.offered``).
+    sasl_offered: tuple[str, ...] = ()
+    exps_offered: tuple[str, ...] = ()
     _rights: tuple[identity.Principals, frozenset[P]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -86,14 +90,18 @@ def starttls_offered(session: Session) -> bool:
 
 
 def auth_mechanisms(session: Session) -> list[str]:
-    """SASL mechanisms offered now: BasicAuth gives LOGIN and PLAIN, before TLS only when
-    BasicAuthRequireTLS is not set."""
+    """SASL mechanisms offered now: Integrated and ExchangeServer give GSSAPI and NTLM
+    (``sasl_offered``, with or without TLS: no password crosses the wire); BasicAuth gives
+    LOGIN and PLAIN, before TLS only when BasicAuthRequireTLS is not set."""
     connector = session.connector
-    if session.user is not None or not connector.offers(AuthMechanism.BasicAuth):
+    if session.user is not None:
         return []
+    offered = list(session.sasl_offered)
+    if not connector.offers(AuthMechanism.BasicAuth):
+        return offered
     if connector.offers(AuthMechanism.BasicAuthRequireTLS) and not session.tls:
-        return []
-    return ["LOGIN", "PLAIN"]
+        return offered
+    return [*offered, "LOGIN", "PLAIN"]
 
 
 def message_size_limit(session: Session) -> int:
@@ -150,6 +158,8 @@ def auth_start(session: Session, mechanism: str) -> Reply | None:
     if session.user is not None:
         return replies.AUTH_ALREADY
     connector = session.connector
+    if mechanism.upper() in session.sasl_offered:
+        return None
     if mechanism.upper() not in ("LOGIN", "PLAIN") or not connector.offers(AuthMechanism.BasicAuth):
         return replies.AUTH_UNKNOWN_MECHANISM
     if connector.offers(AuthMechanism.BasicAuthRequireTLS) and not session.tls:
@@ -157,13 +167,16 @@ def auth_start(session: Session, mechanism: str) -> Reply | None:
     return None
 
 
-def auth_result(session: Session, principals: identity.Principals | None) -> Reply:
-    """The reply to an AUTH whose credentials gave ``principals`` (None: invalid). A principal
-    without ms-Exch-SMTP-Submit is refused, as Exchange refuses AUTH without it."""
+def auth_result(
+    session: Session, principals: identity.Principals | None, failure: Reply | None = None
+) -> Reply:
+    """The reply to an AUTH whose credentials gave ``principals`` (None: invalid, or the
+    exchange ended with ``failure``, e.g. a cancel; either counts as a failed logon). A
+    principal without ms-Exch-SMTP-Submit is refused, as Exchange refuses AUTH without it."""
     if principals is None:
         if session.logon_failures + 1 >= max(1, session.connector.limits.max_logon_failures):
             return replies.TOO_MANY_LOGON_FAILURES
-        return replies.AUTH_FAILED
+        return failure or replies.AUTH_FAILED
     if P.Submit not in session.connector.acl.effective(principals):
         return replies.AUTH_NOT_PERMITTED
     return replies.AUTH_OK

@@ -41,6 +41,7 @@ from . import (
     protocol_log,
     proxy,
     replies,
+    sasl,
 )
 from .replies import Reply
 
@@ -257,6 +258,7 @@ class ConnectorSMTP(SMTP):
                 accepted_domains=self.config.accepted_domains,
                 principals=identity.anonymous(connector),
                 via=via,
+                **sasl.session_offers(self.config, connector),
             )
             self.hostname = connector.fqdn
             self.tls_context = self.runtime.tls_context(connector)
@@ -653,22 +655,42 @@ class _Handler:
         refusal = policy.auth_start(state, mechanism)
         if refusal is not None:
             return self.smtp.reply(refusal)
-        credentials = await self._credentials(mechanism, args[1] if len(args) > 1 else None)
+        initial = args[1] if len(args) > 1 else None
+        if mechanism in sasl.MECHANISMS:
+            found, failure = await sasl.authenticate(self.smtp, state, mechanism, initial)
+            return self.logon(session, found, failure)
+        credentials = await self._credentials(mechanism, initial)
         if credentials is None:
             return None  # the exchange already answered
         name, password = credentials
         users = self.smtp.runtime.users
         valid = await users.verify(name, password) if users is not None else False
-        principals = identity.authenticated_user(name) if valid else None
-        answer = policy.auth_result(state, principals)
-        if principals is None:
+        return self.logon(
+            session, sasl.Identity(name, identity.authenticated_user(name)) if valid else None
+        )
+
+    def logon(
+        self, session: EngineSession, found: sasl.Identity | None, failure: Reply | None = None
+    ) -> str:
+        """The reply to an AUTH (or X-EXPS) that proved ``found`` (None: a failed logon,
+        ``failure`` saying how, when not with wrong credentials)."""
+        state = self.state()
+        principals = found.principals if found is not None else None
+        answer = policy.auth_result(state, principals, failure)
+        if found is None or principals is None:
             state.logon_failures += 1
         elif not answer.refusal:
-            state.user = name
+            state.user = found.user
             state.principals = principals
             session.authenticated = True
             self.smtp.data_size_limit = policy.message_size_limit(state)
         return self.smtp.reply(answer)
+
+    async def auth_GSSAPI(self, server: SMTP, args: list[str]) -> None:
+        """Never called (``handle_AUTH`` answers every mechanism): the engine refuses a
+        mechanism it has no ``auth_`` method for before asking the hook."""
+
+    auth_NTLM = auth_GSSAPI
 
     async def _credentials(self, mechanism: str, initial: str | None) -> tuple[str, bytes] | None:
         smtp = self.smtp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import smtplib
 import socket
@@ -76,6 +77,8 @@ class Running:
         exposure: dict[str, Any] | None = None,
         proxy_timeout: float = server.PROXY_TIMEOUT,
         proxy_optional_wait: float = server.PROXY_OPTIONAL_WAIT,
+        kerberos: Any = None,
+        ntlm: Any = None,
     ) -> None:
         server_spec = specs.TransportServerSpec.model_validate(
             {"fqdn": FQDN, "role": role, "exposure": exposure or {}}
@@ -112,6 +115,8 @@ class Running:
             parsed,
             [specs.AcceptedDomainSpec.model_validate(d) for d in domains],
             tls=tls,
+            kerberos=kerberos,
+            ntlm=ntlm,
         )
         assert compiled.rejected == {}, compiled.rejected
         self.config = compiled.config
@@ -187,3 +192,27 @@ def start(tmp_path: pathlib.Path, pki: Pki) -> Iterator[Any]:
     yield make
     for running in started:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real MIT KDC on loopback with the tests' principals (tests/receiver/kdc.py); this
+    process uses its krb5.conf from here on (the receivers accept with it)."""
+    from . import kdc
+
+    missing = kdc.missing()
+    if missing:
+        pytest.skip(f"MIT Kerberos missing: {', '.join(missing)} (make kerberos installs it)")
+    folder = tmp_path_factory.mktemp("kdc")
+    server = kdc.Kdc(folder)
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield kdc.Realm(server, folder)
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
