@@ -1,0 +1,100 @@
+"""AUTH NTLM ([MS-SMTPNTLM]) from NT hashes, with curl's SMTP client: a user of the hash
+file is an authenticated user on connectors with Integrated."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+from smtpgate.connectors.kerberos import NtlmConfig
+from spnego._ntlm_raw.crypto import ntowfv1  # the tests' own NT hashes of known passwords
+
+from .conftest import PASSWORDS, Running
+from .helpers import Raw
+from .test_gssapi import CLIENT_FRONTEND, MESSAGE, default_connectors
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+
+def nt_hash(password: str) -> str:
+    return ntowfv1(password).hex()
+
+
+def hash_file(folder: pathlib.Path) -> pathlib.Path:
+    path = folder / "ntlm"
+    path.write_text(
+        "# name:NT hash\n"
+        + "".join(f"{name}:{nt_hash(pw)}\n" for name, pw in PASSWORDS.items())
+        + "carol:plain-password-is-not-a-hash\n"
+    )
+    return path
+
+
+def curl_ntlm(
+    port: int, user: str, sender: str = "alice@contoso.com"
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            "curl", "-sS", "-v", f"smtp://127.0.0.1:{port}/client.example",
+            "--login-options", "AUTH=NTLM", "-u", user,
+            "--mail-from", sender, "--mail-rcpt", "bob@contoso.com", "-T", "-",
+        ],
+        input=MESSAGE,
+        env={**os.environ, "LANG": "C"},
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def ntlm_receiver(start: Any, tmp_path: pathlib.Path) -> Running:
+    config = NtlmConfig(hashes_file=str(hash_file(tmp_path)), domain="CONTOSO")
+    running: Running = start(default_connectors(), ntlm=config)
+    return running
+
+
+@needs_curl
+def test_curl_authenticates_with_ntlm_and_submits(ntlm_receiver: Running) -> None:
+    done = curl_ntlm(ntlm_receiver.port(CLIENT_FRONTEND), "alice:alice-secret")
+    log = done.stderr.decode(errors="replace")
+    assert done.returncode == 0, log
+    assert "AUTH NTLM" in log and "235 2.7.0" in log
+    [message] = ntlm_receiver.messages()
+    assert message.endswith(MESSAGE)
+
+
+@needs_curl
+def test_curl_ntlm_with_the_domain(ntlm_receiver: Running) -> None:
+    done = curl_ntlm(
+        ntlm_receiver.port(CLIENT_FRONTEND), "CONTOSO\\bob:bob-secret", "bob@contoso.com"
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+
+
+@needs_curl
+def test_curl_ntlm_wrong_password_is_refused(ntlm_receiver: Running) -> None:
+    done = curl_ntlm(ntlm_receiver.port(CLIENT_FRONTEND), "alice:wrong")
+    log = done.stderr.decode(errors="replace")
+    assert done.returncode != 0
+    assert "535 5.7.8" in log
+    assert ntlm_receiver.messages() == []
+
+
+def test_ntlm_without_initial_response_says_supported(ntlm_receiver: Running) -> None:
+    raw = Raw(ntlm_receiver.port(CLIENT_FRONTEND))
+    raw.reply()
+    code, text = raw.command("EHLO client.example")
+    assert "AUTH NTLM" in text.splitlines()
+    assert raw.command("AUTH NTLM") == (334, "NTLM supported")
+    assert raw.command("*") == (501, "5.7.0 Authentication cancelled")
+
+
+def test_a_plain_password_line_is_no_hash(ntlm_receiver: Running) -> None:
+    from smtpgate.receiver import sasl_ntlm
+
+    found = sasl_ntlm.parse_hashes(hash_file(pathlib.Path(ntlm_receiver.spool.parent)).read_text())
+    assert set(found) == set(PASSWORDS)
