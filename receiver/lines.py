@@ -36,8 +36,13 @@ class LineGuard:
         object.__setattr__(self, "allowances", {})
 
     def allow(self, allowances: dict[bytes, int]) -> None:
-        """Octets beyond 512 per command (``b"MAIL"``), as the EHLO reply offered."""
+        """Octets beyond 512 per command (``b"MAIL"``), as the EHLO reply offered. An AUTH
+        allowance (a GSSAPI or NTLM initial response) also lets the reader hold such a line
+        (its buffer stays bounded by it)."""
         object.__setattr__(self, "allowances", allowances)
+        auth = allowances.get(b"AUTH", 0)
+        if auth:
+            self._inner._limit = max(self._inner._limit, COMMAND_LIMIT + auth + 2)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         try:

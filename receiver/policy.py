@@ -31,6 +31,10 @@ JUNK_COMMAND_LIMIT = 100
 # never this: the receiver keeps memory bounded whoever the client is.
 HARD_MESSAGE_CEILING = 1 << 30
 
+# An AUTH line with its initial response, and each response line of the exchange, may be
+# this long (RFC 4954 4): a Kerberos ticket with a Windows PAC takes several kilobytes.
+AUTH_LINE_LIMIT = 12288
+
 
 @dataclass
 class Session:
@@ -140,10 +144,15 @@ def ehlo_keywords(session: Session, withheld: frozenset[str] = frozenset()) -> l
 
 def line_allowances(session: Session) -> dict[bytes, int]:
     """Octets a MAIL or RCPT line may have beyond 512 for the extensions EHLO offers:
-    SIZE (RFC 1870: 26), DSN (RFC 3461: 100 for MAIL, 500 for RCPT)."""
+    SIZE (RFC 1870: 26), DSN (RFC 3461: 100 for MAIL, 500 for RCPT); and an AUTH line
+    (with a GSSAPI or NTLM initial response) up to ``AUTH_LINE_LIMIT`` where those are
+    offered (AUTH PLAIN and LOGIN fit in 512)."""
     ext = session.connector.extensions
     mail = (26 if ext.size is not SizeMode.Disabled else 0) + (100 if ext.dsn else 0)
-    return {b"MAIL": mail, b"RCPT": 500 if ext.dsn else 0}
+    allowances = {b"MAIL": mail, b"RCPT": 500 if ext.dsn else 0}
+    if session.sasl_offered or session.exps_offered:
+        allowances[b"AUTH"] = allowances[b"X-EX"] = AUTH_LINE_LIMIT - 512
+    return allowances
 
 
 def junk_command(session: Session) -> Reply | None:

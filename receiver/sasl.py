@@ -18,16 +18,15 @@ from typing import TYPE_CHECKING, Protocol
 from smtpgate.connectors import kerberos
 from smtpgate.connectors.config import ConnectorConfig, ServerConfig
 
-from . import lines
+from . import lines, policy
 from .replies import Reply
 
 if TYPE_CHECKING:
-    from . import policy
     from .smtp import ConnectorSMTP
 
 log = logging.getLogger(__name__)
 
-MAX_RESPONSE = 12288  # octets of one response line, CRLF included (RFC 4954 4)
+MAX_RESPONSE = policy.AUTH_LINE_LIMIT  # octets of one response line (RFC 4954 4)
 MECHANISMS = ("GSSAPI", "NTLM")
 
 CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
@@ -156,7 +155,7 @@ async def run(smtp: ConnectorSMTP, mechanism: Mechanism, initial: str | None) ->
     challenge, then challenges until the mechanism knows the client or refuses it."""
     inner = smtp._reader._inner  # type: ignore[attr-defined]
     limit = inner._limit
-    inner._limit = max(limit, MAX_RESPONSE)  # one AUTH response may be this long
+    inner._limit = max(limit, MAX_RESPONSE + 2)  # one AUTH response may be this long
     try:
         if initial is None:
             token = await respond(smtp, mechanism.opening, mechanism.opening_is_text)

@@ -61,24 +61,27 @@ class GssapiExchange:
         self.client: str | None = None
         self._identity: Identity | None = None
 
-    def _accept(self, token: bytes) -> bytes | None:
+    def _accept(self, token: bytes) -> tuple[bytes | None, bool]:
+        """One accept step: its output token, and whether the context is up. (On an error
+        with an error token, python-gssapi returns the token and raises at the next use of
+        the context: ``complete`` is that use, here, so the error is raised here.)"""
         if self.context is None:
             credentials = gssapi.Credentials(
                 usage="accept", store={"keytab": self.config.keytab_file}
             )
             self.context = gssapi.SecurityContext(creds=credentials, usage="accept")
-        return self.context.step(token)
+        output = self.context.step(token)
+        return output, bool(self.context.complete)
 
     async def step(self, token: bytes) -> bytes | None:
         if self.phase == "context":
             if not token:
                 raise Failed(detail="empty GSS-API token")
             try:
-                output = await _off_loop(self._accept, token)
+                output, complete = await _off_loop(self._accept, token)
             except (gssapi.exceptions.GSSError, ValueError) as error:
                 raise Failed(detail=f"GSS-API: {error}") from None
-            assert self.context is not None
-            if not self.context.complete:
+            if not complete:
                 if not output:
                     raise Failed(detail="GSS-API wants more but gave no token")
                 return bytes(output)

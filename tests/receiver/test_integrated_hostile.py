@@ -1,0 +1,253 @@
+"""Hostile AUTH GSSAPI and AUTH NTLM exchanges, from python-gssapi and pyspnego clients
+against a real KDC: each is refused with the right reply and counted as a failed logon
+(the connector allows two: the second closes the session)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pathlib
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gssapi
+import pytest
+import spnego
+from smtpgate.connectors.kerberos import NtlmConfig
+
+from .conftest import Running
+from .helpers import Raw
+from .kdc import OTHER_REALM, REALM
+from .test_gssapi import CLIENT_FRONTEND, default_connectors, kerberos_config
+from .test_ntlm import hash_file
+
+TOO_MANY = (421, "4.7.0 Too many failed logons, closing")
+FAILED = (535, "5.7.8 Authentication credentials invalid")
+CANCELLED = (501, "5.7.0 Authentication cancelled")
+BAD_BASE64 = (501, "5.5.2 Cannot decode the response as base64")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _connectors() -> list[tuple[str, dict[str, Any]]]:
+    out = default_connectors()
+    for _, data in out:
+        if any(b.endswith(":587") for b in data["bindings"]):
+            data["maxLogonFailures"] = 2
+            data["maxProtocolErrors"] = 20
+    return out
+
+
+@pytest.fixture
+def receiver(start: Any, realm: Any, tmp_path: pathlib.Path) -> Running:
+    ntlm = NtlmConfig(hashes_file=str(hash_file(tmp_path)))
+    running: Running = start(_connectors(), kerberos=kerberos_config(realm), ntlm=ntlm)
+    return running
+
+
+@pytest.fixture
+def as_user(realm: Any) -> Iterator[Any]:
+    """Run this process's GSS-API client with a principal's credential cache."""
+    saved = os.environ.get("KRB5CCNAME")
+
+    def use(principal: str, password: str | None = None, lifetime: str = "") -> None:
+        os.environ["KRB5CCNAME"] = realm.ccache(principal, password, lifetime)["KRB5CCNAME"]
+
+    yield use
+    if saved is None:
+        os.environ.pop("KRB5CCNAME", None)
+    else:
+        os.environ["KRB5CCNAME"] = saved
+
+
+def initiator(target: str) -> gssapi.SecurityContext:
+    name = gssapi.Name(target, gssapi.NameType.kerberos_principal)
+    flags = gssapi.RequirementFlag.mutual_authentication
+    return gssapi.SecurityContext(name=name, usage="initiate", flags=flags)
+
+
+def session(receiver: Running) -> Raw:
+    raw = Raw(receiver.port(CLIENT_FRONTEND))
+    assert raw.reply()[0] == 220
+    code, text = raw.command("EHLO client.example")
+    assert "AUTH GSSAPI NTLM" in text
+    return raw
+
+
+def finish_gssapi(
+    raw: Raw, context: gssapi.SecurityContext, first: tuple[int, str]
+) -> tuple[int, str]:
+    """A well-behaved RFC 4752 client from the server's first answer on: context tokens,
+    the empty answer to the last one, then the choice of no security layer."""
+    code, text = first
+    while code == 334:
+        token = base64.b64decode(text)
+        if not context.complete:
+            out = context.step(token)
+            code, text = raw.command(b64(out or b""))
+            continue
+        offer = context.unwrap(token).message
+        assert offer == b"\x01\x00\x00\x00"  # no layer, and no maximum size
+        code, text = raw.command(b64(context.wrap(b"\x01\x00\x00\x00", False).message))
+    return code, text
+
+
+def failed_twice(raw: Raw, attempt: Any, first: tuple[int, str]) -> None:
+    """``attempt`` is refused with ``first``, and a second one closes the session."""
+    assert attempt() == first
+    assert attempt() == TOO_MANY
+    assert raw.closed()
+
+
+def test_python_gssapi_client_with_mutual_authentication_logs_on(
+    receiver: Running, as_user: Any
+) -> None:
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    first = raw.command("AUTH GSSAPI " + b64(context.step()))
+    assert first[0] == 334 and base64.b64decode(first[1])  # the AP-REP of mutual auth
+    assert finish_gssapi(raw, context, first) == (235, "2.7.0 Authentication successful")
+    assert raw.command("MAIL FROM:<alice@contoso.com>")[0] == 250
+
+
+def test_wrong_service_principal_is_refused(receiver: Running, as_user: Any) -> None:
+    # The keytab holds HTTP/mail.contoso.com too; the receiver takes only its smtp/ ones.
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+
+    def attempt() -> tuple[int, str]:
+        context = initiator(f"HTTP/mail.contoso.com@{REALM}")
+        return finish_gssapi(raw, context, raw.command("AUTH GSSAPI " + b64(context.step())))
+
+    failed_twice(raw, attempt, FAILED)
+
+
+def test_ticket_of_another_realm_is_refused(receiver: Running, as_user: Any) -> None:
+    as_user(f"eve@{OTHER_REALM}", "eve-secret")
+    raw = session(receiver)
+
+    def attempt() -> tuple[int, str]:
+        context = initiator(f"smtp/mail.contoso.com@{OTHER_REALM}")
+        return raw.command("AUTH GSSAPI " + b64(context.step()))
+
+    failed_twice(raw, attempt, FAILED)
+
+
+def test_expired_ticket_is_refused(receiver: Running, as_user: Any) -> None:
+    as_user("brief", "brief-secret")  # tickets that live 3 seconds
+    tokens = [initiator(f"smtp/mail.contoso.com@{REALM}").step() for _ in range(2)]
+    time.sleep(5)  # past the end of the ticket and the 1 second of clock skew allowed
+    raw = session(receiver)
+    failed_twice(raw, lambda: raw.command("AUTH GSSAPI " + b64(tokens.pop())), FAILED)
+
+
+def test_replayed_token_is_refused(receiver: Running, as_user: Any) -> None:
+    as_user("alice", "alice-secret")
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    token = context.step()
+    raw = session(receiver)
+    first = raw.command("AUTH GSSAPI " + b64(token))
+    assert finish_gssapi(raw, context, first)[0] == 235
+    thief = session(receiver)
+    failed_twice(thief, lambda: thief.command("AUTH GSSAPI " + b64(token)), FAILED)
+
+
+def test_garbage_base64_is_refused(receiver: Running) -> None:
+    raw = session(receiver)
+    failed_twice(raw, lambda: raw.command("AUTH GSSAPI !!not*base64"), BAD_BASE64)
+
+
+def test_garbage_base64_in_a_response_is_refused(receiver: Running) -> None:
+    raw = session(receiver)
+
+    def attempt() -> tuple[int, str]:
+        assert raw.command("AUTH GSSAPI") == (334, "")
+        return raw.command("%%%%")
+
+    failed_twice(raw, attempt, BAD_BASE64)
+
+
+def test_token_split_over_many_lines_is_refused(receiver: Running, as_user: Any) -> None:
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+    text = b64(initiator(f"smtp/mail.contoso.com@{REALM}").step())
+    size = (len(text) // 4 + 3) // 4 * 4  # four lines of whole base64 quanta
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    assert len(pieces) == 4
+    assert raw.command("AUTH GSSAPI") == (334, "")
+    raw.send("".join(p + "\r\n" for p in pieces).encode())
+    assert raw.reply() == FAILED  # the first line alone is no GSS-API token
+    rest = [raw.reply() for _ in pieces[1:]]  # the others are commands nobody knows
+    assert all(code == 500 for code, _ in rest), rest
+    assert raw.command("AUTH GSSAPI =") == TOO_MANY  # the split token was a failed logon
+
+
+def test_star_cancels_and_counts_as_a_failed_logon(receiver: Running) -> None:
+    raw = session(receiver)
+
+    def attempt() -> tuple[int, str]:
+        assert raw.command("AUTH GSSAPI") == (334, "")
+        return raw.command("*")
+
+    failed_twice(raw, attempt, CANCELLED)
+
+
+def test_response_over_12288_octets_is_refused(receiver: Running) -> None:
+    raw = session(receiver)
+    assert raw.command("AUTH GSSAPI") == (334, "")
+    assert raw.command("A" * 13000) == (500, "5.5.6 Authentication response too long")
+
+
+def ntlm_attempt(raw: Raw, user: str, password: str) -> tuple[tuple[int, str], float]:
+    """An NTLM exchange; the reply to AUTHENTICATE and how long it took."""
+    client = spnego.client(user, password, protocol="ntlm")
+    code, text = raw.command("AUTH NTLM " + b64(client.step()))
+    assert code == 334
+    authenticate = client.step(base64.b64decode(text))
+    started = time.perf_counter()
+    answer = raw.command(b64(authenticate))
+    return answer, time.perf_counter() - started
+
+
+def test_ntlm_wrong_hash_is_refused(receiver: Running) -> None:
+    raw = session(receiver)
+    failed_twice(raw, lambda: ntlm_attempt(raw, "alice", "not-alices")[0], FAILED)
+
+
+def test_ntlm_unknown_user_is_refused(receiver: Running) -> None:
+    raw = session(receiver)
+    failed_twice(raw, lambda: ntlm_attempt(raw, "mallory", "whatever")[0], FAILED)
+
+
+def test_ntlm_unknown_user_takes_as_long_as_a_wrong_hash(receiver: Running) -> None:
+    """Medians of 25 refusals each, interleaved: no difference beyond the loopback's noise
+    (a millisecond and a half; the refusal floor is 50 ms, the lookup a few microseconds)."""
+    known: list[float] = []
+    unknown: list[float] = []
+    for _ in range(25):
+        for user, times in (("alice", known), ("mallory", unknown)):
+            raw = session(receiver)
+            answer, took = ntlm_attempt(raw, user, "wrong-password")
+            assert answer == FAILED
+            times.append(took)
+            raw.close()
+    difference = abs(statistics.median(known) - statistics.median(unknown))
+    print(f"NTLM refusal median: known {statistics.median(known) * 1000:.2f} ms, "
+          f"unknown {statistics.median(unknown) * 1000:.2f} ms")  # fmt: skip
+    assert min(known + unknown) >= 0.05
+    assert difference < 0.0015, (known, unknown)
+
+
+def test_ntlm_cancel_counts_as_a_failed_logon(receiver: Running) -> None:
+    raw = session(receiver)
+
+    def attempt() -> tuple[int, str]:
+        assert raw.command("AUTH NTLM") == (334, "NTLM supported")
+        return raw.command("*")
+
+    failed_twice(raw, attempt, CANCELLED)
