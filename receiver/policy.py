@@ -135,6 +135,8 @@ def ehlo_keywords(session: Session, withheld: frozenset[str] = frozenset()) -> l
     mechanisms = auth_mechanisms(session)
     if mechanisms:
         keywords.append("AUTH " + " ".join(mechanisms))
+    if session.exps_offered and session.user is None:
+        keywords.append("X-EXPS " + " ".join(session.exps_offered))
     if ext.eight_bit_mime and "8BITMIME" not in withheld:
         keywords.append("8BITMIME")
     if P.AcceptExch50 in session.rights:
@@ -173,6 +175,18 @@ def auth_start(session: Session, mechanism: str) -> Reply | None:
         return replies.AUTH_UNKNOWN_MECHANISM
     if connector.offers(AuthMechanism.BasicAuthRequireTLS) and not session.tls:
         return replies.AUTH_NEEDS_TLS
+    return None
+
+
+def exps_start(session: Session, arg: str | None) -> Reply | None:
+    """Whether an X-EXPS (Exchange server authentication) exchange may begin."""
+    if session.user is not None:
+        return replies.AUTH_ALREADY
+    words = (arg or "").split()
+    if not words or len(words) > 2:
+        return replies.EXPS_SYNTAX
+    if words[0].upper() not in session.exps_offered:
+        return replies.AUTH_UNKNOWN_MECHANISM
     return None
 
 

@@ -64,6 +64,7 @@ AUTH_UNKNOWN_MECHANISM = Reply(504, "5.7.4", "Unrecognized authentication type")
 AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated")
 AUTH_NOT_PERMITTED = Reply(530, "5.7.1", "Client is not permitted to submit on this connector")
+EXPS_SYNTAX = Reply(501, "5.5.4", "Syntax: X-EXPS <mechanism> [initial-response]")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not permitted during a mail transaction")
 AUTH_AUTHZID = Reply(
     535, "5.7.8", "Authorization identity must be empty or the authentication identity"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from smtpgate.connectors import kerberos
 from smtpgate.connectors.config import ConnectorConfig, ServerConfig
 
-from . import lines, policy
+from . import lines, policy, replies
 from .replies import Reply
 
 if TYPE_CHECKING:
@@ -177,3 +177,26 @@ async def run(smtp: ConnectorSMTP, mechanism: Mechanism, initial: str | None) ->
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+async def exps_command(smtp: ConnectorSMTP, arg: str | None) -> None:
+    """X-EXPS <mechanism> [initial-response]: Exchange server authentication, the exchange
+    of AUTH with only the organisation's servers able to pass; answered as AUTH is."""
+    if await smtp.check_helo_needed("EHLO"):
+        return
+    state = smtp.policy
+    assert state is not None and smtp.session is not None
+    if not smtp.session.extended_smtp:
+        await smtp.push('500 5.5.1 Error: command "X-EXPS" not recognized')
+        return
+    if smtp.envelope is not None and smtp.envelope.mail_from is not None:
+        await smtp.push(replies.AUTH_IN_TRANSACTION.line())
+        return
+    refusal = policy.exps_start(state, arg)
+    if refusal is not None:
+        await smtp.push(smtp.reply(refusal))
+        return
+    words = (arg or "").split()
+    initial = words[1] if len(words) > 1 else None
+    found, failure = await authenticate(smtp, state, words[0].upper(), initial, servers_only=True)
+    await smtp.push(smtp.event_handler.logon(smtp.session, found, failure))

@@ -57,6 +57,8 @@ class _EngineLimits(dict[str, int]):
     have a line as long as the reader's buffer, and EHLO's additions are dropped."""
 
     def __missing__(self, key: str) -> int:
+        if key in ("AUTH", "X-EXPS"):  # a GSSAPI or NTLM initial response (RFC 4954 4)
+            return policy.AUTH_LINE_LIMIT
         return SMTP.line_length_limit
 
     def __setitem__(self, key: str, value: int) -> None:
@@ -567,6 +569,9 @@ class ConnectorSMTP(SMTP):
             taking.discard()  # nothing, once handed to the delivery
             self.intake = None
 
+    async def _smtp_x_exps(self, arg: str | None) -> None:
+        await sasl.exps_command(self, arg)
+
     async def smtp_XEXCH50(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
@@ -582,6 +587,10 @@ class ConnectorSMTP(SMTP):
         await self.push(answer.line())
         await self._reader.readexactly(int(parts[0]))
         await self.push(replies.EXCH50_OK.line())
+
+
+# X-EXPS: a command name no Python method can carry; the engine finds commands by name.
+setattr(ConnectorSMTP, "smtp_X-EXPS", ConnectorSMTP._smtp_x_exps)
 
 
 def _as_sent(arg: str | None, options: list[str]) -> list[str]:

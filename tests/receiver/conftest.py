@@ -216,3 +216,18 @@ def realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def as_user(realm: Any) -> Iterator[Any]:
+    """Run this process's GSS-API client with a principal's credential cache."""
+    saved = os.environ.get("KRB5CCNAME")
+
+    def use(principal: str, password: str | None = None, lifetime: str = "") -> None:
+        os.environ["KRB5CCNAME"] = realm.ccache(principal, password, lifetime)["KRB5CCNAME"]
+
+    yield use
+    if saved is None:
+        os.environ.pop("KRB5CCNAME", None)
+    else:
+        os.environ["KRB5CCNAME"] = saved

@@ -5,11 +5,9 @@ against a real KDC: each is refused with the right reply and counted as a failed
 from __future__ import annotations
 
 import base64
-import os
 import pathlib
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import gssapi
@@ -47,21 +45,6 @@ def receiver(start: Any, realm: Any, tmp_path: pathlib.Path) -> Running:
     ntlm = NtlmConfig(hashes_file=str(hash_file(tmp_path)))
     running: Running = start(_connectors(), kerberos=kerberos_config(realm), ntlm=ntlm)
     return running
-
-
-@pytest.fixture
-def as_user(realm: Any) -> Iterator[Any]:
-    """Run this process's GSS-API client with a principal's credential cache."""
-    saved = os.environ.get("KRB5CCNAME")
-
-    def use(principal: str, password: str | None = None, lifetime: str = "") -> None:
-        os.environ["KRB5CCNAME"] = realm.ccache(principal, password, lifetime)["KRB5CCNAME"]
-
-    yield use
-    if saved is None:
-        os.environ.pop("KRB5CCNAME", None)
-    else:
-        os.environ["KRB5CCNAME"] = saved
 
 
 def initiator(target: str) -> gssapi.SecurityContext:
