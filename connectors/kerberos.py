@@ -217,3 +217,19 @@ def exps_mechanisms(mechanisms: tuple[AuthMechanism, ...], available: frozenset[
     if "GSSAPI" in available and AuthMechanism.ExchangeServer in mechanisms:
         return ["GSSAPI"]
     return []
+
+
+def missing_credentials(
+    mechanisms: tuple[AuthMechanism, ...], has_kerberos: bool, has_ntlm: bool
+) -> list[str] | None:
+    """What a connector's Integrated and ExchangeServer cannot offer for want of its server's
+    credentials (``spec.kerberos``, ``spec.ntlm``); None when it has neither mechanism."""
+    integrated = AuthMechanism.Integrated in mechanisms
+    if not integrated and AuthMechanism.ExchangeServer not in mechanisms:
+        return None
+    missing = []
+    if not has_kerberos:
+        missing.append("GSSAPI (spec.kerberos)")
+    if integrated and not has_ntlm:
+        missing.append("NTLM (spec.ntlm)")
+    return missing

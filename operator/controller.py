@@ -158,6 +158,9 @@ class Controller:
         if kind == "TransportServer":
             self.queue.add(Key(ns, body["metadata"]["name"]))
             self.queue.add(Key(ns, None))
+            if _principals(old) != _principals(new):  # the others know it by them
+                for server in self._servers(ns):
+                    self.queue.add(Key(ns, server))
         elif kind == "ReceiveConnector":
             for server in {reconcile.server_of(b) for b in (old, new) if b is not None}:
                 if server:
@@ -363,3 +366,12 @@ def _connector_names(config_json: str) -> frozenset[str]:
         return frozenset(c["name"] for c in json.loads(config_json).get("connectors", []))
     except (ValueError, KeyError, TypeError, AttributeError):
         return frozenset()
+
+
+def _principals(body: Body | None) -> Any:
+    """What the namespace's other servers know a TransportServer by: its role and Kerberos
+    service principals (``integrated.organisation``)."""
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    spec = body.get("spec") or {}
+    return spec.get("role"), (spec.get("kerberos") or {}).get("servicePrincipals")

@@ -11,7 +11,7 @@ from smtpgate.connectors import certificates, config, defaults, specs, usage
 from smtpgate.connectors.enums import AuthMechanism, ServerRole
 from smtpgate.connectors.errors import ConflictError, SpecError
 
-from . import certs, resources
+from . import certs, integrated, resources
 
 Body = dict[str, Any]
 
@@ -364,6 +364,7 @@ def plan_server(
     users_file = None
     if server_spec.user_database_secret_ref is not None:
         users_file = resources.users_path(server_spec.user_database_secret_ref.key)
+    kerberos_config, ntlm_config = integrated.compiled(server_spec, snapshot.servers)
     compiled = config.compile_server(
         server_name,
         ns,
@@ -373,6 +374,8 @@ def plan_server(
         tls=tls,
         user_database_file=users_file,
         implicit=implicit,
+        kerberos=kerberos_config,
+        ntlm=ntlm_config,
     )
     owner = resources.owner_reference(server)
     workload_body = resources.workload(
@@ -426,6 +429,13 @@ def plan_server(
             )
         if connector_name in cert_conditions:
             conditions.append(cert_conditions[connector_name])
+        credentials = (
+            integrated.credentials_condition(in_config[connector_name], server_spec, server_name)
+            if connector_name in in_config
+            else None
+        )
+        if credentials is not None:
+            conditions.append(condition("CredentialsReady", *credentials, cgen))
         if connector_name in in_config:
             where = f"in ConfigMap {resources.receiver_name(server_name)}"
             conditions.append(

@@ -14,6 +14,8 @@ from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.config import ServerConfig
 from smtpgate.connectors.specs import TransportServerSpec
 
+from . import integrated
+
 GROUP = "smtpgate.io"
 API_VERSION = f"{GROUP}/v1alpha1"
 CONFIG_DIR = "/etc/smtpgate/config"
@@ -199,6 +201,9 @@ def workload(
             }
         )
         mounts.append({"name": "users", "mountPath": USERS_DIR, "readOnly": True})
+    extra_volumes, extra_mounts, env = integrated.pod_parts(spec)
+    volumes += extra_volumes
+    mounts += extra_mounts
     spool = spec.next_hop.type == "Maildir"
     if spool:
         mounts.append({"name": "spool", "mountPath": spec.next_hop.path})
@@ -213,6 +218,7 @@ def workload(
         ]
         + [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
         "volumeMounts": mounts,
+        **({"env": env} if env else {}),
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"}, "periodSeconds": 5},
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "health"},

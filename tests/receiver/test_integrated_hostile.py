@@ -222,7 +222,7 @@ def test_ntlm_unknown_user_takes_as_long_as_a_wrong_hash(receiver: Running) -> N
     difference = abs(statistics.median(known) - statistics.median(unknown))
     print(f"NTLM refusal median: known {statistics.median(known) * 1000:.2f} ms, "
           f"unknown {statistics.median(unknown) * 1000:.2f} ms")  # fmt: skip
-    assert min(known + unknown) >= 0.05
+    assert min(known + unknown) >= 0.049  # the floor (asyncio may wake a hair early)
     assert difference < 0.0015, (known, unknown)
 
 
