@@ -26,7 +26,7 @@ FIELDS = (
     "date-time,connector-id,session-id,sequence-number,local-endpoint,remote-endpoint,"
     "event,data,context"
 )
-_AUTH = re.compile(r"^(AUTH\s+\S+)(\s+.*)?$", re.IGNORECASE)
+_AUTH = re.compile(r"^((?:AUTH|X-EXPS)\s+\S+)(\s+.*)?$", re.IGNORECASE)
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 
 
@@ -56,7 +56,7 @@ class EscapingFormatter(logging.Formatter):
 
 
 def redact(line: str) -> str:
-    """A client line as it may be logged: an AUTH initial response becomes ``****``."""
+    """A client line as it may be logged: an AUTH or X-EXPS initial response becomes ``****``."""
     match = _AUTH.match(line)
     if match and match.group(2):
         return f"{match.group(1)} ****"

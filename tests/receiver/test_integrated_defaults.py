@@ -145,3 +145,10 @@ def test_x_exps_syntax_and_order(server: tuple[Running, dict[int, Any]]) -> None
     raw = Raw(running.port(port))
     raw.reply()
     assert raw.command("X-EXPS GSSAPI")[0] == 503  # EHLO first
+
+
+def test_initial_responses_are_not_logged() -> None:
+    from smtpgate.receiver import protocol_log
+
+    assert protocol_log.redact("X-EXPS GSSAPI YIIC/wYJKoZI") == "X-EXPS GSSAPI ****"
+    assert protocol_log.redact("AUTH NTLM TlRMTVNTUAAB") == "AUTH NTLM ****"
