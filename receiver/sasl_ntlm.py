@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 FLOOR = 0.05  # seconds every AUTHENTICATE takes, whoever it names
 _HASH_LINE = re.compile(r"^([^:\s\\]+):([0-9A-Fa-f]{32})$")
 _LOCK = threading.Lock()
+_CONVERTING = threading.Lock()
 _CONVERTED: dict[str, tuple[tuple[int, int], str]] = {}
 _FOLDER: list[str] = []
 
@@ -58,6 +59,11 @@ def parse_hashes(text: str) -> dict[str, str]:
 
 def _store(config: NtlmConfig) -> str:
     """pyspnego's file for ``config``'s hashes (remade when the source changes)."""
+    with _CONVERTING:
+        return _convert(config)
+
+
+def _convert(config: NtlmConfig) -> str:
     source = pathlib.Path(config.hashes_file)
     stat = source.stat()
     stamp = (stat.st_mtime_ns, stat.st_size)

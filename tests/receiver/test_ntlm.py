@@ -98,3 +98,13 @@ def test_a_plain_password_line_is_no_hash(ntlm_receiver: Running) -> None:
 
     found = sasl_ntlm.parse_hashes(hash_file(pathlib.Path(ntlm_receiver.spool.parent)).read_text())
     assert set(found) == set(PASSWORDS)
+
+
+@needs_curl
+def test_a_changed_hash_file_is_used_from_the_next_logon(ntlm_receiver: Running) -> None:
+    port = ntlm_receiver.port(CLIENT_FRONTEND)
+    assert curl_ntlm(port, "alice:alice-secret").returncode == 0
+    hashes = pathlib.Path(ntlm_receiver.config.ntlm.hashes_file)  # type: ignore[union-attr]
+    hashes.write_text(f"alice:{nt_hash('rotated-secret')}\n")
+    assert curl_ntlm(port, "alice:alice-secret").returncode != 0
+    assert curl_ntlm(port, "alice:rotated-secret").returncode == 0
