@@ -91,3 +91,71 @@ def test_offered_mechanisms(
 ) -> None:
     assert kerberos.sasl_mechanisms(mechanisms, frozenset(available)) == auth
     assert kerberos.exps_mechanisms(mechanisms, frozenset(available)) == exps
+
+
+SERVER = {
+    "fqdn": "ex01.contoso.com",
+    "kerberos": {
+        "realm": "CONTOSO.COM",
+        "servicePrincipals": ["SMTP/ex01.contoso.com", "smtp/ex01.contoso.com@CONTOSO.COM"],
+        "keytabSecretRef": {"name": "ex01-keytab", "key": "krb5.keytab"},
+    },
+    "ntlm": {"hashesSecretRef": {"name": "users", "key": "ntlm"}, "domain": "CONTOSO"},
+}
+
+
+def test_kerberos_spec_compiles_into_the_server_config() -> None:
+    from smtpgate.connectors import config, specs
+
+    spec = specs.TransportServerSpec.model_validate(SERVER)
+    assert spec.kerberos is not None
+    compiled = config.compile_server(
+        "ex01",
+        "mail",
+        spec,
+        [],
+        kerberos=kerberos.compile_kerberos(
+            spec.kerberos, {"SMTP/ex02.contoso.com@CONTOSO.COM": ServerRole.Edge}
+        ),
+        ntlm=kerberos.compile_ntlm(spec.ntlm),
+    ).config
+    again = config.ServerConfig.from_json(compiled.to_json())
+    assert again == compiled
+    assert again.kerberos is not None and again.kerberos.service_principals == (
+        "SMTP/ex01.contoso.com@CONTOSO.COM",
+        "smtp/ex01.contoso.com@CONTOSO.COM",
+    )
+    assert again.ntlm == kerberos.NtlmConfig(
+        hashes_file="/etc/smtpgate/ntlm/ntlm", domain="CONTOSO"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"realm": "contoso.com"}, "realm"),
+        ({"servicePrincipals": ["alice"]}, "servicePrincipals"),
+        ({"servicePrincipals": []}, "servicePrincipals"),
+        ({"password": "secret"}, "password"),
+    ],
+)
+def test_invalid_kerberos_specs_are_refused(change: dict[str, object], field: str) -> None:
+    from pydantic import ValidationError
+    from smtpgate.connectors import specs
+
+    data = {**SERVER, "kerberos": {**SERVER["kerberos"], **change}}  # type: ignore[dict-item]
+    with pytest.raises(ValidationError) as refused:
+        specs.TransportServerSpec.model_validate(data)
+    assert field in str(refused.value)
+
+
+def test_missing_credentials_name_what_is_not_offered() -> None:
+    assert kerberos.missing_credentials((M.TLS, M.BasicAuth), False, False) is None
+    assert kerberos.missing_credentials((M.Integrated,), True, True) == []
+    assert kerberos.missing_credentials((M.Integrated,), False, False) == [
+        "GSSAPI (spec.kerberos)",
+        "NTLM (spec.ntlm)",
+    ]
+    assert kerberos.missing_credentials((M.ExchangeServer,), False, False) == [
+        "GSSAPI (spec.kerberos)"
+    ]
