@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt | krb5-build
 
 # Pin every dependency's version (constraints.txt) from a fresh install of the ranges in
 # pyproject.toml; make setup, CI and the images install with these pins.
-lock:
+lock: krb5-build
 	rm -rf build/lock && $(PYTHON) -m venv build/lock
 	build/lock/bin/pip install -q --upgrade pip setuptools
 	build/lock/bin/pip install -q '.[test]'
