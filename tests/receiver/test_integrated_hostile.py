@@ -234,3 +234,50 @@ def test_ntlm_cancel_counts_as_a_failed_logon(receiver: Running) -> None:
         return raw.command("*")
 
     failed_twice(raw, attempt, CANCELLED)
+
+
+def layer_exchange(raw: Raw, choice: bytes) -> tuple[int, str]:
+    """A GSSAPI exchange whose client answers the server's security-layer offer with
+    ``choice`` (wrapped), after a proper context with mutual authentication."""
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    code, text = raw.command("AUTH GSSAPI " + b64(context.step()))
+    context.step(base64.b64decode(text))  # the AP-REP
+    assert context.complete
+    code, text = raw.command("")  # the empty answer to the last context token
+    assert code == 334
+    assert context.unwrap(base64.b64decode(text)).message == b"\x01\x00\x00\x00"
+    return raw.command(b64(context.wrap(choice, False).message))
+
+
+@pytest.mark.parametrize(
+    ("choice", "answer"),
+    [
+        (b"\x01\x00\x00\x00", (235, "2.7.0 Authentication successful")),
+        (b"\x01\x00\x10\x00alice", (235, "2.7.0 Authentication successful")),
+        (b"\x01\x00\x00\x00alice@" + REALM.encode(), (235, "2.7.0 Authentication successful")),
+        (b"\x02\x00\x10\x00", FAILED),  # integrity: not offered
+        (b"\x04\x00\x10\x00", FAILED),  # confidentiality: not offered
+        (b"\x01\x00\x00", FAILED),  # shorter than four octets
+        (
+            b"\x01\x00\x00\x00bob",
+            (535, "5.7.8 Authorization identity must be empty or the authentication identity"),
+        ),
+    ],
+)
+def test_security_layer_negotiation(
+    receiver: Running, as_user: Any, choice: bytes, answer: tuple[int, str]
+) -> None:
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+    assert layer_exchange(raw, choice) == answer
+
+
+def test_a_non_empty_answer_to_the_last_context_token_is_refused(
+    receiver: Running, as_user: Any
+) -> None:
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    code, text = raw.command("AUTH GSSAPI " + b64(context.step()))
+    assert code == 334 and text  # the AP-REP: the client must answer it with nothing
+    assert raw.command(b64(b"something")) == FAILED
