@@ -94,6 +94,10 @@ class Kdc:
             f"  localhost = {REALM}\n"
             f"  mail.contoso.com = {REALM}\n"
             f"  .other.test = {OTHER_REALM}\n"
+            # OTHER_REALM trusts REALM directly (Realm makes the cross-realm key).
+            "[capaths]\n"
+            f"  {OTHER_REALM} = {{\n    {REALM} = .\n  }}\n"
+            f"  {REALM} = {{\n    {OTHER_REALM} = .\n  }}\n"
         )
         self.env: dict[str, str] = {
             "KRB5_CONFIG": str(self.krb5_conf),
@@ -188,7 +192,8 @@ class Realm:
     passwords are also their NT hashes' source; ``brief``, whose tickets live 3 seconds),
     the receiver's keytab (its smtp/ and SMTP/ principals, and an HTTP/ one the receiver
     must not take), another server of the organisation (ex02, with a keytab of its own to
-    authenticate with), and a user and an smtp/ principal of OTHER_REALM."""
+    authenticate with), and a user and an smtp/ principal of OTHER_REALM, which trusts REALM
+    (its users get tickets for REALM's services)."""
 
     PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
 
@@ -201,6 +206,9 @@ class Realm:
             kdc.add_user(name, password)
         kdc.add_user("brief", "brief-secret", maxlife="3 seconds")
         kdc.add_user("eve", "eve-secret", realm=OTHER_REALM)
+        # A cross-realm trust: OTHER_REALM's users can get tickets for REALM's services.
+        for realm in (REALM, OTHER_REALM):
+            kdc.kadmin(f"addprinc -pw cross-realm-trust krbtgt/{REALM}@{OTHER_REALM}", realm)
         self.service_principals = tuple(
             kdc.add_service(p, self.keytab)
             for p in ("smtp/mail.contoso.com", "SMTP/mail.contoso.com", "smtp/localhost")

@@ -5,6 +5,7 @@ against a real KDC: each is refused with the right reply and counted as a failed
 from __future__ import annotations
 
 import base64
+import logging
 import pathlib
 import statistics
 import time
@@ -119,6 +120,23 @@ def test_ticket_of_another_realm_is_refused(receiver: Running, as_user: Any) -> 
         return raw.command("AUTH GSSAPI " + b64(context.step()))
 
     failed_twice(raw, attempt, FAILED)
+
+
+def test_user_of_a_trusted_realm_is_not_a_user_here(
+    receiver: Running, as_user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # eve@OTHER.TEST holds a valid cross-realm ticket for this server's own principal: the
+    # context is established, and the realm is not the server's.
+    as_user(f"eve@{OTHER_REALM}", "eve-secret")
+    raw = session(receiver)
+
+    def attempt() -> tuple[int, str]:
+        context = initiator(f"smtp/mail.contoso.com@{REALM}")
+        return finish_gssapi(raw, context, raw.command("AUTH GSSAPI " + b64(context.step())))
+
+    caplog.set_level(logging.INFO, logger="smtpgate.receiver.sasl")
+    failed_twice(raw, attempt, FAILED)
+    assert f"eve@{OTHER_REALM} holds nothing on this connector" in caplog.text
 
 
 def test_expired_ticket_is_refused(receiver: Running, as_user: Any) -> None:
