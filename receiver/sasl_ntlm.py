@@ -15,10 +15,12 @@ checks one)."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import pathlib
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -71,7 +73,8 @@ def _convert(config: NtlmConfig) -> str:
     if known is not None and known[0] == stamp:
         return known[1]
     if not _FOLDER:
-        _FOLDER.append(tempfile.mkdtemp(prefix="smtpgate-ntlm-"))
+        _FOLDER.append(tempfile.mkdtemp(prefix="smtpgate-ntlm-"))  # 0700, the process's own
+        atexit.register(shutil.rmtree, _FOLDER[0], True)
     lines = []
     for name, nt in parse_hashes(source.read_text()).items():
         names = [name] + ([f"{config.domain}\\{name}"] if config.domain else [])
