@@ -174,6 +174,12 @@ def main() -> int:
     parser.add_argument(
         "--smtpgate-arg", action="append", default=[], help="one more receiver argument"
     )
+    parser.add_argument(
+        "--compare",
+        metavar="TREE",
+        help="also run the receiver from another copy of its source (a folder holding "
+        "smtpgate/receiver and smtpgate/connectors, e.g. from git archive), interleaved",
+    )
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if shutil.which(tool) is None:
@@ -190,6 +196,9 @@ def main() -> int:
         extra = tuple(args.smtpgate_arg)
         running = [servers.start_smtpgate(work, "maildir", extra=extra)]
         started += running
+        if args.compare:
+            running.append(servers.start_smtpgate(work, "maildir", extra=extra, tree=args.compare))
+            started.append(running[-1])
         if args.with_reference:
             sink = servers.start_sink(work)
             started.append(sink)
@@ -223,7 +232,7 @@ def main() -> int:
                 continue
             for label, sessions, messages in LATENCY:
                 messages = messages // 3 if args.quick else messages
-                for server in (s for s in order if s.name in (OURS, THEIRS)):
+                for server in (s for s in order if s.name == THEIRS or "maildir" in s.name):
                     samples = latency(server, sessions, messages)
                     waits.setdefault((label, server.name), []).extend(samples)
                     print(
@@ -267,6 +276,24 @@ def report(
             f"| {statistics.median(c for _, c in theirs):.2f} |"
         )
     others = [s.name for s in running if s.name not in (OURS, THEIRS)]
+    for name in [n for n in others if "maildir" in n]:
+        print(f"\n{OURS} / {name}, median (rounds):")
+        for label, *_ in scenarios:
+            ours, base = runs.get((label, OURS), []), runs.get((label, name), [])
+            ratios = sorted(o[0] / b[0] for o, b in zip(ours, base, strict=True))
+            if ratios:
+                cpu = statistics.median(c for _, c in base)
+                print(
+                    f"  {label:29} {statistics.median(ratios):.2f}× "
+                    f"({', '.join(f'{r:.2f}' for r in ratios)}); its CPU s per 1000 {cpu:.2f}"
+                )
+        for label, *_ in LATENCY:
+            if (label, name) in waits:
+                samples = waits[(label, name)]
+                print(
+                    f"  latency {label}: p50 {percentile(samples, 0.5) * 1000:.2f} ms, "
+                    f"p99 {percentile(samples, 0.99) * 1000:.2f} ms"
+                )
     for name in others:
         cells = [
             f"{label}: {statistics.median(r for r, _ in runs[(label, name)]):.0f}/s"

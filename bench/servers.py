@@ -142,11 +142,15 @@ def start_smtpgate(
     workers: int = WORKERS,
     max_connections: int = 5000,
     extra: tuple[str, ...] = (),
+    tree: str | None = None,
 ) -> Server:
+    """The receiver; ``tree`` is another copy of its source (a folder holding
+    smtpgate/receiver and smtpgate/connectors) to run instead of this one."""
     sys.path.insert(0, str(ROOT))
     from smtpgate.connectors import config, specs
 
-    spool = work / f"spool-{mode}"
+    label = mode if tree is None else f"{mode}-{pathlib.Path(tree).name}"
+    spool = work / f"spool-{label}"
     next_hop: dict[str, object] = {"type": "Maildir", "path": str(spool)}
     if mode == "relay":
         next_hop = {"type": "Smtp", "host": "127.0.0.1", "port": sink_port}
@@ -170,7 +174,7 @@ def start_smtpgate(
         [("Internet", connector)],
         [specs.AcceptedDomainSpec(domain_name="contoso.com")],
     )
-    config_file = work / f"config-{mode}.json"
+    config_file = work / f"config-{label}.json"
     config_file.write_text(compiled.config.to_json())
     port = free_port()
     args = [
@@ -188,17 +192,19 @@ def start_smtpgate(
         str(workers),
         *extra,
     ]
-    cgroup = Cgroup(f"smtpgate-{mode}")
-    log = open(work / f"receiver-{mode}.log", "wb")  # noqa: SIM115 - closed with the process
+    cgroup = Cgroup(f"smtpgate-{label}")
+    log = open(work / f"receiver-{label}.log", "wb")  # noqa: SIM115 - closed with the process
+    env = dict(os.environ, PYTHONPATH=tree) if tree is not None else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "smtpgate.receiver", *args],
         stdout=subprocess.PIPE,
         stderr=log,
+        env=env,
         preexec_fn=cgroup.enter,  # noqa: PLW1509 - only writes its own pid to a cgroup file
     )
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != b"ready":  # every worker listens
-        raise RuntimeError(f"the receiver did not start; see {work}/receiver-{mode}.log")
+        raise RuntimeError(f"the receiver did not start; see {work}/receiver-{label}.log")
     wait_port(port)
     cgroup.pids = lambda: _tree(proc.pid)
 
@@ -216,7 +222,7 @@ def start_smtpgate(
         f"next hop: {next_hop}; spool filesystem: {filesystem(work)}",
     ]
     return Server(
-        f"smtpgate {mode}",
+        f"smtpgate {label}" if tree is None else f"smtpgate {mode} ({tree})",
         port,
         cgroup,
         stop,

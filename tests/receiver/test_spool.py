@@ -39,11 +39,16 @@ def _deliver_all(spool: delivery.MaildirDelivery, messages: list[delivery.Messag
         spool.close()
 
 
-@pytest.mark.parametrize("sync", ["filesystem", "file"])
+SYNCS = [("filesystem", True), ("filesystem", False), ("file", None)]
+SYNC_IDS = ["one-journal-commit", "syncfs-then-directory", "file"]
+
+
+@pytest.mark.parametrize(("sync", "ordered"), SYNCS, ids=SYNC_IDS)
 def test_concurrent_messages_land_whole_and_share_commits(
-    tmp_path: pathlib.Path, sync: str
+    tmp_path: pathlib.Path, sync: str, ordered: bool | None
 ) -> None:
-    spool = delivery.MaildirDelivery(tmp_path, sync=sync)
+    spool = delivery.MaildirDelivery(tmp_path, sync=sync, ordered=ordered)
+    assert spool.ordered is bool(ordered)
     messages = [_message(n, size=n * 977) for n in range(300)]
     assert _deliver_all(spool, messages) == [None] * 300
     files = sorted((tmp_path / "new").iterdir())
@@ -71,18 +76,28 @@ def test_messages_that_cannot_be_staged_get_an_error(tmp_path: pathlib.Path) -> 
     assert list((tmp_path / "new").iterdir()) == []
 
 
-@pytest.mark.parametrize("sync", ["filesystem", "file"])
+@pytest.mark.parametrize(("sync", "ordered"), SYNCS, ids=SYNC_IDS)
+@pytest.mark.parametrize("failing_step", ["data", "directory"])
 def test_a_failed_commit_fails_its_whole_group_and_leaves_nothing(
-    tmp_path: pathlib.Path, sync: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path,
+    sync: str,
+    ordered: bool | None,
+    failing_step: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A disk that reports a write-back error cannot be made here: the flush stands in for
-    # one by failing with EIO, as syncfs(2) or fsync(2) would.
+    # A disk that reports a write-back error cannot be made here: the step stands in for
+    # one by failing with EIO, as sync_file_range(2), syncfs(2) or fsync(2) would.
     def failing(*_: Any) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(delivery, "_fsync_filesystem", failing)
-    monkeypatch.setattr(delivery.os, "fsync", failing)
-    spool = delivery.MaildirDelivery(tmp_path, sync=sync)
+    if failing_step == "data":
+        monkeypatch.setattr(delivery, "_write_back", failing)
+        monkeypatch.setattr(delivery, "_fsync_filesystem", failing)
+        if sync == "file":
+            monkeypatch.setattr(delivery.os, "fsync", failing)
+    else:
+        monkeypatch.setattr(delivery, "_fsync_path", failing)
+    spool = delivery.MaildirDelivery(tmp_path, sync=sync, ordered=ordered)
     results = _deliver_all(spool, [_message(n) for n in range(20)])
     assert all(isinstance(r, delivery.DeliveryError) for r in results)
     assert "Input/output error" in str(results[0])
