@@ -144,7 +144,11 @@ class MaildirDelivery:
         self._waiting: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._committer: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._in_flight = 0  # messages in deliver()
         self.groups = 0  # group commits so far
+        # Whether the event loop serves nothing but the session delivering (the server
+        # sets it): then a message with no other in flight commits on the loop itself.
+        self.alone: Callable[[], bool] = lambda: False
 
     def _clear_stale(self) -> None:
         """Remove what a killed receiver left in tmp/: never acknowledged, never in new/.
@@ -177,9 +181,22 @@ class MaildirDelivery:
 
     async def deliver(self, message: Message) -> None:
         done = asyncio.get_running_loop().create_future()
-        self._start()
-        self._waiting.put(_Pending(message, done))
-        error = await done
+        pending = _Pending(message, done)
+        with self._lock:
+            self._in_flight += 1
+            alone = self._in_flight == 1 and self.alone()
+        try:
+            if alone:
+                # Nothing else to commit and nobody else on this event loop: the commit
+                # runs here at once, without two hand-overs between threads (c=1).
+                self._commit([pending])
+            else:
+                self._start()
+                self._waiting.put(pending)
+            error = await done
+        finally:
+            with self._lock:
+                self._in_flight -= 1
         if error is not None:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             raise DeliveryError(f"spool write failed: {reason}")

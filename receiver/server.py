@@ -132,7 +132,7 @@ class Runtime:
         self.proxy_timeout = proxy_timeout
         self.proxy_optional_wait = min(proxy_optional_wait, proxy_timeout)
         self.protocol_log = protocol_log
-        self.delivery = delivery
+        self.delivery = self._hint(delivery)
         self.deliveries = deliveries
         self._retired: list[delivery_mod.Delivery] = []
         self.files_root = files_root
@@ -156,8 +156,15 @@ class Runtime:
                 log.error("next hop refused, the last one keeps serving: %s", err)
                 return
             self._retired.append(self.delivery)
-            self.delivery = delivery
+            self.delivery = self._hint(delivery)
             log.info("next hop is now %s", _describe(config))
+
+    def _hint(self, delivery: delivery_mod.Delivery) -> delivery_mod.Delivery:
+        """Tell a maildir spool when its event loop serves one session only, so that a
+        lone message commits on the loop instead of waking the committer thread."""
+        if isinstance(delivery, delivery_mod.MaildirDelivery):
+            delivery.alone = lambda: len(self.sessions) <= 1
+        return delivery
 
     def retired(self) -> list[delivery_mod.Delivery]:
         """Deliveries replaced by a reload that no session uses any more: to be closed."""

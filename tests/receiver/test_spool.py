@@ -9,6 +9,7 @@ import errno
 import os
 import pathlib
 import shutil
+import threading
 import time
 from typing import Any
 
@@ -157,3 +158,48 @@ def test_files_a_killed_receiver_left_in_tmp_are_cleared_after_36_hours(
     os.utime(old, (long_ago, long_ago))
     delivery.MaildirDelivery(tmp_path).close()
     assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == ["recent"]
+
+
+def test_a_lone_message_commits_on_the_event_loop_and_concurrent_ones_on_the_committer(
+    tmp_path: pathlib.Path,
+) -> None:
+    def spool() -> tuple[delivery.MaildirDelivery, list[tuple[str, int]]]:
+        made = delivery.MaildirDelivery(tmp_path)
+        made.alone = lambda: True  # the server says: this loop serves one session only
+        commits: list[tuple[str, int]] = []
+        commit = made._commit
+
+        def recorded(group: list[Any]) -> None:
+            commits.append((threading.current_thread().name, len(group)))
+            commit(group)
+
+        made._commit = recorded  # type: ignore[method-assign]
+        return made, commits
+
+    lone, commits = spool()
+    assert _deliver_all(lone, [_message(0)]) == [None]
+    assert commits == [("MainThread", 1)]  # no thread was woken for it
+    several, commits = spool()
+    assert _deliver_all(several, [_message(n) for n in range(1, 6)]) == [None] * 5
+    # the first commits at once; the others, arriving meanwhile, wait for the committer
+    assert commits[0] == ("MainThread", 1)
+    assert {name for name, _ in commits[1:]} == {"spool-commit"}
+    assert sum(size for _, size in commits) == 5
+    assert len(list((tmp_path / "new").iterdir())) == 6
+
+
+def test_the_server_tells_the_spool_when_its_loop_serves_one_session(
+    tmp_path: pathlib.Path,
+) -> None:
+    from smtpgate.receiver import server
+
+    from .helpers import internet_config_file
+
+    config = server.ServerConfig.from_json(internet_config_file(tmp_path).read_bytes())
+    runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
+    spool = runtime.delivery
+    assert isinstance(spool, delivery.MaildirDelivery)
+    assert spool.alone()
+    runtime.sessions.update({object(), object()})  # type: ignore[arg-type]
+    assert not spool.alone()
+    spool.close()
