@@ -203,3 +203,17 @@ def test_the_server_tells_the_spool_when_its_loop_serves_one_session(
     runtime.sessions.update({object(), object()})  # type: ignore[arg-type]
     assert not spool.alone()
     spool.close()
+
+
+def test_the_receivers_loop_lets_the_committer_have_the_gil_within_its_switch_interval() -> None:
+    import sys
+
+    from smtpgate.receiver import server
+
+    before = sys.getswitchinterval()
+    try:
+        server.new_event_loop().close()
+        assert sys.getswitchinterval() == pytest.approx(server.SWITCH_INTERVAL)
+        assert server.SWITCH_INTERVAL <= 0.0005
+    finally:
+        sys.setswitchinterval(before)
