@@ -145,6 +145,7 @@ class MaildirDelivery:
         self._committer: threading.Thread | None = None
         self._lock = threading.Lock()
         self._in_flight = 0  # messages in deliver()
+        self._new_fd = -1  # new/, open for its fsyncs
         self.groups = 0  # group commits so far
         # Whether the event loop serves nothing but the session delivering (the server
         # sets it): then a message with no other in flight commits on the loop itself.
@@ -189,11 +190,12 @@ class MaildirDelivery:
             if alone:
                 # Nothing else to commit and nobody else on this event loop: the commit
                 # runs here at once, without two hand-overs between threads (c=1).
-                self._commit([pending])
+                self._commit([pending], settle=False)
+                error = pending.error
             else:
                 self._start()
                 self._waiting.put(pending)
-            error = await done
+                error = await done
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -208,6 +210,10 @@ class MaildirDelivery:
         if committer is not None:
             self._waiting.put(None)
             committer.join()
+        with self._lock:
+            fd, self._new_fd = self._new_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _start(self) -> None:
         if self._committer is None:
@@ -243,7 +249,15 @@ class MaildirDelivery:
             if stop:
                 return
 
-    def _commit(self, group: list[_Pending]) -> None:
+    def _sync_new(self) -> None:
+        """fsync new/ (opened once)."""
+        if self._new_fd < 0:
+            with self._lock:
+                if self._new_fd < 0:
+                    self._new_fd = os.open(self.root / "new", os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(self._new_fd)
+
+    def _commit(self, group: list[_Pending], settle: bool = True) -> None:
         """Data first, then names: every file's data of the group is on the device (and,
         unless ``ordered``, durable) before any is renamed into new/, so new/ never holds a
         message that a crash could leave empty; then new/ is synced, which also commits the
@@ -267,7 +281,7 @@ class MaildirDelivery:
                     _fsync_filesystem(self.root / "tmp")
                 for _, tmp, final, _ in staged:
                     os.rename(tmp, final)
-                _fsync_path(self.root / "new")
+                self._sync_new()
         except OSError as err:
             for pending, tmp, final, _ in staged:
                 pending.error = err
@@ -277,7 +291,8 @@ class MaildirDelivery:
         finally:
             for *_, fd in staged:
                 os.close(fd)
-        self._settle(group)
+        if settle:
+            self._settle(group)
 
     @staticmethod
     def _settle(group: list[_Pending]) -> None:
@@ -399,7 +414,8 @@ def _write_back(fds: list[int]) -> None:
     """Every file's data written to the device (waited for, errors reported), without a
     journal commit: first all writes started, then each waited for."""
     assert _sync_file_range is not None
-    for flags in (_WRITE, _WAIT_BEFORE | _WRITE | _WAIT_AFTER):
+    waits = (_WAIT_BEFORE | _WRITE | _WAIT_AFTER,)
+    for flags in waits if len(fds) == 1 else (_WRITE, *waits):
         for fd in fds:
             if _sync_file_range(fd, 0, 0, flags) != 0:
                 errno = ctypes.get_errno()
@@ -421,14 +437,6 @@ def filesystem_type(path: pathlib.Path) -> str:
         if inside and len(point) >= len(found[0]):
             found = (point, rest.split()[0])
     return found[1]
-
-
-def _fsync_path(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def from_next_hop(
