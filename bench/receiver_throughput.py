@@ -175,6 +175,11 @@ def main() -> int:
         "--smtpgate-arg", action="append", default=[], help="one more receiver argument"
     )
     parser.add_argument(
+        "--no-cpu-weight",
+        action="store_true",
+        help="leave the servers out of cpu cgroups of equal weight (bench/servers.py, Cgroup)",
+    )
+    parser.add_argument(
         "--compare",
         metavar="TREE",
         help="also run the receiver from another copy of its source (a folder holding "
@@ -185,6 +190,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"{tool} is missing: make postfix (apt-get install postfix)", file=sys.stderr)
             return 2
+    servers.WEIGHTED = not args.no_cpu_weight
     n1 = 300 if args.quick else args.messages
     rounds = 1 if args.quick else args.rounds
     scenarios = [s for s in SCENARIOS if not args.only or args.only in s[0]]
@@ -210,6 +216,8 @@ def main() -> int:
         print(f"{os.cpu_count()} cores; load average at start {load()}")
         for server in running:
             accounting = "cpuacct cgroup" if server.cgroup.exact else "/proc of its processes"
+            if server.cgroup.weighted is not None:
+                accounting += "; in a cpu cgroup of weight 1024 (cpu.shares)"
             print(f"\n{server.name} (CPU: {accounting})")
             for line in server.settings:
                 print(f"  {line}")

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLK = os.sysconf("SC_CLK_TCK")
 CPUACCT = pathlib.Path("/sys/fs/cgroup/cpuacct")
+CPU = pathlib.Path("/sys/fs/cgroup/cpu")
+WEIGHTED = True  # each server in a cpu cgroup of the default weight too (see Cgroup)
 WORKERS = os.cpu_count() or 1  # the receiver's --workers auto
 # Postfix settings that differ from its defaults, besides where its files are.
 POSTFIX_SETTINGS = {
@@ -57,7 +59,14 @@ def wait_port(port: int, timeout: float = 30) -> None:
 class Cgroup:
     """A cpuacct cgroup (v1) that a server and all its children run in, so that the CPU of
     short-lived processes (Postfix's smtpd, cleanup) is counted too. Where none can be
-    made, the CPU of the processes found in /proc (and their waited-for children) instead."""
+    made, the CPU of the processes found in /proc (and their waited-for children) instead.
+
+    With ``WEIGHTED`` (the default; ``--no-cpu-weight`` turns it off) the server also
+    runs in a cgroup of the cpu controller with the default weight (cpu.shares 1024): on
+    a machine that other work keeps busy, each server then gets the same share of the
+    CPU whatever its number of processes (Postfix's 50 smtpd processes at c=50 would
+    otherwise get 25 times the share of smtpgate's 2 workers). On an idle machine the
+    weight changes nothing."""
 
     def __init__(self, name: str) -> None:
         self.path: pathlib.Path | None = CPUACCT / f"smtpgate-bench-{os.getpid()}-{name}"
@@ -65,6 +74,13 @@ class Cgroup:
             self.path.mkdir()
         except OSError:
             self.path = None
+        self.weighted: pathlib.Path | None = None
+        if WEIGHTED:
+            self.weighted = CPU / f"smtpgate-bench-{os.getpid()}-{name}"
+            try:
+                self.weighted.mkdir()
+            except OSError:
+                self.weighted = None
         self.pids: Callable[[], list[int]] = list
 
     @property
@@ -75,6 +91,8 @@ class Cgroup:
         """Put the calling process in the group (a preexec_fn: children inherit it)."""
         if self.path is not None:
             (self.path / "cgroup.procs").write_text(str(os.getpid()))
+        if self.weighted is not None:
+            (self.weighted / "cgroup.procs").write_text(str(os.getpid()))
 
     def cpu_seconds(self) -> float:
         if self.path is not None:
@@ -94,11 +112,11 @@ class Cgroup:
         return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
 
     def remove(self) -> None:
-        if self.path is not None:
-            for _ in range(50):
+        for path in (self.path, self.weighted):
+            for _ in range(50 if path is not None else 0):
                 try:
-                    self.path.rmdir()
-                    return
+                    path.rmdir()  # type: ignore[union-attr]
+                    break
                 except OSError:
                     time.sleep(0.1)
 
@@ -250,7 +268,8 @@ def start_sink(work: pathlib.Path) -> Server:
     return Server("postfix smtp-sink (discard)", port, cgroup, stop, ["smtp-sink -c 1024"])
 
 
-def start_postfix(work: pathlib.Path) -> Server:
+def start_postfix(work: pathlib.Path, **more: str) -> Server:
+    """Postfix's smtpd and queue; ``more``: main.cf settings on top of the bench's."""
     conf = work / "postfix"
     conf.mkdir()
     work.chmod(0o755)  # Postfix's daemons run as the postfix user
@@ -272,6 +291,7 @@ def start_postfix(work: pathlib.Path) -> Server:
         "relay_domains": "contoso.com",
         "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination",
         **POSTFIX_SETTINGS,
+        **more,
     }
     (conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
     master = pathlib.Path("/etc/postfix/master.cf").read_text()
