@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit lint demo setup controlplane node node-deps images crds lua strace haproxy nginx bench clean lock
+.PHONY: test test-unit lint demo setup controlplane node node-deps images crds lua strace haproxy nginx postfix bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ haproxy:
 nginx:
 	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || (apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-stream >/dev/null)
 
+# Postfix's smtp-source (the benchmark's load client) and its smtpd and queue (the reference
+# server); "No configuration" and RUNLEVEL=1 keep the package from starting the system's own.
+postfix:
+	@command -v smtp-source >/dev/null || (apt-get update -qq && \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && \
+	  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends postfix >/dev/null)
+
 # The node for the tests marked `node` (root): its binaries, and the Debian packages it runs.
 node:
 	@bash hack/node/build.sh >/dev/null
@@ -86,8 +93,9 @@ test-unit: $(STAMP) lua strace haproxy nginx
 demo: $(STAMP) controlplane
 	$(BIN)/python hack/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) postfix
 	$(BIN)/python bench/receiver_throughput.py
+	$(BIN)/python bench/receiver_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
