@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit lint demo setup controlplane node node-deps images crds lua strace haproxy nginx kerberos krb5-build bench clean lock
+.PHONY: test test-unit lint demo setup controlplane node node-deps images crds lua strace haproxy nginx kerberos krb5-build postfix bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt | krb5-build
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ haproxy:
 nginx:
 	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || (apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-stream >/dev/null)
 
+# Postfix's smtp-source (the benchmark's load client) and its smtpd and queue (the reference
+# server); "No configuration" and RUNLEVEL=1 keep the package from starting the system's own.
+postfix:
+	@command -v smtp-source >/dev/null || (apt-get update -qq && \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && \
+	  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends postfix >/dev/null)
+
 # python-gssapi has no Linux wheel: pip builds it against MIT Kerberos's headers.
 krb5-build:
 	@missing=$$(for p in libkrb5-dev gcc; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -58,8 +65,8 @@ krb5-build:
 # Postfix's smtp client with Cyrus SASL's GSSAPI plug-in for the Kerberos and NTLM tests
 # (tests/receiver/test_gssapi.py and beside it, skipped with the reason where missing);
 # RUNLEVEL=1 keeps the packages from starting a KDC or a Postfix of the system's own.
-KERBEROS_PACKAGES := krb5-kdc krb5-admin-server krb5-user curl postfix libsasl2-modules-gssapi-mit
-kerberos:
+KERBEROS_PACKAGES := krb5-kdc krb5-admin-server krb5-user curl libsasl2-modules-gssapi-mit
+kerberos: postfix
 	@missing=$$(for p in $(KERBEROS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
@@ -102,8 +109,9 @@ test-unit: $(STAMP) lua strace haproxy nginx kerberos
 demo: $(STAMP) controlplane
 	$(BIN)/python hack/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) postfix
 	$(BIN)/python bench/receiver_throughput.py
+	$(BIN)/python bench/receiver_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,6 +9,7 @@ import errno
 import os
 import pathlib
 import shutil
+import threading
 import time
 from typing import Any
 
@@ -39,11 +40,16 @@ def _deliver_all(spool: delivery.MaildirDelivery, messages: list[delivery.Messag
         spool.close()
 
 
-@pytest.mark.parametrize("sync", ["filesystem", "file"])
+SYNCS = [("filesystem", True), ("filesystem", False), ("file", None)]
+SYNC_IDS = ["one-journal-commit", "syncfs-then-directory", "file"]
+
+
+@pytest.mark.parametrize(("sync", "ordered"), SYNCS, ids=SYNC_IDS)
 def test_concurrent_messages_land_whole_and_share_commits(
-    tmp_path: pathlib.Path, sync: str
+    tmp_path: pathlib.Path, sync: str, ordered: bool | None
 ) -> None:
-    spool = delivery.MaildirDelivery(tmp_path, sync=sync)
+    spool = delivery.MaildirDelivery(tmp_path, sync=sync, ordered=ordered)
+    assert spool.ordered is bool(ordered)
     messages = [_message(n, size=n * 977) for n in range(300)]
     assert _deliver_all(spool, messages) == [None] * 300
     files = sorted((tmp_path / "new").iterdir())
@@ -71,18 +77,28 @@ def test_messages_that_cannot_be_staged_get_an_error(tmp_path: pathlib.Path) -> 
     assert list((tmp_path / "new").iterdir()) == []
 
 
-@pytest.mark.parametrize("sync", ["filesystem", "file"])
+@pytest.mark.parametrize(("sync", "ordered"), SYNCS, ids=SYNC_IDS)
+@pytest.mark.parametrize("failing_step", ["data", "directory"])
 def test_a_failed_commit_fails_its_whole_group_and_leaves_nothing(
-    tmp_path: pathlib.Path, sync: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path,
+    sync: str,
+    ordered: bool | None,
+    failing_step: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A disk that reports a write-back error cannot be made here: the flush stands in for
-    # one by failing with EIO, as syncfs(2) or fsync(2) would.
+    # A disk that reports a write-back error cannot be made here: the step stands in for
+    # one by failing with EIO, as sync_file_range(2), syncfs(2) or fsync(2) would.
     def failing(*_: Any) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(delivery, "_fsync_filesystem", failing)
-    monkeypatch.setattr(delivery.os, "fsync", failing)
-    spool = delivery.MaildirDelivery(tmp_path, sync=sync)
+    if failing_step == "data":
+        monkeypatch.setattr(delivery, "_write_back", failing)
+        monkeypatch.setattr(delivery, "_fsync_filesystem", failing)
+        if sync == "file":
+            monkeypatch.setattr(delivery.os, "fsync", failing)
+    else:
+        monkeypatch.setattr(delivery.MaildirDelivery, "_sync_new", failing)
+    spool = delivery.MaildirDelivery(tmp_path, sync=sync, ordered=ordered)
     results = _deliver_all(spool, [_message(n) for n in range(20)])
     assert all(isinstance(r, delivery.DeliveryError) for r in results)
     assert "Input/output error" in str(results[0])
@@ -142,3 +158,61 @@ def test_files_a_killed_receiver_left_in_tmp_are_cleared_after_36_hours(
     os.utime(old, (long_ago, long_ago))
     delivery.MaildirDelivery(tmp_path).close()
     assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == ["recent"]
+
+
+def test_a_lone_message_commits_on_the_event_loop_and_concurrent_ones_on_the_committer(
+    tmp_path: pathlib.Path,
+) -> None:
+    def spool() -> tuple[delivery.MaildirDelivery, list[tuple[str, int]]]:
+        made = delivery.MaildirDelivery(tmp_path)
+        made.alone = lambda: True  # the server says: this loop serves one session only
+        commits: list[tuple[str, int]] = []
+        commit = made._commit
+
+        def recorded(group: list[Any], settle: bool = True) -> None:
+            commits.append((threading.current_thread().name, len(group)))
+            commit(group, settle)
+
+        made._commit = recorded  # type: ignore[method-assign]
+        return made, commits
+
+    lone, commits = spool()
+    assert _deliver_all(lone, [_message(0)]) == [None]
+    assert commits == [("MainThread", 1)]  # no thread was woken for it
+    several, commits = spool()
+    several.alone = lambda: False  # the server says: the loop serves others too
+    assert _deliver_all(several, [_message(n) for n in range(1, 6)]) == [None] * 5
+    assert {name for name, _ in commits} == {"spool-commit"}
+    assert sum(size for _, size in commits) == 5
+    assert len(list((tmp_path / "new").iterdir())) == 6
+
+
+def test_the_server_tells_the_spool_when_its_loop_serves_one_session(
+    tmp_path: pathlib.Path,
+) -> None:
+    from smtpgate.receiver import server
+
+    from .helpers import internet_config_file
+
+    config = server.ServerConfig.from_json(internet_config_file(tmp_path).read_bytes())
+    runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
+    spool = runtime.delivery
+    assert isinstance(spool, delivery.MaildirDelivery)
+    assert spool.alone()
+    runtime.sessions.update({object(), object()})  # type: ignore[arg-type]
+    assert not spool.alone()
+    spool.close()
+
+
+def test_the_receivers_loop_lets_the_committer_have_the_gil_within_its_switch_interval() -> None:
+    import sys
+
+    from smtpgate.receiver import server
+
+    before = sys.getswitchinterval()
+    try:
+        server.new_event_loop().close()
+        assert sys.getswitchinterval() == pytest.approx(server.SWITCH_INTERVAL)
+        assert server.SWITCH_INTERVAL <= 0.0005
+    finally:
+        sys.setswitchinterval(before)
