@@ -83,7 +83,9 @@ test: $(STAMP) controlplane node-deps node lua strace haproxy nginx lint
 test-unit: $(STAMP) lua strace haproxy nginx
 	$(BIN)/pytest -m "not controlplane"
 
-demo: $(STAMP) controlplane
+# The demo runs on the node where one can run (root): its packages and binaries first.
+DEMO_NODE := $(if $(filter 0,$(shell id -u)),node-deps node)
+demo: $(STAMP) controlplane $(DEMO_NODE)
 	$(BIN)/python hack/demo.py
 
 bench: $(STAMP)

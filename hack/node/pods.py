@@ -58,3 +58,22 @@ def memory_peak(pid: int) -> int:
         if controllers == "":
             return int(pathlib.Path(f"/sys/fs/cgroup{path}/memory.peak").read_text())
     raise LookupError(f"no memory cgroup for {pid}")
+
+
+def memory_rss(pid: int) -> int:
+    """Anonymous memory (bytes) the cgroup of ``pid`` uses now: what cannot be reclaimed
+    like the page cache of the spool's files can."""
+    for line in pathlib.Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            stat = pathlib.Path(f"/sys/fs/cgroup/memory{path}/memory.stat").read_text()
+            key = "total_rss"
+            break
+        if controllers == "":
+            stat = pathlib.Path(f"/sys/fs/cgroup{path}/memory.stat").read_text()
+            key = "anon"
+            break
+    else:
+        raise LookupError(f"no memory cgroup for {pid}")
+    values = dict(line.split() for line in stat.splitlines())
+    return int(values[key])
