@@ -86,7 +86,7 @@ test-unit: $(STAMP) lua strace haproxy nginx
 # The demo runs on the node where one can run (root): its packages and binaries first.
 DEMO_NODE := $(if $(filter 0,$(shell id -u)),node-deps node)
 demo: $(STAMP) controlplane $(DEMO_NODE)
-	$(BIN)/python hack/demo.py
+	$(BIN)/python hack/demo.py $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/receiver_throughput.py
