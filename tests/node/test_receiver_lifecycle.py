@@ -53,7 +53,13 @@ class Server:
         return subjects
 
 
-def _apply(release: Release, server: str, limits: dict[str, Any]) -> None:
+def _apply(
+    release: Release,
+    server: str,
+    limits: dict[str, Any],
+    bindings: tuple[str, ...] = ("0.0.0.0:25",),
+    exposure: str = "ClusterIP",
+) -> None:
     manifests = [
         {
             "apiVersion": "smtpgate.io/v1alpha1",
@@ -65,6 +71,7 @@ def _apply(release: Release, server: str, limits: dict[str, Any]) -> None:
                 "fqdn": f"{server}.contoso.com",
                 "role": "Edge",
                 "createDefaultConnectors": False,
+                "exposure": {"type": exposure},
             },
         },
         {
@@ -74,7 +81,7 @@ def _apply(release: Release, server: str, limits: dict[str, Any]) -> None:
             "spec": {
                 "server": server,
                 "usage": "Internet",
-                "bindings": ["0.0.0.0:25"],
+                "bindings": list(bindings),
                 "connectionInactivityTimeoutSeconds": INACTIVITY,
                 "tarpitIntervalSeconds": 0,
                 **limits,
@@ -292,6 +299,36 @@ def test_concurrent_maximum_size_messages_fit_the_operators_memory_limit(
             "delete",
             "transportserver",
             "big01",
+            "-n",
+            release.namespace,
+            "--wait=false",
+            check=False,
+        )
+
+
+def test_host_network_pod_binds_port_25_on_the_node_address(
+    release: Release, standins: StandIns
+) -> None:
+    """No sysctl opens low ports on the node's own network; the operator runs such a pod
+    as uid 0 with NET_BIND_SERVICE alone, and it listens there."""
+    node_ip = release.node.node.node_ip  # the bridge's address: nothing else binds it
+    _apply(release, "hn01", {}, bindings=(f"{node_ip}:25",), exposure="HostNetwork")
+    server = Server(release, standins, "hn01")
+    try:
+        pod = server.pod()
+        assert pod["spec"]["hostNetwork"] is True
+        assert pod["status"]["podIP"] == node_ip
+        container = pod["spec"]["containers"][0]["securityContext"]
+        assert container["capabilities"] == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
+        client = Raw(25, host=node_ip, source="0.0.0.0")
+        code, banner = client.reply()
+        client.close()
+        assert code == 220 and "hn01.contoso.com" in banner
+    finally:
+        release.node.kubectl(
+            "delete",
+            "transportserver",
+            "hn01",
             "-n",
             release.namespace,
             "--wait=false",
