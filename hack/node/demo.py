@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -74,6 +75,14 @@ class _Steps:
 
     def load_balancer(self, service: str) -> str:
         return str(self.get("service", service)["status"]["loadBalancer"]["ingress"][0]["ip"])
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError:
+        return False
+    return True
 
 
 def on_node(node: Node, standins: StandIns, work: pathlib.Path, say: Any = _say) -> OnNode:
@@ -148,5 +157,7 @@ def on_node(node: Node, standins: StandIns, work: pathlib.Path, say: Any = _say)
         "mx01's load balancer", lambda: steps.load_balancer("mx01-receiver-192-0-2-10")
     )
     submission = steps.wait("mx01's load balancer", lambda: steps.load_balancer("mx01-receiver"))
+    for endpoint in ((internet, 25), (submission, 587)):  # kube-proxy's rules synced
+        steps.wait(f"{endpoint[0]}:{endpoint[1]} accepting", lambda e=endpoint: _accepts(*e))
     spool = standins.claim_folder(NAMESPACE, "spool-mx01-receiver-0")
     return OnNode((internet, 25), (submission, 587), ca_file, spool)
