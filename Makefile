@@ -106,8 +106,10 @@ test: $(STAMP) controlplane node-deps node lua strace haproxy nginx kerberos lin
 test-unit: $(STAMP) lua strace haproxy nginx kerberos
 	$(BIN)/pytest -m "not controlplane"
 
-demo: $(STAMP) controlplane
-	$(BIN)/python hack/demo.py
+# The demo runs on the node where one can run (root): its packages and binaries first.
+DEMO_NODE := $(if $(filter 0,$(shell id -u)),node-deps node)
+demo: $(STAMP) controlplane $(DEMO_NODE)
+	$(BIN)/python hack/demo.py $(DEMO_ARGS)
 
 bench: $(STAMP) postfix
 	$(BIN)/python bench/receiver_throughput.py

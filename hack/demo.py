@@ -1,8 +1,15 @@
 """``make demo``: smtpgate end to end on an embedded control plane.
 
-Starts etcd, kube-apiserver and kube-controller-manager (built once into the cache), installs
-the CRDs, runs the operator, applies examples/, starts the receiver for the example server
-mx01 on loopback from the ConfigMap the operator wrote, and holds a short SMTP conversation.
+On the node (hack/node: root and its Debian packages): starts the control plane and one
+node, builds the images offline, ``helm install``s the chart, applies examples/, shows the
+receiver pods running and holds a short SMTP conversation with a pod through its
+connector's load-balancer address.
+
+Without a node (``--loopback``, or when this machine cannot run one, said why): starts
+etcd, kube-apiserver and kube-controller-manager, runs the operator as a process, applies
+examples/, starts the receiver for the example server mx01 on loopback from the ConfigMap
+the operator wrote, and holds the same conversation.
+
 Then it leaves everything running until Ctrl-C (or exits, with --exit-after-script)."""
 
 from __future__ import annotations
@@ -154,13 +161,27 @@ class Demo:
                 proc.stdout.close()
 
 
-def conversation(ports: dict[str, int], ca_file: pathlib.Path, spool: pathlib.Path) -> None:
+Endpoint = tuple[str, int]
+
+
+def conversation(
+    internet: Endpoint,
+    submission: Endpoint,
+    ca_file: pathlib.Path,
+    spool: pathlib.Path,
+    loopback: bool = True,
+) -> None:
+    """Clients from 127.0.0.2-4 on loopback; on the node, from this host."""
+
+    def source(last: int) -> tuple[str, int] | None:
+        return (f"127.0.0.{last}", 0) if loopback else None
+
     say("\n== An SMTP conversation with the receiver of server mx01 ==")
-    say(f"   Internet connector 192.0.2.10:25  -> 127.0.0.1:{ports['internet']}")
-    say(f"   Submission connector 0.0.0.0:587 -> 127.0.0.1:{ports['submission']}\n")
-    with smtplib.SMTP(source_address=("127.0.0.2", 0), timeout=15) as smtp:
-        code, banner = smtp.connect("127.0.0.1", ports["internet"])
-        say(f"  anonymous client 127.0.0.2 connects: {code} {banner.decode()}")
+    say(f"   Internet connector 192.0.2.10:25  -> {internet[0]}:{internet[1]}")
+    say(f"   Submission connector 0.0.0.0:587 -> {submission[0]}:{submission[1]}\n")
+    with smtplib.SMTP(source_address=source(2), timeout=15) as smtp:
+        code, banner = smtp.connect(*internet)
+        say(f"  anonymous client connects: {code} {banner.decode()}")
         smtp.ehlo("outside.example")
         smtp.mail("someone@example.org")
         code, text = smtp.rcpt("friend@foreign.example")
@@ -181,10 +202,8 @@ def conversation(ports: dict[str, int], ca_file: pathlib.Path, spool: pathlib.Pa
     say(f"  spooled (fsynced before the 250): {messages[0]}")
 
     context = ssl.create_default_context(cafile=str(ca_file))
-    context.check_hostname = False  # we dial 127.0.0.1; the name is checked below
-    with smtplib.SMTP(
-        "127.0.0.1", ports["internet"], source_address=("127.0.0.3", 0), timeout=15
-    ) as smtp:
+    context.check_hostname = False  # we dial an address; the name is checked below
+    with smtplib.SMTP(*internet, source_address=source(3), timeout=15) as smtp:
         smtp.ehlo("outside.example")
         smtp.starttls(context=context)
         cert = smtp.sock.getpeercert()
@@ -196,9 +215,7 @@ def conversation(ports: dict[str, int], ca_file: pathlib.Path, spool: pathlib.Pa
             f"subject CN={subject}; issuer {issuer}",
         )
 
-    with smtplib.SMTP(
-        "127.0.0.1", ports["submission"], source_address=("127.0.0.4", 0), timeout=15
-    ) as smtp:
+    with smtplib.SMTP(*submission, source_address=source(4), timeout=15) as smtp:
         smtp.ehlo("laptop.example")
         outcome(
             "no AUTH before TLS on submission", not smtp.has_extn("auth"), "EHLO offers no AUTH"
@@ -225,14 +242,68 @@ def conversation(ports: dict[str, int], ca_file: pathlib.Path, spool: pathlib.Pa
         )
 
 
+def hold(exit_after_script: bool) -> int:
+    if exit_after_script:
+        say("demo finished")
+        return 0
+    say("  Ctrl-C stops everything the demo started.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("\nstopping")
+    return 0
+
+
+def node_missing() -> str | None:
+    """Why the demo cannot use a node here, or None."""
+    from hack.node.harness import missing_packages, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is None and missing_packages():
+        reason = f"missing Debian packages {' '.join(missing_packages())} (make node-deps)"
+    return reason
+
+
+def run_on_node(args: argparse.Namespace, work: pathlib.Path) -> int:
+    from hack.node.demo import NAMESPACE as NODE_NAMESPACE
+    from hack.node.demo import on_node
+    from hack.node.harness import Node
+    from hack.node.standins import StandIns
+
+    say("== Starting the control plane and one node (the first run builds them) ==")
+    with Node.start() as node, StandIns(node) as standins:
+        say(f"   kube-apiserver {node.plane.server}, node {node.name} on {node.node_ip}")
+        found = on_node(node, standins, work, say)
+        conversation(found.internet, found.submission, found.ca_file, found.spool, False)
+        say("\n== Everything is running ==")
+        say(f"  export KUBECONFIG={node.plane.kubeconfig}")
+        say(f"  {node.plane.kubectl} get smtpgate,pods -n {NODE_NAMESPACE}")
+        say(f"  swaks --server {found.internet[0]}:25 --to user@contoso.com")
+        say(f"  spool: {found.spool}")
+        return hold(args.exit_after_script)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--exit-after-script", action="store_true", help="stop after the conversation"
     )
+    parser.add_argument(
+        "--loopback", action="store_true", help="no node: the receiver as a process on loopback"
+    )
     args = parser.parse_args()
-    say("== Starting the embedded control plane (the first run builds it; progress below) ==")
     work = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-demo-"))
+    if not args.loopback:
+        reason = node_missing()
+        if reason is None:
+            return run_on_node(args, work)
+        say(f"== No node on this machine ({reason}): the receiver runs on loopback ==")
+    return run_on_loopback(args, work)
+
+
+def run_on_loopback(args: argparse.Namespace, work: pathlib.Path) -> int:
+    say("== Starting the embedded control plane (the first run builds it; progress below) ==")
     with ControlPlane.start() as plane:
         demo = Demo(plane, work)
         try:
@@ -280,22 +351,16 @@ def main() -> int:
                 f"the pod's files are under {work / 'pod'} =="
             )
             ports = demo.start_receiver(config_file)
-            conversation(ports, ca_file, work / "spool")
+            local = "127.0.0.1"
+            conversation(
+                (local, ports["internet"]), (local, ports["submission"]), ca_file, work / "spool"
+            )
             say("\n== Everything is running ==")
             say(f"  export KUBECONFIG={plane.kubeconfig}")
             say(f"  {plane.kubectl} get smtpgate -n {NAMESPACE}")
             say(f"  swaks --server 127.0.0.1:{ports['internet']} --to user@contoso.com")
             say(f"  protocol log: {work / 'protocol.log'}   spool: {work / 'spool'}")
-            if args.exit_after_script:
-                say("demo finished")
-                return 0
-            say("  Ctrl-C stops everything the demo started.")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                say("\nstopping")
-            return 0
+            return hold(args.exit_after_script)
         finally:
             demo.stop()
 

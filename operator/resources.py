@@ -227,7 +227,10 @@ def workload(
         },
         "resources": container_resources(spec, config),
         "securityContext": {
-            "runAsNonRoot": True,
+            # On the node's network no sysctl opens ports below 1024, and a capability
+            # reaches only a root process (Kubernetes sets no ambient capabilities): uid 0
+            # there, with NET_BIND_SERVICE as its one capability.
+            "runAsNonRoot": not host_network,
             "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,
             "capabilities": {
@@ -237,8 +240,8 @@ def workload(
         },
     }
     pod_security: Body = {
-        "runAsNonRoot": True,
-        "runAsUser": 10001,
+        "runAsNonRoot": not host_network,
+        "runAsUser": 0 if host_network else 10001,
         "runAsGroup": 10001,
         "fsGroup": 10001,
         "seccompProfile": {"type": "RuntimeDefault"},

@@ -51,6 +51,7 @@ NO_CONNECTOR = Reply(
 TOO_MANY_CONNECTIONS = Reply(421, "4.3.2", "Too many connections, try again later", True)
 TOO_MANY_FROM_SOURCE = Reply(421, "4.7.0", "Too many connections from your address", True)
 CONNECTION_TIMEOUT = Reply(421, "4.4.2", "Connection timed out", True)
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later", True)
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors on this connection, closing", True)
 TOO_MANY_LOGON_FAILURES = Reply(421, "4.7.0", "Too many failed logons, closing", True)
 PREGREET = Reply(554, "5.5.0", "SMTP protocol synchronization: you spoke before the greeting", True)

@@ -19,6 +19,7 @@ from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.config import ConnectorConfig, ServerConfig
 
 from . import delivery as delivery_mod
+from . import replies
 from .protocol_log import ProtocolLog
 from .smtp import ConnectorSMTP
 from .users import UserDatabase
@@ -298,6 +299,12 @@ class Receiver:
             deadline = asyncio.get_running_loop().time() + grace
             while self.runtime.sessions and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
+        for session in list(self.runtime.sessions):  # the grace is over: tell them, then cut
+            if session.transport is not None and not session.transport.is_closing():
+                session.transport.write((replies.SHUTTING_DOWN.line() + "\r\n").encode())
+                session.transport.close()
+        if self.runtime.sessions:
+            await asyncio.sleep(0.2)
         for session in list(self.runtime.sessions):
             for transport in (session.transport, session._original_transport):
                 if transport is not None:

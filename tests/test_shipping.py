@@ -181,7 +181,8 @@ def test_every_example_is_applied_and_becomes_ready(
 
 def test_demo_runs_its_script(controlplane: Any) -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "hack" / "demo.py"), "--exit-after-script"],
+        # --loopback: the node tests hold the one node a host may run (see test_demo_on_node)
+        [sys.executable, str(ROOT / "hack" / "demo.py"), "--exit-after-script", "--loopback"],
         capture_output=True,
         text=True,
         timeout=240,

@@ -41,6 +41,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 LOCK = pathlib.Path("/run/smtpgate-node.lock")
 CNI_BIN = pathlib.Path("/usr/lib/cni")
 SERVICE_RANGE = "10.0.0.0/24"  # the API server's --service-cluster-ip-range
+# Documentation ranges (RFC 5737) that stand for clients beyond a load balancer: pods route
+# them to this host, where hack/node/outside.py puts them in a network namespace.
+OUTSIDE_RANGES = ("198.51.100.0/24", "203.0.113.0/24")
 # program -> Debian package; `make node-deps` installs them all
 NEEDS = {
     "containerd": "containerd",
@@ -293,8 +296,8 @@ class Node:
                         "ranges": [[{"subnet": str(self.pod_network), "gateway": self.node_ip}]],
                         "dataDir": str(self.workdir / "cni" / "ipam"),
                         # no default route: pods reach their subnet, this node's address
-                        # (the API server) and Services, nothing beyond this host
-                        "routes": [{"dst": SERVICE_RANGE}],
+                        # (the API server), Services and the outside clients' ranges
+                        "routes": [{"dst": r} for r in (SERVICE_RANGE, *OUTSIDE_RANGES)],
                     },
                 },
                 {"type": "portmap", "capabilities": {"portMappings": True}},

@@ -1,164 +1,95 @@
 """The chart on a real node: ``helm install`` with the images built offline from the
-project's Dockerfiles; the operator pod becomes Ready with its ServiceAccount only and
-holds the Lease; a TransportServer it reconciles becomes a receiver pod that answers SMTP
-through its ClusterIP and spools to a static local PersistentVolume."""
+project's Dockerfiles; the operator pod becomes Ready, holds the Lease and works with its
+ServiceAccount only (in-cluster config, the chart's RBAC, no admin credentials). Then
+``helm upgrade``: a rolling upgrade with one replica completes (the new pod is Ready while
+the old one still holds the Lease), scaling to two completes, and when the leader's pod is
+deleted, or its process stops answering, the other replica takes the Lease over; the
+takeover times are measured."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import signal
+import time
 
-from hack.node import images
+from hack.node import pods
 
-from ..conftest import ROOT, NodeCluster
+from ..conftest import NodeCluster
 from ..kube_helpers import eventually
-from .test_receiver_pod import _conversation
-
-CHART = ROOT / "charts" / "smtpgate"
-RELEASE_NS = "smtpgate-system"
+from .chart import RELEASE_NS, Release
+from .conftest import measured
 
 
-def _repo_tag(name: str) -> tuple[str, str]:
-    repository, tag = name.rsplit(":", 1)
-    return repository, tag
-
-
-def test_helm_install_runs_the_operator_and_a_receiver(
-    node: NodeCluster, receiver_image: str, node_ns: str
+def test_helm_install_runs_the_operator_ready_holding_the_lease(
+    node: NodeCluster, release: Release
 ) -> None:
-    ns = node_ns
-    operator_image, archive = images.project_archive("operator")
-    node.node.import_image(archive)
-    op_repo, op_tag = _repo_tag(operator_image)
-    rx_repo, rx_tag = _repo_tag(receiver_image)
-    done = subprocess.run(
-        [
-            node.plane.helm,
-            "--kubeconfig",
-            node.kubeconfig,
-            "install",
-            "smtpgate",
-            str(CHART),
-            "--namespace",
-            RELEASE_NS,
-            "--create-namespace",
-            "--set",
-            "crds.install=false",  # the fixture applied crds/ already
-            "--set",
-            f"operator.watchNamespaces={{{ns}}}",  # other node tests play operator themselves
-            "--set",
-            f"operator.image.repository={op_repo}",
-            "--set",
-            f"operator.image.tag={op_tag}",
-            "--set",
-            f"receiver.image.repository={rx_repo}",
-            "--set",
-            f"receiver.image.tag={rx_tag}",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    pods = release.operator_pods()
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["status"]["phase"] == "Running"
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
+    assert release.leader_pod() == pod["metadata"]["name"]
+    account = pod["spec"]["serviceAccountName"]
+    assert account == "smtpgate"  # the chart's own, not the namespace default
+    # the operator's identity is its ServiceAccount, whose RBAC is the chart's and no more
+    who = f"system:serviceaccount:{RELEASE_NS}:{account}"
+    can = node.kubectl("auth", "can-i", "--as", who, "create", "clusterrolebindings", check=False)
+    assert can.stdout.strip() == "no"
+    can = node.kubectl(
+        "auth", "can-i", "--as", who, "list", "secrets", "-n", "kube-system", check=False
     )
-    if done.returncode != 0:
-        pods = node.kubectl("describe", "pods", "-n", RELEASE_NS, check=False).stdout
-        logs = node.kubectl("logs", "-n", RELEASE_NS, "deploy/smtpgate-operator", check=False)
-        raise AssertionError(f"{done.stderr}\n{pods[-4000:]}\n{logs.stdout[-4000:]}{logs.stderr}")
+    assert can.stdout.strip() == "no"
+    logs = node.kubectl("logs", "-n", RELEASE_NS, pod["metadata"]["name"]).stdout
+    assert "Forbidden" not in logs, logs[-3000:]
+
+
+def _roll(release: Release, replicas: int, stamp: str) -> float:
+    """An upgrade that changes the pod template, so that pods are replaced."""
+    release.extra = ["--set", f"operator.podAnnotations.rollout={stamp}"]
+    return release.install_or_upgrade(replicas)
+
+
+def _takeover(release: Release, old: str) -> float:
+    started = time.monotonic()
+    eventually(
+        lambda: release.leader_pod() not in ("", old),
+        timeout=60,
+        what=f"a replica other than {old} holding the Lease",
+    )
+    return time.monotonic() - started
+
+
+def test_helm_upgrade_with_one_and_two_replicas_and_leader_takeover(
+    node: NodeCluster, release: Release
+) -> None:
+    took = _roll(release, 1, "one")
+    measured(f"helm upgrade --wait, 1 replica, pods replaced: {took:.1f} s")
+    [pod] = release.operator_pods()
+    eventually(lambda: release.leader_pod() == pod["metadata"]["name"], what="the new leader")
+
+    took = _roll(release, 2, "two")
+    measured(f"helm upgrade --wait, 2 replicas, pods replaced: {took:.1f} s")
+    assert len(release.operator_pods()) == 2
+    leader = eventually(release.leader_pod, what="a leader")
+
+    # The leader's pod is deleted (a drain, an eviction): it gives the Lease up on SIGTERM.
+    node.kubectl("delete", "pod", "-n", RELEASE_NS, leader, "--wait=false")
+    took = _takeover(release, leader)
+    measured(f"operator takeover after the leader's pod is deleted: {took:.1f} s")
+
+    # The new leader hangs (SIGSTOP: no renewal, no release): the Lease runs out first.
+    leader = release.leader_pod()
+    [body] = [p for p in release.operator_pods() if p["metadata"]["name"] == leader]
+    pid = pods.kill(node.node, body, signal.SIGSTOP)
     try:
-        lease = json.loads(node.kubectl("get", "lease", "-A", "-o", "json").stdout)["items"]
-        holders = {
-            item["metadata"]["name"]: item["spec"].get("holderIdentity", "") for item in lease
-        }
-        assert holders.get("smtpgate-operator", "").startswith("smtpgate-operator-"), holders
-
-        spool = node.node.workdir / "volumes" / ns
-        spool.mkdir(parents=True)
-        os.chown(spool, 10001, 10001)
-        node.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolume",
-                    "metadata": {"name": f"spool-{ns}"},
-                    "spec": {
-                        "capacity": {"storage": "1Gi"},
-                        "accessModes": ["ReadWriteOnce"],
-                        "hostPath": {"path": str(spool), "type": "Directory"},
-                    },
-                }
-            ),
-        )
-        manifests = [
-            {
-                "apiVersion": "smtpgate.io/v1alpha1",
-                "kind": "AcceptedDomain",
-                "metadata": {"name": "contoso", "namespace": ns},
-                "spec": {"domainName": "contoso.com"},
-            },
-            {
-                "apiVersion": "smtpgate.io/v1alpha1",
-                "kind": "TransportServer",
-                "metadata": {"name": "ex01", "namespace": ns},
-                "spec": {
-                    "fqdn": "mail.contoso.com",
-                    "role": "Edge",
-                    "exposure": {"type": "ClusterIP"},
-                },
-            },
-        ]
-        for body in manifests:
-            node.kubectl("apply", "-f", "-", input=json.dumps(body))
-
-        def ready() -> bool:
-            done = node.kubectl(
-                "get", "transportserver", "ex01", "-n", ns, "-o", "json", check=False
-            )
-            conditions = json.loads(done.stdout).get("status", {}).get("conditions", [])
-            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-        try:
-            eventually(ready, timeout=180, what="TransportServer ex01 Ready")
-        except AssertionError:
-            status = node.kubectl(
-                "get", "transportserver,sts,pods,pvc,svc", "-n", ns, "-o", "wide", check=False
-            ).stdout
-            pods = node.kubectl("describe", "pods", "-n", ns, check=False).stdout
-            logs = node.kubectl("logs", "-n", RELEASE_NS, "deploy/smtpgate-operator", check=False)
-            raise AssertionError(f"{status}\n{pods[-3000:]}\n{logs.stdout[-3000:]}") from None
-        services = json.loads(node.kubectl("get", "svc", "-n", ns, "-o", "json").stdout)["items"]
-        port25 = [s for s in services if any(p["port"] == 25 for p in s["spec"]["ports"])]
-        assert port25, services
-        banner = _conversation(port25[0]["spec"]["clusterIP"], 25, "via-operator")
-        assert "mail.contoso.com" in banner
-        eventually(
-            lambda: any(
-                "via-operator" in m.read_text(errors="replace") for m in spool.rglob("new/*")
-            ),
-            timeout=30,
-            what="the message in the spool on the PersistentVolume",
-        )
+        took = _takeover(release, leader)
     finally:
-        subprocess.run(
-            [
-                node.plane.helm,
-                "--kubeconfig",
-                node.kubeconfig,
-                "uninstall",
-                "smtpgate",
-                "--namespace",
-                RELEASE_NS,
-                "--wait",
-                "--timeout",
-                "60s",
-            ],
-            capture_output=True,
-            timeout=90,
-            check=False,
+        node.kubectl(
+            "delete", "pod", "-n", RELEASE_NS, leader, "--grace-period=0", "--force", check=False
         )
+        pods.resume(pid)
+    measured(f"operator takeover after the leader stops renewing (lease 15 s): {took:.1f} s")
+    assert took < 30
+
+    took = _roll(release, 1, "back")
+    measured(f"helm upgrade --wait back to 1 replica: {took:.1f} s")
+    eventually(lambda: len(release.operator_pods()) == 1, timeout=60, what="one operator pod")

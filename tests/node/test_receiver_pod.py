@@ -1,42 +1,24 @@
 """The receiver image, built offline from receiver/Dockerfile, runs as the operator would
-run it: the ConfigMap, the StatefulSet (Maildir spool on a static local PersistentVolume)
-and the Service that operator/resources.py writes for a server with one Internet
-connector. An SMTP client on this host gets the banner and delivers through the pod IP and
+run it: the ConfigMap, the StatefulSet (Maildir spool on the hostPath volume the node's
+provisioner makes for its claim) and the Service that operator/resources.py writes for a
+server with one Internet connector. An SMTP client on this host gets the banner and delivers through the pod IP and
 through the ClusterIP; the message lands in the spool on the volume."""
 
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import time
 
 from smtpgate.connectors import config, specs
 from smtpgate.operator import resources
+
+from hack.node.standins import StandIns
 
 from ..conftest import NodeCluster
 from ..kube_helpers import eventually
 from ..receiver.helpers import Raw
 
 SERVER = "ex01"
-
-
-def _static_volume(node: NodeCluster, folder: pathlib.Path) -> None:
-    """A hostPath PersistentVolume with no class, which the StatefulSet's claim binds."""
-    folder.mkdir(parents=True)
-    os.chown(folder, 10001, 10001)
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"spool-{folder.name}"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "hostPath": {"path": str(folder), "type": "Directory"},
-        },
-    }
-    node.kubectl("apply", "-f", "-", input=json.dumps(pv))
 
 
 def _connect(host: str, port: int, timeout: float = 30) -> Raw:
@@ -68,10 +50,10 @@ def _conversation(host: str, port: int, tag: str) -> str:
     return banner
 
 
-def test_receiver_pod_serves_smtp(node: NodeCluster, receiver_image: str, node_ns: str) -> None:
+def test_receiver_pod_serves_smtp(
+    node: NodeCluster, receiver_image: str, node_ns: str, standins: StandIns
+) -> None:
     ns = node_ns
-    spool = node.node.workdir / "volumes" / ns
-    _static_volume(node, spool)
     owner = json.loads(
         node.kubectl(
             "apply",
@@ -120,6 +102,7 @@ def test_receiver_pod_serves_smtp(node: NodeCluster, receiver_image: str, node_n
         logs = node.kubectl("logs", "-n", ns, f"{name}-0", check=False)
         raise AssertionError(f"{done.stderr}\n{pods[-3000:]}\n{logs.stdout}{logs.stderr}")
     pod = json.loads(node.kubectl("get", "pod", "-n", ns, f"{name}-0", "-o", "json").stdout)
+    spool = standins.claim_folder(ns, f"spool-{name}-0")  # provisioned for the claim
     banner = _conversation(pod["status"]["podIP"], 25, "via-pod-ip")
     assert "mail.contoso.com" in banner
     if node.node.kube_proxy == "iptables":

@@ -70,6 +70,28 @@ def test_sigterm_stops_accepting_and_lets_the_session_in_flight_finish(
         proc.stdout.close()
 
 
+def test_sigterm_tells_a_session_still_open_after_the_grace_421(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    proc = start_process(tmp_path, port, "--grace-seconds", "1")
+    try:
+        raw = Raw(port)
+        raw.reply()
+        raw.command("EHLO client.example")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert raw.command("NOOP")[0] == 250  # within the grace: served as before
+        code, text = raw.reply()  # at its end: a reply, not a reset
+        assert (code, text.split()[0]) == (421, "4.3.2"), text
+        raw.close()
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
 def test_workers_share_the_port_and_stop_together(tmp_path: pathlib.Path) -> None:
     port, health = free_port(), free_port()
     proc = start_process(
