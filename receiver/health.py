@@ -56,6 +56,30 @@ PROXY_REJECTED = Counter(
     ["reason"],
 )
 CONFIG_RELOADS = Counter("smtpgate_config_reloads_total", "Config reloads", ["result"])
+QUEUE_MESSAGES = Gauge(
+    "smtpgate_queue_messages",
+    "Messages in the StoreAndForward spool (at the last scan)",
+    multiprocess_mode="livemax",  # every worker scans the same spool
+)
+QUEUE_OLDEST = Gauge(
+    "smtpgate_queue_oldest_seconds",
+    "Age of the oldest message in the StoreAndForward spool (at the last scan)",
+    multiprocess_mode="livemax",
+)
+QUEUE_DELIVERED = Counter(
+    "smtpgate_queue_delivered_total", "Recipients the next hop took from the queue"
+)
+QUEUE_DEFERRED = Counter(
+    "smtpgate_queue_deferred_total",
+    "Tries of a queued message that left recipients for later (unavailable: no answer "
+    "from the next hop; temporary: it answered 4xx)",
+    ["reason"],
+)
+QUEUE_BOUNCED = Counter(
+    "smtpgate_queue_bounced_total",
+    "Recipients returned to the sender (refused: the next hop answered 5xx; expired)",
+    ["reason"],
+)
 
 
 def metrics_text() -> bytes:
