@@ -148,7 +148,8 @@ def workload(
     owner: Body,
     tls_secrets: Sequence[str],
 ) -> Body:
-    """A Deployment, or a StatefulSet with a volume per replica for a Maildir spool."""
+    """A Deployment, or a StatefulSet with a volume per replica for a spool (Maildir,
+    StoreAndForward)."""
     plan = port_plan(config)
     host_network = spec.exposure.type == "HostNetwork"
     args = ["--config", CONFIG_FILE, "--health-port", str(HEALTH_PORT)]
@@ -199,7 +200,7 @@ def workload(
             }
         )
         mounts.append({"name": "users", "mountPath": USERS_DIR, "readOnly": True})
-    spool = spec.next_hop.type == "Maildir"
+    spool = spec.next_hop.spooled  # Maildir, or StoreAndForward: a claim per replica
     if spool:
         mounts.append({"name": "spool", "mountPath": spec.next_hop.path})
     mounted = json.dumps({"volumes": volumes, "args": args}, sort_keys=True)
