@@ -11,6 +11,7 @@ import shutil
 import signal
 import smtplib
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -315,3 +316,67 @@ def test_an_expired_message_goes_back_to_its_sender(
     returned = notice.get_payload()[2]
     assert returned.get_content_type() == "message/rfc822"
     assert "x" * 300 in returned.as_string()
+
+
+def test_the_spool_of_a_receiver_gone_for_good_drains_with_the_drain_command(
+    tmp_path: pathlib.Path, hop: postfix_hop.PostfixHop
+) -> None:
+    hop.stop()
+    port = free_port()
+    proc = _receiver(tmp_path, hop, port)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        for n in range(20):
+            client.sendmail(SENDER, ["user@contoso.com"], _message(f"<{n}@gone.test>"))
+    proc.send_signal(signal.SIGKILL)  # the pod is gone; its claim stays
+    _stop(proc)
+    hop.start()
+    drained = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smtpgate.receiver.drain",
+            "--spool",
+            str(tmp_path / "spool"),
+            "--next-hop",
+            f"smtp://127.0.0.1:{hop.port}",
+            "--wait",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert drained.returncode == 0, drained.stderr
+    assert "drained 20 messages" in drained.stderr or "draining 20 messages" in drained.stderr
+    delivered = _ids(hop.wait_delivered(20, 30))
+    assert delivered == Counter({f"<{n}@gone.test>": 1 for n in range(20)})
+
+
+def test_the_drain_command_says_when_messages_are_left(
+    tmp_path: pathlib.Path, hop: postfix_hop.PostfixHop
+) -> None:
+    hop.stop()
+    port = free_port()
+    proc = _receiver(tmp_path, hop, port)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail(SENDER, ["user@contoso.com"], _message("<left@gone.test>"))
+    _stop(proc)
+    drained = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smtpgate.receiver.drain",
+            "--spool",
+            str(tmp_path / "spool"),
+            "--next-hop",
+            f"smtp://127.0.0.1:{hop.port}",
+            "--wait",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert drained.returncode == 1
+    assert "still holds 1 message(s)" in drained.stderr
+    hop.start()  # for the fixture's stop
