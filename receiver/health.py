@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable
 
@@ -93,10 +94,17 @@ def metrics_text() -> bytes:
 
 
 class HealthServer:
-    """A minimal HTTP/1.0 endpoint; ``ready`` says whether the receiver takes mail."""
+    """A minimal HTTP/1.0 endpoint; ``ready`` says whether the receiver takes mail, and
+    ``queue`` what the StoreAndForward queue held at its last scan (``/queue``, JSON: the
+    operator reads it for the QueueHealthy condition), or None in other modes (404)."""
 
-    def __init__(self, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        ready: Callable[[], bool],
+        queue: Callable[[], dict[str, float] | None] = lambda: None,
+    ) -> None:
         self.ready = ready
+        self.queue = queue
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -118,6 +126,8 @@ class HealthServer:
                 ok = self.ready()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 body, kind = (b"ready\n" if ok else b"not ready\n"), "text/plain"
+            elif path == "/queue" and (report := self.queue()) is not None:
+                status, body, kind = "200 OK", json.dumps(report).encode(), "application/json"
             elif path == "/metrics":
                 status, body, kind = "200 OK", metrics_text(), CONTENT_TYPE_LATEST
             else:

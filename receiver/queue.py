@@ -67,6 +67,7 @@ class QueueRunner:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
+        self.last_scan: dict[str, float] | None = None  # what /queue reports
 
     def start(self) -> None:
         threads = [threading.Thread(target=self._schedule, name="queue", daemon=True)]
@@ -137,8 +138,10 @@ class QueueRunner:
             for name in [n for n in self._due if n not in present and n not in self._inflight]:
                 del self._due[name]
                 self._folder.pop(name, None)
+        oldest = max((now - mtime for *_, mtime in found), default=0.0)
+        self.last_scan = {"messages": len(found), "oldestSeconds": round(oldest, 1)}
         health.QUEUE_MESSAGES.set(len(found))
-        health.QUEUE_OLDEST.set(max((now - mtime for *_, mtime in found), default=0))
+        health.QUEUE_OLDEST.set(oldest)
         spoolfile.forget_orphans(self.root, present)
 
     def _work(self) -> None:
