@@ -228,9 +228,7 @@ def main() -> int:
             rates.append(rate)
             cells.append(f"{rate:7.0f}/s {cpu:6.2f}cpu")
         print(
-            f"{label:22} "
-            + " ".join(f"{c:>36}" for c in cells)
-            + f"  {rates[0] / rates[1]:5.2f}x"
+            f"{label:22} " + " ".join(f"{c:>36}" for c in cells) + f"  {rates[0] / rates[1]:5.2f}x"
         )
     print("\nmsg/s end to end = accepted and forwarded to the sink; cpu = CPU s per 1000")
     shutil.rmtree(work, ignore_errors=True)

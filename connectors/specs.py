@@ -707,7 +707,8 @@ class NextHop(_Spec):
         "/etc/smtpgate, /proc, /sys or /dev.",
     )
     storage: SpoolStorage = Field(
-        default_factory=SpoolStorage, description="The spool's volume claims (Maildir, StoreAndForward)."
+        default_factory=SpoolStorage,
+        description="The spool's volume claims (Maildir, StoreAndForward).",
     )
     sync: str = Field(
         "Filesystem",

@@ -75,10 +75,13 @@ def condition(reports: list[Report], threshold: int, generation: int | None) -> 
     late = [r for r in read if r.oldest_seconds > threshold]
     if late:
         status, reason = "False", "QueueBacklog"
-        message = "; ".join(
-            f"{r.pod}: {r.messages} messages, the oldest {r.oldest_seconds:.0f}s old"
-            for r in sorted(late, key=lambda r: r.pod)
-        ) + f" (ageWarningSeconds {threshold})"
+        message = (
+            "; ".join(
+                f"{r.pod}: {r.messages} messages, the oldest {r.oldest_seconds:.0f}s old"
+                for r in sorted(late, key=lambda r: r.pod)
+            )
+            + f" (ageWarningSeconds {threshold})"
+        )
     elif not read:
         status, reason = "Unknown", "QueueUnknown"
         message = "; ".join(f"{r.pod}: {r.error}" for r in reports) or "no ready pod to ask"

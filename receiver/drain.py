@@ -26,9 +26,7 @@ log = logging.getLogger("smtpgate.receiver.drain")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="smtpgate-drain", description=__doc__)
     parser.add_argument("--spool", required=True, help="the spool folder (tmp/, new/, cur/)")
-    parser.add_argument(
-        "--next-hop", required=True, help="smtp://HOST:PORT or lmtp://HOST:PORT"
-    )
+    parser.add_argument("--next-hop", required=True, help="smtp://HOST:PORT or lmtp://HOST:PORT")
     parser.add_argument("--helo", default=socket.getfqdn(), help="name for EHLO and notices")
     parser.add_argument("--wait", type=float, default=600, help="seconds to keep trying")
     parser.add_argument("--retry-seconds", type=int, default=5)

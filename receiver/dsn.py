@@ -129,7 +129,7 @@ def notice(
     head += [
         "",
         f"--{boundary}",
-        "Content-Description: " + ("Undelivered Message" if whole else "Undelivered Message Headers"),
+        "Content-Description: Undelivered Message" + ("" if whole else " Headers"),
         "Content-Type: " + ("message/rfc822" if whole else "text/rfc822-headers"),
         "",
         "",

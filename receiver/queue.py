@@ -186,8 +186,12 @@ class QueueRunner:
         if pending and retries.expired(age, self.settings.expiration_seconds):
             hours = self.settings.expiration_seconds / 3600
             expired = [
-                (i, 0, f"4.4.7 Message expired after {hours:g} hours in the queue; last "
-                f"reply: {record.last_error.get(i, 'none')}")
+                (
+                    i,
+                    0,
+                    f"4.4.7 Message expired after {hours:g} hours in the queue; last "
+                    f"reply: {record.last_error.get(i, 'none')}",
+                )
                 for i in pending
             ]
             self._bounce(queued, expired, "expired")
@@ -225,7 +229,11 @@ class QueueRunner:
         wait = retries.backoff(age, self.settings.retry_seconds, self.settings.max_retry_seconds)
         log.info(
             "queued message %s deferred for %d recipients, next try in %ds: %s %s",
-            queued.name, len(deferred), wait, deferred[0][1], deferred[0][2],
+            queued.name,
+            len(deferred),
+            wait,
+            deferred[0][1],
+            deferred[0][2],
         )
         return now + wait
 
@@ -265,7 +273,9 @@ class QueueRunner:
         else:
             log.warning(
                 "queued message %s from <%s> not delivered, no notice sent: %s",
-                queued.name, env.mail_from, listed,
+                queued.name,
+                env.mail_from,
+                listed,
             )
         queued.note([f"bounced {i} {code} {text}" for i, code, text in failed], durable=True)
 

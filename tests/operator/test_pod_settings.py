@@ -180,6 +180,4 @@ def test_store_and_forward_keeps_its_queue_on_a_claim_per_replica(
     config = json.loads(get(controlplane, "configmap", "ex01-receiver", ns)["data"]["config.json"])
     assert config["nextHop"]["mode"] == "StoreAndForward"
     apply(controlplane, QUEUED.format(ns=ns, mode="mode: Relay"))
-    eventually(
-        lambda: get(controlplane, "deployment", "ex01-receiver", ns), what="a Deployment"
-    )
+    eventually(lambda: get(controlplane, "deployment", "ex01-receiver", ns), what="a Deployment")

@@ -101,8 +101,15 @@ def test_queue_healthy_turns_false_while_a_pods_queue_is_old_and_true_once_it_dr
             }
         }
         controlplane.kubectl(
-            "patch", "pod", "ex01-receiver-0", "-n", ns, "--subresource=status",
-            "--type=merge", "-p", json.dumps(status),
+            "patch",
+            "pod",
+            "ex01-receiver-0",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(status),
         )
 
         def backlog() -> dict[str, Any]:

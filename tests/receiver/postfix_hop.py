@@ -6,6 +6,7 @@ root (Postfix's daemons drop to the postfix user)."""
 
 from __future__ import annotations
 
+import calendar
 import email
 import email.message
 import email.policy
@@ -122,6 +123,17 @@ maillog_file_prefixes = {work}
             if path.is_dir():
                 for entry in sorted(path.iterdir()):
                     found.append(email.message_from_bytes(entry.read_bytes()))
+        return found
+
+    def accepted_at(self, message_id: str) -> list[float]:
+        """When Postfix's cleanup took each copy of ``message_id`` into its queue (the
+        log's whole seconds, as epoch seconds)."""
+        found = []
+        year = time.gmtime().tm_year
+        for line in (self.work / "postfix.log").read_text(errors="replace").splitlines():
+            if "/cleanup[" in line and f"message-id={message_id}" in line:
+                stamp = time.strptime(f"{year} {line[:15]}", "%Y %b %d %H:%M:%S")
+                found.append(calendar.timegm(stamp))
         return found
 
     def wait_delivered(self, count: int, seconds: float) -> list[email.message.Message]:

@@ -47,7 +47,9 @@ def test_mail_gets_452_while_the_spool_volume_is_nearly_full(
     # Ask for more free space than this machine's volume has: no disk is filled.
     free = backpressure.usage(tmp_path)
     wanted = free.free + GB
-    hop = hop.model_copy(update={"storage": hop.storage.model_copy(update={"min_free_bytes": wanted})})
+    hop = hop.model_copy(
+        update={"storage": hop.storage.model_copy(update={"min_free_bytes": wanted})}
+    )
     path.write_text(data.model_copy(update={"next_hop": hop}).to_json())
     port = free_port()
     proc = start_process(tmp_path, port, config=path)

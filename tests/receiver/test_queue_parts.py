@@ -38,7 +38,11 @@ def test_the_envelope_line_reads_back_as_written(
 
 @pytest.mark.parametrize(
     "line",
-    [b"Subject: hi", b"X-Smtpgate-Envelope: to=<a@b>", b"X-Smtpgate-Envelope: from=<a>; to=<b>; rcpt=<>,<>"],
+    [
+        b"Subject: hi",
+        b"X-Smtpgate-Envelope: to=<a@b>",
+        b"X-Smtpgate-Envelope: from=<a>; to=<b>; rcpt=<>,<>",
+    ],
 )
 def test_an_unreadable_envelope_is_refused(line: bytes) -> None:
     with pytest.raises(spoolfile.Unreadable):
