@@ -92,7 +92,17 @@ def test_queue_healthy_turns_false_while_a_pods_queue_is_old_and_true_once_it_dr
         pod = json.loads(json.dumps(POD))
         pod["metadata"]["namespace"] = ns
         pod["spec"]["containers"][0]["ports"] = [{"name": "health", "containerPort": health}]
-        controlplane.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        # Admission wants the namespace's default ServiceAccount, which comes a moment
+        # after the namespace.
+        eventually(
+            lambda: (
+                controlplane.kubectl(
+                    "apply", "-f", "-", input=json.dumps(pod), check=False
+                ).returncode
+                == 0
+            ),
+            what="the pod object",
+        )
         status = {
             "status": {
                 "podIP": "127.0.0.1",
