@@ -347,9 +347,14 @@ def _data(client: smtplib.SMTP, message: Message) -> tuple[int, bytes]:
     code, text = client.docmd("data")
     if code != 354:
         raise smtplib.SMTPDataError(code, text)
+    # The end marker goes with the last chunk: sent on its own, Nagle's algorithm would
+    # hold it until the next hop's delayed ACK of that chunk (40 ms a message).
+    last = b""
     for chunk in spill.stuffed(message.spilled.chunks()):
-        client.send(chunk)
-    client.send(b".\r\n")  # the content ends with CRLF: DATA's reader keeps it so
+        if last:
+            client.send(last)
+        last = chunk
+    client.send(last + b".\r\n")  # the content ends with CRLF: DATA's reader keeps it so
     return client.getreply()
 
 
