@@ -48,6 +48,11 @@ haproxy:
 nginx:
 	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || (apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-stream >/dev/null)
 
+# Postfix as the next hop of the store-and-forward tests (tests/receiver/test_queue.py) and
+# in the benchmarks; "No configuration" keeps the package from setting up a system MTA.
+postfix:
+	@command -v postfix >/dev/null || (apt-get update -qq && echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null)
+
 # The node for the tests marked `node` (root): its binaries, and the Debian packages it runs.
 node:
 	@bash hack/node/build.sh >/dev/null
@@ -77,10 +82,10 @@ lint: $(STAMP)
 	$(BIN)/python hack/gen_crds.py --check
 	$(BIN)/python hack/gen_argocd.py --check
 
-test: $(STAMP) controlplane node-deps node lua strace haproxy nginx lint
+test: $(STAMP) controlplane node-deps node lua strace haproxy nginx postfix lint
 	$(BIN)/pytest
 
-test-unit: $(STAMP) lua strace haproxy nginx
+test-unit: $(STAMP) lua strace haproxy nginx postfix
 	$(BIN)/pytest -m "not controlplane"
 
 demo: $(STAMP) controlplane
