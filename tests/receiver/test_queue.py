@@ -5,6 +5,7 @@ loses nothing; a refusal goes back to the sender as a delivery status notificati
 from __future__ import annotations
 
 import email.message
+import json
 import os
 import pathlib
 import shutil
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -88,6 +90,11 @@ def _receiver(tmp: pathlib.Path, hop: postfix_hop.PostfixHop, port: int, *extra:
     return proc
 
 
+def _get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(30)
@@ -157,7 +164,8 @@ def test_a_next_hop_outage_delays_but_every_accepted_message_arrives_once(
     tmp_path: pathlib.Path, hop: postfix_hop.PostfixHop
 ) -> None:
     port = free_port()
-    proc = _receiver(tmp_path, hop, port, "--workers", "2")
+    health = free_port()
+    proc = _receiver(tmp_path, hop, port, "--workers", "2", "--health-port", str(health))
     try:
         load = Load(port)
         time.sleep(2)
@@ -167,6 +175,13 @@ def test_a_next_hop_outage_delays_but_every_accepted_message_arrives_once(
         time.sleep(6)  # the next hop is away: the receiver keeps answering 250
         assert len(load.acked) > during + 20, (during, len(load.acked), load.refused)
         assert not _spool_empty(tmp_path / "spool")
+        time.sleep(5)  # a scan of the spool by the worker that answers /metrics
+        metrics = _get(health, "/metrics")
+        assert 'smtpgate_queue_deferred_total{reason="unavailable"}' in metrics
+        (queued,) = [
+            line for line in metrics.splitlines() if line.startswith("smtpgate_queue_messages")
+        ]
+        assert float(queued.split()[-1]) > 0
         hop.start()
         time.sleep(2)
         acked = load.stop()
@@ -225,8 +240,8 @@ def test_sigkill_mid_delivery_loses_nothing_and_repeats_only_what_the_next_hop_h
 def test_a_refused_recipient_goes_back_to_the_sender_with_the_next_hops_reply(
     tmp_path: pathlib.Path, hop: postfix_hop.PostfixHop
 ) -> None:
-    port = free_port()
-    proc = _receiver(tmp_path, hop, port)
+    port, health = free_port(), free_port()
+    proc = _receiver(tmp_path, hop, port, "--health-port", str(health))
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             client.ehlo("client.example")
@@ -237,8 +252,15 @@ def test_a_refused_recipient_goes_back_to_the_sender_with_the_next_hops_reply(
             assert client.rcpt(postfix_hop.REFUSED, ["NOTIFY=FAILURE", orcpt])[0] == 250
             assert client.data(_message("<refused@queue.test>"))[0] == 250
         _wait(lambda: _spool_empty(tmp_path / "spool") and len(hop.delivered()) >= 2, 30, "")
+        metrics = _get(health, "/metrics")
+        time.sleep(6)  # the next scan of the spool
+        queue = json.loads(_get(health, "/queue"))
     finally:
         _stop(proc)
+    # user@ and the notice to the sender were delivered; refused@ was returned
+    assert "smtpgate_queue_delivered_total 2.0" in metrics
+    assert 'smtpgate_queue_bounced_total{reason="refused"} 1.0' in metrics
+    assert queue == {"messages": 0, "oldestSeconds": 0}
     by_recipient = {str(m["Delivered-To"]): m for m in hop.delivered()}
     assert set(by_recipient) == {"user@contoso.com", SENDER}
     notice = by_recipient[SENDER]
