@@ -129,14 +129,16 @@ class QueueRunner:
             self._wake.clear()
 
     def _scan(self, now: float) -> None:
+        with self._lock:
+            known = set(self._due)  # before the listing: a name notified later stays
         found = spoolfile.names(self.root)
         present = {name for _, name, _ in found}
         with self._lock:
             for folder, name, _ in found:
                 if name not in self._due and name not in self._inflight:
                     self._push(name, now, folder)
-            for name in [n for n in self._due if n not in present and n not in self._inflight]:
-                del self._due[name]
+            for name in known - present - self._inflight:  # gone: another process had it
+                self._due.pop(name, None)
                 self._folder.pop(name, None)
         oldest = max((now - mtime for *_, mtime in found), default=0.0)
         self.last_scan = {"messages": len(found), "oldestSeconds": round(oldest, 1)}
