@@ -48,8 +48,9 @@ haproxy:
 nginx:
 	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || (apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-stream >/dev/null)
 
-# Postfix's smtp-source (the benchmark's load client) and its smtpd and queue (the reference
-# server); "No configuration" and RUNLEVEL=1 keep the package from starting the system's own.
+# Postfix: smtp-source (the benchmark's load client), its smtpd and queue (the reference
+# server, and the next hop of the store-and-forward tests, tests/receiver/test_queue.py);
+# "No configuration" and RUNLEVEL=1 keep the package from starting the system's own.
 postfix:
 	@command -v smtp-source >/dev/null || (apt-get update -qq && \
 	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && \
@@ -100,10 +101,10 @@ lint: $(STAMP)
 	$(BIN)/python hack/gen_crds.py --check
 	$(BIN)/python hack/gen_argocd.py --check
 
-test: $(STAMP) controlplane node-deps node lua strace haproxy nginx kerberos lint
+test: $(STAMP) controlplane node-deps node lua strace haproxy nginx postfix kerberos lint
 	$(BIN)/pytest
 
-test-unit: $(STAMP) lua strace haproxy nginx kerberos
+test-unit: $(STAMP) lua strace haproxy nginx postfix kerberos
 	$(BIN)/pytest -m "not controlplane"
 
 # The demo runs on the node where one can run (root): its packages and binaries first.

@@ -590,6 +590,19 @@ class SpoolStorage(_Spec):
         pattern="^(Retain|Delete)$",
         description="What happens to a claim whose replica is scaled away: Retain or Delete.",
     )
+    min_free_percent: int = Field(
+        5,
+        ge=0,
+        le=90,
+        description="Back pressure: while less than this share of the spool volume (space or "
+        "inodes) is free, new MAIL gets 452 4.3.1 and mail already queued keeps being "
+        "delivered. 0 turns the check off.",
+    )
+    min_free_bytes: ByteSize = Field(
+        64 * MIB,
+        description="Back pressure: while less than this many bytes of the spool volume are "
+        "free, new MAIL gets 452 4.3.1 (64Mi). 0 turns the check off.",
+    )
 
 
 class DisruptionBudget(_Spec):
@@ -597,6 +610,41 @@ class DisruptionBudget(_Spec):
 
     max_unavailable: int = Field(
         1, ge=0, description="Receiver pods a voluntary disruption (a drain) may take at once."
+    )
+
+
+class QueueSettings(_Spec):
+    """Store and forward: how the spool's queue retries and when it gives up."""
+
+    retry_seconds: int = Field(
+        60,
+        ge=1,
+        le=86400,
+        description="First retry after a temporary failure; each later one waits as long as "
+        "the message has been queued, up to maxRetrySeconds (Postfix's minimal_backoff_time).",
+    )
+    max_retry_seconds: int = Field(
+        1800,
+        ge=1,
+        le=86400,
+        description="Longest wait between two tries of one message (maximal_backoff_time).",
+    )
+    expiration_seconds: int = Field(
+        2 * 86400,
+        ge=60,
+        le=30 * 86400,
+        description="A message not delivered this long after it was accepted is returned to "
+        "its sender with a delivery status notification (Exchange's "
+        "MessageExpirationTimeout, 2 days).",
+    )
+    age_warning_seconds: int = Field(
+        900,
+        ge=1,
+        description="The TransportServer's QueueHealthy condition turns False while the "
+        "oldest queued message of a replica is older than this.",
+    )
+    concurrency: int = Field(
+        16, ge=1, le=256, description="Messages each receiver process delivers at once."
     )
 
 
@@ -617,6 +665,18 @@ class NextHop(_Spec):
             lambda s: s.type != "Maildir" or (s.host is None and s.port is None),
             "host",
         ),
+        Rule(
+            f"!{_MAILDIR} || !has(self.mode)",
+            "mode is for Smtp and Lmtp next hops; a Maildir next hop only spools",
+            lambda s: s.type != "Maildir" or s.mode is None,
+            "mode",
+        ),
+        Rule(
+            "!has(self.queue) || (has(self.mode) && self.mode == 'StoreAndForward')",
+            "queue is for the StoreAndForward mode",
+            lambda s: s.queue is None or s.mode == "StoreAndForward",
+            "queue",
+        ),
     )
 
     type: str = Field(
@@ -630,13 +690,26 @@ class NextHop(_Spec):
     port: int | None = Field(
         None, ge=1, le=65535, description="Relay port (Smtp, Lmtp; required there)."
     )
+    mode: str | None = Field(
+        None,
+        pattern="^(Relay|StoreAndForward)$",
+        description="Smtp and Lmtp: Relay (the default) answers 250 only once the next hop "
+        "has the message; StoreAndForward answers 250 once the message is in the pod's spool "
+        "and delivers it from there, retrying while the next hop is away and returning what "
+        "it refuses to the sender.",
+    )
+    queue: QueueSettings | None = Field(
+        None, description="Retries, expiry and alerting of the StoreAndForward queue."
+    )
     path: SpoolPath = Field(
         "/var/spool/smtpgate",
-        description="Spool folder in the pod (Maildir): an absolute path, not /tmp and not in "
+        description="Spool folder in the pod (Maildir, StoreAndForward): an absolute path, "
+        "not /tmp and not in "
         "/etc/smtpgate, /proc, /sys or /dev.",
     )
     storage: SpoolStorage = Field(
-        default_factory=SpoolStorage, description="The spool's volume claims (Maildir)."
+        default_factory=SpoolStorage,
+        description="The spool's volume claims (Maildir, StoreAndForward).",
     )
     sync: str = Field(
         "Filesystem",
@@ -648,6 +721,19 @@ class NextHop(_Spec):
             "filesystems)."
         ),
     )
+
+    @property
+    def store_and_forward(self) -> bool:
+        return self.mode == "StoreAndForward"
+
+    @property
+    def spooled(self) -> bool:
+        """Whether accepted mail goes to the pod's spool first (Maildir, StoreAndForward)."""
+        return self.type == "Maildir" or self.store_and_forward
+
+    @property
+    def queue_settings(self) -> QueueSettings:
+        return self.queue or QueueSettings()
 
 
 SecretName = Annotated[

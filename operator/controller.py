@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import informer, kube, metrics, reconcile, resources
+from . import informer, kube, metrics, queues, reconcile, resources
 from .workqueue import Key, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,7 @@ class Controller:
                 self._write_status("ReceiveConnector", key.namespace, name, status)
             return None
         snapshot = self.snapshot(key.namespace, key.server)
+        self._probe_queues(snapshot, key.server)
         server_plan = reconcile.plan_server(
             snapshot, key.server, image=self.image, now=dt.datetime.now(dt.UTC)
         )
@@ -273,6 +274,16 @@ class Controller:
         if failure is not None:
             raise ReconcileFailed(failure)
         return server_plan.recheck_after
+
+    def _probe_queues(self, snapshot: reconcile.Snapshot, server: str) -> None:
+        """Each ready pod's queue, for a server in StoreAndForward mode (over the pod
+        network, a short timeout each)."""
+        body = next((b for b in snapshot.servers if b["metadata"]["name"] == server), None)
+        next_hop = ((body or {}).get("spec") or {}).get("nextHop") or {}
+        if next_hop.get("mode") != "StoreAndForward":
+            return
+        reports = [queues.probe(pod) for pod in snapshot.pods.get(server, [])]
+        snapshot.queues[server] = [r for r in reports if r is not None]
 
     def _write_children(self, key: Key, children: list[Body]) -> str | None:
         """Apply what differs; delete what the server no longer has, unless some apply

@@ -11,7 +11,7 @@ from smtpgate.connectors import certificates, config, defaults, specs, usage
 from smtpgate.connectors.enums import AuthMechanism, ServerRole
 from smtpgate.connectors.errors import ConflictError, SpecError
 
-from . import certs, integrated, resources
+from . import certs, integrated, queues, resources
 
 Body = dict[str, Any]
 
@@ -28,6 +28,7 @@ class Snapshot:
     workloads: dict[str, Body] = field(default_factory=dict)
     pods: dict[str, list[Body]] = field(default_factory=dict)
     serving: dict[str, frozenset[str]] = field(default_factory=dict)
+    queues: dict[str, list[queues.Report]] = field(default_factory=dict)  # StoreAndForward
 
 
 @dataclass
@@ -489,6 +490,12 @@ def plan_server(
             ),
         }
     )
+    if server_spec.next_hop.store_and_forward:
+        threshold = server_spec.next_hop.queue_settings.age_warning_seconds
+        status["conditions"].append(
+            queues.condition(snapshot.queues.get(server_name, []), threshold, gen)
+        )
+        out.recheck_after = min(out.recheck_after or queues.RECHECK_SECONDS, queues.RECHECK_SECONDS)
     out.status = status
     return out
 

@@ -150,7 +150,8 @@ def workload(
     owner: Body,
     tls_secrets: Sequence[str],
 ) -> Body:
-    """A Deployment, or a StatefulSet with a volume per replica for a Maildir spool."""
+    """A Deployment, or a StatefulSet with a volume per replica for a spool (Maildir,
+    StoreAndForward)."""
     plan = port_plan(config)
     host_network = spec.exposure.type == "HostNetwork"
     args = ["--config", CONFIG_FILE, "--health-port", str(HEALTH_PORT)]
@@ -204,7 +205,7 @@ def workload(
     extra_volumes, extra_mounts, env = integrated.pod_parts(spec)
     volumes += extra_volumes
     mounts += extra_mounts
-    spool = spec.next_hop.type == "Maildir"
+    spool = spec.next_hop.spooled  # Maildir, or StoreAndForward: a claim per replica
     if spool:
         mounts.append({"name": "spool", "mountPath": spec.next_hop.path})
     mounted = json.dumps({"volumes": volumes, "args": args}, sort_keys=True)

@@ -12,7 +12,7 @@ import sys
 from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
 
-from . import delivery, reload, server, workers
+from . import delivery, queue, reload, server, workers
 from .health import HealthServer
 from .protocol_log import EscapingFormatter, ProtocolLog
 
@@ -123,7 +123,9 @@ async def run(args: argparse.Namespace) -> int:
     )
     receiver = server.Receiver(runtime, listen)
     await receiver.start()
-    health = HealthServer(lambda: receiver.serving and not stopping.is_set())
+    health = HealthServer(
+        lambda: receiver.serving and not stopping.is_set(), lambda: _queue_report(runtime)
+    )
     stopping = asyncio.Event()
     watcher = asyncio.create_task(reload.Watcher(args.config, receiver).run())
     if args.health_port:
@@ -141,6 +143,13 @@ async def run(args: argparse.Namespace) -> int:
     await asyncio.to_thread(plog.close)
     await health.stop()
     return 0
+
+
+def _queue_report(runtime: server.Runtime) -> dict[str, float] | None:
+    """The queue's last scan for /queue; None unless the next hop is StoreAndForward."""
+    if isinstance(runtime.delivery, queue.QueuedDelivery):
+        return runtime.delivery.runner.last_scan or {}
+    return None
 
 
 def _ready(args: argparse.Namespace) -> None:

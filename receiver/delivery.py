@@ -22,7 +22,8 @@ from typing import Protocol
 
 from smtpgate.connectors.specs import NextHop
 
-from . import health, spill
+from . import backpressure, health, spill
+from .replies import Reply
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,18 @@ class Delivery(Protocol):
         """EHLO keywords (DSN, 8BITMIME) not to offer: what this delivery cannot honour."""
         ...
 
-    def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
+    def admit(self) -> Reply | None:
+        """The refusal new MAIL gets while this delivery cannot take more (a full spool)."""
+        ...
+
+    def spill(
+        self,
+        queue_id: str,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        mail_options: tuple[str, ...] = (),
+        rcpt_options: tuple[tuple[str, ...], ...] = (),
+    ) -> spill.Spill:
         """A file for a message too big to keep in memory (blocking: call off the loop)."""
         ...
 
@@ -105,7 +117,10 @@ class MaildirDelivery:
     """A maildir spool. Each message is written to tmp/ and renamed into new/, and
     ``deliver`` returns only once both the file and its directory entry are on stable
     storage. The envelope rides in a header line ``X-Smtpgate-Envelope`` at the top of the
-    file: ``from=<sender>; to=<recipient>,<recipient>``, each address in ``xtext``.
+    file: ``from=<sender>; to=<recipient>,<recipient>``, each address in ``xtext``, then,
+    where the client gave any, ``; mail=<param> <param>`` (RET, ENVID, BODY, ...) and
+    ``; rcpt=<params>,<params>`` (NOTIFY, ORCPT, one ``<>`` per recipient in order), each
+    parameter in ``xtext`` too (``envelope.parse`` reads it back).
 
     Group commit: one committer thread takes every message waiting at that moment, writes
     them all into tmp/ and makes the whole group durable at once. With ``sync="filesystem"``
@@ -125,9 +140,17 @@ class MaildirDelivery:
     client hears 451."""
 
     def __init__(
-        self, root: str | pathlib.Path, sync: str | None = None, ordered: bool | None = None
+        self,
+        root: str | pathlib.Path,
+        sync: str | None = None,
+        ordered: bool | None = None,
+        guard: backpressure.SpoolGuard | None = None,
     ) -> None:
         self.root = pathlib.Path(root)
+        self.guard = guard or backpressure.SpoolGuard(self.root)
+        # Called with the names of each group now in new/, from the thread that committed
+        # it (the committer, or the event loop for a lone message).
+        self.on_commit: Callable[[list[str]], None] | None = None
         self.sync = sync or ("filesystem" if _syncfs is not None else "file")
         if self.sync not in ("filesystem", "file"):
             raise ValueError(f"unknown spool sync {self.sync!r}: filesystem or file")
@@ -163,7 +186,17 @@ class MaildirDelivery:
     def withheld(self) -> frozenset[str]:
         return frozenset()
 
-    def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
+    def admit(self) -> Reply | None:
+        return self.guard.admit()
+
+    def spill(
+        self,
+        queue_id: str,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        mail_options: tuple[str, ...] = (),
+        rcpt_options: tuple[tuple[str, ...], ...] = (),
+    ) -> spill.Spill:
         """The message's own file in tmp/, its envelope line written: the commit renames
         it into new/ like any other."""
         name = self._name(queue_id)
@@ -171,7 +204,8 @@ class MaildirDelivery:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         spilled = spill.Spill(fd, path, name)
         try:
-            spilled.write(_envelope(mail_from, recipients), message=False)
+            envelope = _envelope(mail_from, recipients, mail_options, rcpt_options)
+            spilled.write(envelope, message=False)
         except OSError:
             spilled.discard()
             raise
@@ -282,6 +316,8 @@ class MaildirDelivery:
                 for _, tmp, final, _ in staged:
                     os.rename(tmp, final)
                 self._sync_new()
+                if self.on_commit is not None:
+                    self.on_commit([final.name for _, _, final, _ in staged])
         except OSError as err:
             for pending, tmp, final, _ in staged:
                 pending.error = err
@@ -311,7 +347,9 @@ class MaildirDelivery:
             return spilled.path, self.root / "new" / spilled.name, spilled.detach()
         name = self._name(message.queue_id)
         tmp = self.root / "tmp" / name
-        envelope = _envelope(message.mail_from, message.recipients)
+        envelope = _envelope(
+            message.mail_from, message.recipients, message.mail_options, message.rcpt_options
+        )
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             data = memoryview(envelope + message.content)
@@ -325,11 +363,21 @@ class MaildirDelivery:
         return tmp, self.root / "new" / name, fd
 
 
-def _envelope(mail_from: str, recipients: tuple[str, ...]) -> bytes:
-    return (
+def _envelope(
+    mail_from: str,
+    recipients: tuple[str, ...],
+    mail_options: tuple[str, ...] = (),
+    rcpt_options: tuple[tuple[str, ...], ...] = (),
+) -> bytes:
+    line = (
         f"X-Smtpgate-Envelope: from=<{xtext(mail_from)}>; "
-        f"to={','.join(f'<{xtext(r)}>' for r in recipients)}\r\n"
-    ).encode()
+        f"to={','.join(f'<{xtext(r)}>' for r in recipients)}"
+    )
+    if mail_options:
+        line += f"; mail=<{' '.join(map(xtext, mail_options))}>"
+    if any(rcpt_options):
+        line += "; rcpt=" + ",".join(f"<{' '.join(map(xtext, o))}>" for o in rcpt_options)
+    return (line + "\r\n").encode()
 
 
 _XTEXT_SAFE = re.compile(r"[A-Za-z0-9!#$%&'*/?^_`{|}~.@-]*")
@@ -447,8 +495,15 @@ def from_next_hop(
 ) -> Delivery:
     """The delivery a server's next hop asks for (``spool`` and ``spool_sync`` override a
     Maildir path and its sync)."""
+    if next_hop.store_and_forward:
+        from .queue import QueuedDelivery  # the queue builds on this module and the relay
+
+        return QueuedDelivery(next_hop, spool, helo=helo, spool_sync=spool_sync)
     if next_hop.type == "Maildir" or spool:
-        return MaildirDelivery(spool or next_hop.path, sync=spool_sync or next_hop.sync.lower())
+        guard = backpressure.SpoolGuard.from_storage(spool or next_hop.path, next_hop.storage)
+        return MaildirDelivery(
+            spool or next_hop.path, sync=spool_sync or next_hop.sync.lower(), guard=guard
+        )
     if not next_hop.host or not next_hop.port:
         raise ValueError(f"a {next_hop.type} next hop needs host and port")
     from .relay import RelayDelivery  # relay builds on this module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable
 
@@ -56,6 +57,30 @@ PROXY_REJECTED = Counter(
     ["reason"],
 )
 CONFIG_RELOADS = Counter("smtpgate_config_reloads_total", "Config reloads", ["result"])
+QUEUE_MESSAGES = Gauge(
+    "smtpgate_queue_messages",
+    "Messages in the StoreAndForward spool (at the last scan)",
+    multiprocess_mode="livemax",  # every worker scans the same spool
+)
+QUEUE_OLDEST = Gauge(
+    "smtpgate_queue_oldest_seconds",
+    "Age of the oldest message in the StoreAndForward spool (at the last scan)",
+    multiprocess_mode="livemax",
+)
+QUEUE_DELIVERED = Counter(
+    "smtpgate_queue_delivered_total", "Recipients the next hop took from the queue"
+)
+QUEUE_DEFERRED = Counter(
+    "smtpgate_queue_deferred_total",
+    "Tries of a queued message that left recipients for later (unavailable: no answer "
+    "from the next hop; temporary: it answered 4xx)",
+    ["reason"],
+)
+QUEUE_BOUNCED = Counter(
+    "smtpgate_queue_bounced_total",
+    "Recipients returned to the sender (refused: the next hop answered 5xx; expired)",
+    ["reason"],
+)
 
 
 def metrics_text() -> bytes:
@@ -69,10 +94,17 @@ def metrics_text() -> bytes:
 
 
 class HealthServer:
-    """A minimal HTTP/1.0 endpoint; ``ready`` says whether the receiver takes mail."""
+    """A minimal HTTP/1.0 endpoint; ``ready`` says whether the receiver takes mail, and
+    ``queue`` what the StoreAndForward queue held at its last scan (``/queue``, JSON: the
+    operator reads it for the QueueHealthy condition), or None in other modes (404)."""
 
-    def __init__(self, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        ready: Callable[[], bool],
+        queue: Callable[[], dict[str, float] | None] = lambda: None,
+    ) -> None:
         self.ready = ready
+        self.queue = queue
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -94,6 +126,8 @@ class HealthServer:
                 ok = self.ready()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 body, kind = (b"ready\n" if ok else b"not ready\n"), "text/plain"
+            elif path == "/queue" and (report := self.queue()) is not None:
+                status, body, kind = "200 OK", json.dumps(report).encode(), "application/json"
             elif path == "/metrics":
                 status, body, kind = "200 OK", metrics_text(), CONTENT_TYPE_LATEST
             else:

@@ -145,7 +145,13 @@ class Intake:
             parts: list[bytes | bytearray] = []
             if self.spilled is None:
                 self.spilled = await loop.run_in_executor(
-                    writers, self.target.spill, self.queue_id, self.mail_from, self.recipients
+                    writers,
+                    self.target.spill,
+                    self.queue_id,
+                    self.mail_from,
+                    self.recipients,
+                    self.mail_options,
+                    self.rcpt_options,
                 )
                 parts.append(self.head)
             parts.append(self.body)

@@ -24,7 +24,7 @@ import time
 
 from . import spill
 from .delivery import DeliveryError, Message
-from .replies import one_line
+from .replies import Reply, one_line
 
 
 class RelayDelivery:
@@ -61,8 +61,92 @@ class RelayDelivery:
         self._features: frozenset[str] | None = None  # the next hop's, at its last EHLO
         self._delivered = Delivered()
 
-    def spill(self, queue_id: str, mail_from: str, recipients: tuple[str, ...]) -> spill.Spill:
+    def spill(self, queue_id: str, mail_from: str, *_envelope: object) -> spill.Spill:
         return spill.anonymous(self.spill_dir)
+
+    def admit(self) -> Reply | None:
+        return None  # nothing is kept here: the next hop's own answer is the client's
+
+    def attempt(self, message: Message) -> list[tuple[int, str]]:
+        """One try of ``message`` (blocking: for the queue's threads) for each of its
+        recipients: each recipient's own answer, code and one line of text (250 when the
+        next hop took it). Unlike ``deliver``, a refused recipient does not stop the others.
+        Raises OSError or SMTPException when the next hop could not be asked at all, or
+        went away before it answered for every recipient."""
+        client = self._kept()
+        if client is not None:
+            try:
+                return self._attempt_each(client, message, kept=True)
+            except _Gone:
+                self._drop_kept()
+        factory = smtplib.LMTP if self.lmtp else smtplib.SMTP
+        client = factory(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
+        return self._attempt_each(client, message, kept=False)
+
+    def _attempt_each(
+        self, client: smtplib.SMTP, message: Message, kept: bool
+    ) -> list[tuple[int, str]]:
+        try:
+            if not kept:
+                client.ehlo_or_helo_if_needed()
+            answers, clean = self._each(client, message, kept)
+        except BaseException:
+            client.close()
+            raise
+        if clean and client.sock is not None:
+            self._keep(client)
+        else:
+            client.close()
+        return [(code, one_line(text)) for code, text in answers]
+
+    def _each(
+        self, client: smtplib.SMTP, message: Message, kept: bool
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """The transaction of ``attempt``: every recipient's answer, and whether the
+        connection is in a clean state for the next message."""
+        self._features = frozenset(client.esmtp_features)
+        count = len(message.recipients)
+        try:
+            options = self._mail_options(client, message)
+        except _Clean as err:  # nothing sent: the message cannot go to this next hop
+            return [(err.code or 554, err.text.encode())] * count, True
+        try:
+            code, text = client.mail(message.mail_from, options)
+        except (smtplib.SMTPServerDisconnected, OSError):
+            if kept:
+                raise _Gone() from None
+            raise
+        if kept and code == 421:
+            raise _Gone()
+        if code != 250:
+            return [(code, text)] * count, _rset(client)
+        dsn = client.has_extn("dsn")
+        answers: list[tuple[int, bytes] | None] = [None] * count
+        taken = []
+        for index, (recipient, rcpt) in enumerate(
+            zip(message.recipients, _rcpt_options(message), strict=True)
+        ):
+            code, text = client.rcpt(recipient, rcpt if dsn else ())
+            if code in (250, 251):
+                taken.append(index)
+            else:
+                answers[index] = (code, text)
+        if not taken:
+            return [a for a in answers if a is not None], _rset(client)
+        try:
+            code, text = _data(client, message)
+        except smtplib.SMTPDataError as err:
+            for index in taken:
+                answers[index] = (err.smtp_code, err.smtp_error)
+            return [a for a in answers if a is not None], _rset(client)
+        replies = [(code, text)]
+        if self.lmtp:  # LMTP answers once per recipient after DATA
+            replies += [client.getreply() for _ in taken[1:]]
+        else:
+            replies *= len(taken)
+        for index, reply in zip(taken, replies, strict=True):
+            answers[index] = reply
+        return [a for a in answers if a is not None], True
 
     async def deliver(self, message: Message) -> None:
         try:
@@ -248,6 +332,14 @@ class RelayDelivery:
             _quit(client)
 
 
+def _rset(client: smtplib.SMTP) -> bool:
+    """RSET after a refusal: whether the connection is clean again."""
+    try:
+        return client.rset()[0] == 250
+    except (smtplib.SMTPException, OSError):
+        return False
+
+
 def _data(client: smtplib.SMTP, message: Message) -> tuple[int, bytes]:
     """smtplib's ``data``, streaming a spilled message from its file."""
     if message.spilled is None:
@@ -255,9 +347,14 @@ def _data(client: smtplib.SMTP, message: Message) -> tuple[int, bytes]:
     code, text = client.docmd("data")
     if code != 354:
         raise smtplib.SMTPDataError(code, text)
+    # The end marker goes with the last chunk: sent on its own, Nagle's algorithm would
+    # hold it until the next hop's delayed ACK of that chunk (40 ms a message).
+    last = b""
     for chunk in spill.stuffed(message.spilled.chunks()):
-        client.send(chunk)
-    client.send(b".\r\n")  # the content ends with CRLF: DATA's reader keeps it so
+        if last:
+            client.send(last)
+        last = chunk
+    client.send(last + b".\r\n")  # the content ends with CRLF: DATA's reader keeps it so
     return client.getreply()
 
 

@@ -759,6 +759,7 @@ class _Handler:
         users = self.smtp.runtime.users
         owns = functools.partial(users.may_send_as, state.user) if users and state.user else None
         answer = answer or policy.mail(state, address, declared, owns or _owns_nothing)
+        answer = answer if answer.refusal else self.smtp.delivery.admit() or answer
         if not answer.refusal:
             envelope.mail_from = address
             envelope.mail_options.extend(_as_sent(self.smtp._arg, options))

@@ -81,6 +81,23 @@ INVALID: list[tuple[str, dict[str, Any], str | None]] = [
     (TS, {"exposure": {"ports": [{"port": 25, "type": "HostNetwork"}]}}, None),
     (TS, {"pod": {"resources": {"limits": {"memory": "1 Gi"}}}}, None),
     (TS, {"nextHop": {"storage": {"whenDeleted": "Shred"}}}, None),
+    (TS, {"nextHop": {"mode": "StoreAndForward"}}, None),  # a Maildir next hop only spools
+    (TS, {"nextHop": {"type": "Smtp", "host": "r.contoso.com", "port": 25, "mode": "Later"}}, None),
+    (TS, {"nextHop": {"type": "Smtp", "host": "r.contoso.com", "port": 25, "queue": {}}}, None),
+    (
+        TS,
+        {
+            "nextHop": {
+                "type": "Smtp",
+                "host": "r.contoso.com",
+                "port": 25,
+                "mode": "StoreAndForward",
+                "queue": {"retrySeconds": 0},
+            }
+        },
+        None,
+    ),
+    (TS, {"nextHop": {"storage": {"minFreePercent": 95}}}, None),
     (TS, {"disruptionBudget": {"maxUnavailable": -1}}, None),
     (TS, {}, LONGEST + "y"),
     (TS, {}, "1mail"),
@@ -190,6 +207,21 @@ VALID: list[tuple[str, dict[str, Any], str | None]] = [
     ),
     (TS, {"pod": {"resources": {"limits": {"memory": "1Gi", "cpu": 2}}}}, None),
     (TS, {"nextHop": {"storage": {"size": "10Gi", "storageClassName": "fast"}}}, None),
+    (
+        TS,
+        {
+            "nextHop": {
+                "type": "Lmtp",
+                "host": "lmtp.contoso.com",
+                "port": 24,
+                "mode": "StoreAndForward",
+                "queue": {"retrySeconds": 30, "expirationSeconds": 86400, "concurrency": 4},
+                "storage": {"size": "20Gi", "minFreePercent": 10, "minFreeBytes": "1Gi"},
+            }
+        },
+        None,
+    ),
+    (TS, {"nextHop": {"type": "Smtp", "host": "r.contoso.com", "port": 25, "mode": "Relay"}}, None),
     (TS, {}, LONGEST),
     (RC, {"chunkingEnabled": False}, None),
     (RC, {"chunkingEnabled": False, "binaryMimeEnabled": False}, None),

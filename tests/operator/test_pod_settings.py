@@ -149,3 +149,35 @@ def test_port_25_on_a_load_balancer_the_rest_cluster_internal(
     assert internal["spec"]["type"] == "ClusterIP"
     assert {p["port"] for p in internal["spec"]["ports"]} == {465, 475, 587, 717, 2525}
     assert "externalTrafficPolicy" not in internal["spec"]
+
+
+QUEUED = """
+apiVersion: smtpgate.io/v1alpha1
+kind: TransportServer
+metadata: {{name: ex01, namespace: {ns}}}
+spec:
+  fqdn: mail.contoso.com
+  createDefaultConnectors: false
+  nextHop:
+    type: Smtp
+    host: hub.contoso.com
+    port: 25
+    {mode}
+    path: /var/spool/queue
+    storage: {{size: 3Gi}}
+"""
+
+
+def test_store_and_forward_keeps_its_queue_on_a_claim_per_replica(
+    controlplane: Any, operator: Any, ns: str
+) -> None:
+    apply(controlplane, QUEUED.format(ns=ns, mode="mode: StoreAndForward"))
+    workload = eventually(lambda: get(controlplane, "statefulset", "ex01-receiver", ns))
+    claim = workload["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] in ("3Gi", str(3 * 1024**3))
+    mounts = workload["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "spool", "mountPath": "/var/spool/queue"} in mounts
+    config = json.loads(get(controlplane, "configmap", "ex01-receiver", ns)["data"]["config.json"])
+    assert config["nextHop"]["mode"] == "StoreAndForward"
+    apply(controlplane, QUEUED.format(ns=ns, mode="mode: Relay"))
+    eventually(lambda: get(controlplane, "deployment", "ex01-receiver", ns), what="a Deployment")

@@ -1,0 +1,101 @@
+"""The StoreAndForward queues of a server's receiver pods: each pod's ``/queue`` read over
+the pod network (``probe``, the I/O), and the ``QueueHealthy`` condition made of what they
+said (``condition``, pure).
+
+The receiver has no API credentials and writes nothing to the API server; the operator
+already reaches every pod (it runs in the cluster), so it asks each ready pod on its
+``health`` port, with a short timeout, when it reconciles the server, and looks again every
+``RECHECK_SECONDS`` while the server is in StoreAndForward mode."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import resources
+
+Body = dict[str, Any]
+RECHECK_SECONDS = 30.0
+TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one pod's queue held at its last scan, or why it could not be read."""
+
+    pod: str
+    messages: int = 0
+    oldest_seconds: float = 0.0
+    error: str | None = None
+
+
+def _health_port(pod: Body) -> int:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "health":
+                return int(port["containerPort"])
+    return resources.HEALTH_PORT
+
+
+def _ready(pod: Body) -> bool:
+    status = pod.get("status") or {}
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def probe(pod: Body, timeout: float = TIMEOUT) -> Report | None:
+    """The pod's queue, or None for a pod that is not ready (it answers no probe)."""
+    name = pod["metadata"]["name"]
+    address = (pod.get("status") or {}).get("podIP")
+    if not address or not _ready(pod) or pod["metadata"].get("deletionTimestamp"):
+        return None
+    connection = http.client.HTTPConnection(address, _health_port(pod), timeout=timeout)
+    try:
+        connection.request("GET", "/queue")
+        response = connection.getresponse()
+        body = response.read(4096)
+        if response.status != 200:
+            return Report(name, error=f"/queue answered {response.status}")
+        data = json.loads(body)
+        return Report(name, int(data.get("messages", 0)), float(data.get("oldestSeconds", 0)))
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        return Report(name, error=f"/queue unreadable: {err}")
+    finally:
+        connection.close()
+
+
+def condition(reports: list[Report], threshold: int, generation: int | None) -> Body:
+    """QueueHealthy: False while some pod's oldest message is older than ``threshold``
+    seconds, Unknown while no pod could be read, else True."""
+    read = [r for r in reports if r.error is None]
+    late = [r for r in read if r.oldest_seconds > threshold]
+    if late:
+        status, reason = "False", "QueueBacklog"
+        message = (
+            "; ".join(
+                f"{r.pod}: {r.messages} messages, the oldest {r.oldest_seconds:.0f}s old"
+                for r in sorted(late, key=lambda r: r.pod)
+            )
+            + f" (ageWarningSeconds {threshold})"
+        )
+    elif not read:
+        status, reason = "Unknown", "QueueUnknown"
+        message = "; ".join(f"{r.pod}: {r.error}" for r in reports) or "no ready pod to ask"
+    else:
+        status, reason = "True", "QueueCurrent"
+        message = f"{sum(r.messages for r in read)} messages queued in {len(read)} pods"
+        message += f", none older than {threshold}s"
+        unread = [r for r in reports if r.error is not None]
+        if unread:
+            message += "; unread: " + ", ".join(sorted(r.pod for r in unread))
+    return {
+        "type": "QueueHealthy",
+        "status": status,
+        "reason": reason,
+        "message": message[:1000],
+        "observedGeneration": generation,
+    }
