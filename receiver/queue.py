@@ -201,6 +201,8 @@ class QueueRunner:
         if not pending:
             queued.remove()
             return None
+        if record.next_try > now:  # deferred by another worker (or before a restart)
+            return min(record.next_try, now + self.settings.max_retry_seconds)
         try:
             answers = self.relay.attempt(queued.message(pending))
             reason = "temporary"
@@ -227,8 +229,9 @@ class QueueRunner:
             queued.remove()
             return None
         health.QUEUE_DEFERRED.labels(reason).inc()
-        queued.note([f"deferred {i} {code} {text}" for i, code, text in deferred], durable=False)
         wait = retries.backoff(age, self.settings.retry_seconds, self.settings.max_retry_seconds)
+        lines = [f"deferred {i} {code} {text}" for i, code, text in deferred]
+        queued.note([*lines, f"next {now + wait:.3f}"], durable=False)
         log.info(
             "queued message %s deferred for %d recipients, next try in %ds: %s %s",
             queued.name,

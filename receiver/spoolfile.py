@@ -8,8 +8,9 @@ message still being written and is never read. Its first line is the envelope
 The record (``state/<name>``) says which recipients are settled: ``delivered`` (the next
 hop took it) or ``bounced`` (refused or expired, and the sender told). Each line is on
 stable storage before the message goes on, so a recipient that has the message is not
-sent it again after a crash. The last temporary failure per recipient is noted there too
-(without a sync: it only words the expiry notice). A message whose recipients are all
+sent it again after a crash. The last temporary failure per recipient is noted there too,
+and when the next try is due (without a sync: they only word the expiry notice and keep the
+other workers from trying the message before its backoff is over). A message whose recipients are all
 settled is removed, then its record."""
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Record:
     delivered: set[int] = field(default_factory=set)
     bounced: set[int] = field(default_factory=set)
     last_error: dict[int, str] = field(default_factory=dict)
+    next_try: float = 0.0  # when the last try deferred it to (any worker's), epoch seconds
 
     @property
     def settled(self) -> set[int]:
@@ -207,6 +209,10 @@ class Queued:
             return record
         for line in text.splitlines():
             what, _, rest = line.partition(" ")
+            if what == "next":
+                with contextlib.suppress(ValueError):
+                    record.next_try = float(rest)
+                continue
             index_text, _, detail = rest.partition(" ")
             if not index_text.isdigit():
                 continue

@@ -1,0 +1,89 @@
+"""Queue runners of several worker processes on one spool, against a next hop that answers
+every try with 451: each message is tried on its own backoff, not once per worker. Two
+``QueueRunner`` in one process stand for two workers (each opens the message for itself,
+so their ``flock`` locks exclude each other as across processes). aiosmtpd stands for the
+next hop: the test counts its tries, which a Postfix next hop would not show."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP
+from smtpgate.connectors.specs import QueueSettings
+from smtpgate.receiver import delivery, queue, relay, spoolfile
+
+
+class Deferring:
+    """Answers 451 to every recipient and counts the tries."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.tries += 1
+        return "451 4.3.0 Try again later"
+
+
+@pytest.fixture
+def deferring_hop() -> Iterator[tuple[Deferring, int]]:
+    hop = Deferring()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = asyncio.run_coroutine_threadsafe(
+        loop.create_server(lambda: SMTP(hop), sock=sock), loop
+    ).result()
+    yield hop, port
+
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run_coroutine_threadsafe(close(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def _spool(root: pathlib.Path) -> str:
+    for sub in ("tmp", "new", "cur"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns()}.{delivery.new_queue_id()}.test"
+    envelope = b"X-Smtpgate-Envelope: from=<s@example.org>; to=<u@contoso.com>\r\n"
+    spoolfile.write_message(root, name, [envelope, b"Subject: q\r\n\r\nbody\r\n"])
+    return name
+
+
+def test_a_deferred_message_waits_its_backoff_in_every_worker_of_the_spool(
+    tmp_path: pathlib.Path, deferring_hop: tuple[Deferring, int]
+) -> None:
+    hop, port = deferring_hop
+    _spool(tmp_path)
+    settings = QueueSettings(retry_seconds=60, max_retry_seconds=60)
+    relays = [relay.RelayDelivery("127.0.0.1", port, helo="mail.contoso.com") for _ in "ab"]
+    runners = [
+        queue.QueueRunner(tmp_path, r, settings, "mail.contoso.com", scan_seconds=0.3)
+        for r in relays
+    ]
+    for runner in runners:
+        runner.start()
+    try:
+        time.sleep(3)  # ten scans of each worker
+    finally:
+        for runner in runners:
+            runner.stop()
+        for r in relays:
+            r.close()
+    assert hop.tries == 1
