@@ -140,13 +140,23 @@ class RelayDelivery:
                 answers[index] = (err.smtp_code, err.smtp_error)
             return [a for a in answers if a is not None], _rset(client)
         replies = [(code, text)]
+        clean = True
         if self.lmtp:  # LMTP answers once per recipient after DATA
-            replies += [client.getreply() for _ in taken[1:]]
+            for _ in taken[1:]:
+                try:
+                    replies.append(client.getreply())
+                except (smtplib.SMTPServerDisconnected, OSError) as err:
+                    # The answers heard so far stand (those recipients have it); the
+                    # others are tried again.
+                    lost = f"4.4.2 Connection lost before the next hop answered: {err}"
+                    replies += [(451, lost.encode())] * (len(taken) - len(replies))
+                    clean = False
+                    break
         else:
             replies *= len(taken)
         for index, reply in zip(taken, replies, strict=True):
             answers[index] = reply
-        return [a for a in answers if a is not None], True
+        return [a for a in answers if a is not None], clean
 
     async def deliver(self, message: Message) -> None:
         try:

@@ -77,3 +77,50 @@ def test_an_lmtp_next_hop_answers_each_recipient_on_its_own() -> None:
     assert hop.messages == [
         ("s@example.org", ["a@contoso.com", "full@contoso.com", "b@contoso.com"])
     ]
+
+
+class GoneAfterFirst:
+    """Takes the message for its first recipient, then the connection breaks before it
+    answers for the others (a crashed LMTP server, a reset)."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await server.push(f"250 2.0.0 <{envelope.rcpt_tos[0]}> delivered")
+        assert server.transport is not None
+        server.transport.abort()
+        return "250 2.0.0 never heard"
+
+
+def test_an_lmtp_answer_heard_before_the_connection_broke_settles_its_recipient() -> None:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = asyncio.run_coroutine_threadsafe(
+        loop.create_server(lambda: LMTP(GoneAfterFirst()), sock=sock), loop
+    ).result()
+    client = relay.RelayDelivery("127.0.0.1", port, lmtp=True, helo="mail.contoso.com")
+    message = delivery.Message(
+        queue_id="Q",
+        connector="",
+        mail_from="s@example.org",
+        recipients=("a@contoso.com", "b@contoso.com", "c@contoso.com"),
+        content=b"Subject: lmtp\r\n\r\nbody\r\n",
+    )
+    try:
+        answers = client.attempt(message)
+    finally:
+        client.close()
+
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    # a@ has it: a later try must not send it again; b@ and c@ are tried again.
+    assert [code for code, _ in answers] == [250, 451, 451]
+    assert "4.4.2" in answers[1][1]
