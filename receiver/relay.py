@@ -119,7 +119,7 @@ class RelayDelivery:
         if kept and code == 421:
             raise _Gone()
         if code != 250:
-            return [(code, text)] * count, _rset(client)
+            return [_before_data(code, text, "MAIL")] * count, _rset(client)
         dsn = client.has_extn("dsn")
         answers: list[tuple[int, bytes] | None] = [None] * count
         taken = []
@@ -130,7 +130,7 @@ class RelayDelivery:
             if code in (250, 251):
                 taken.append(index)
             else:
-                answers[index] = (code, text)
+                answers[index] = _before_data(code, text, "RCPT")
         if not taken:
             return [a for a in answers if a is not None], _rset(client)
         try:
@@ -340,6 +340,14 @@ class RelayDelivery:
             idle, self._idle = self._idle, []
         for client, _ in idle:
             _quit(client)
+
+
+def _before_data(code: int, text: bytes, stage: str) -> tuple[int, bytes]:
+    """A recipient's answer from a refusal at MAIL or RCPT. Only the answer to DATA says
+    the next hop has the message: any other 2xx (a 252 at RCPT) becomes a deferral."""
+    if 200 <= code < 300:
+        return 451, f"4.5.0 Next hop answered {code} at {stage}: {one_line(text)}".encode()
+    return code, text
 
 
 def _rset(client: smtplib.SMTP) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP
 from smtpgate.connectors.specs import QueueSettings
-from smtpgate.receiver import delivery, queue, relay, spoolfile
+from smtpgate.receiver import delivery, queue, relay, retries, spoolfile
 
 
 class Deferring:
@@ -87,3 +87,64 @@ def test_a_deferred_message_waits_its_backoff_in_every_worker_of_the_spool(
         for r in relays:
             r.close()
     assert hop.tries == 1
+
+
+class Odd2xx:
+    """Answers MAIL or RCPT with a 2xx other than 250 and takes nothing."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage, self.data = stage, 0
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.stage == "MAIL":
+            return "252 2.1.0 Cannot verify the sender"
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        return "252 2.1.5 Cannot VRFY user, but will accept message"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data += 1
+        return "250 OK"
+
+
+@pytest.mark.parametrize("stage", ["MAIL", "RCPT"])
+def test_a_recipient_is_settled_as_delivered_only_by_the_answer_to_data(stage: str) -> None:
+    hop = Odd2xx(stage)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = asyncio.run_coroutine_threadsafe(
+        loop.create_server(lambda: SMTP(hop), sock=sock), loop
+    ).result()
+    client = relay.RelayDelivery("127.0.0.1", sock.getsockname()[1], helo="mail.contoso.com")
+    message = delivery.Message(
+        queue_id="Q",
+        connector="",
+        mail_from="s@example.org",
+        recipients=("u@contoso.com",),
+        content=b"Subject: q\r\n\r\nbody\r\n",
+    )
+    try:
+        answers = client.attempt(message)
+    finally:
+        client.close()
+
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    assert hop.data == 0
+    # Not "delivered": the queue would remove a message the next hop never had.
+    assert [retries.outcome(code) for code, _ in answers] == [retries.Outcome.DEFERRED]
