@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
-from smtpgate.connectors.specs import QueueSettings
-from smtpgate.receiver import delivery, queue, relay, retries, spoolfile
+from smtpgate.connectors.specs import NextHop, QueueSettings
+from smtpgate.receiver import backpressure, delivery, queue, relay, retries, spoolfile
 
 
 class Deferring:
@@ -148,3 +148,58 @@ def test_a_recipient_is_settled_as_delivered_only_by_the_answer_to_data(stage: s
     assert hop.data == 0
     # Not "delivered": the queue would remove a message the next hop never had.
     assert [retries.outcome(code) for code, _ in answers] == [retries.Outcome.DEFERRED]
+
+
+class Taking:
+    """Takes every message."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.content)
+        return "250 2.0.0 OK"
+
+
+def test_mail_already_queued_goes_out_while_new_mail_gets_452_for_a_full_spool(
+    tmp_path: pathlib.Path,
+) -> None:
+    hop = Taking()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = asyncio.run_coroutine_threadsafe(
+        loop.create_server(lambda: SMTP(hop), sock=sock), loop
+    ).result()
+    name = _spool(tmp_path)
+    free = backpressure.usage(tmp_path).free
+    next_hop = NextHop.model_validate(
+        {
+            "type": "Smtp",
+            "host": "127.0.0.1",
+            "port": sock.getsockname()[1],
+            "mode": "StoreAndForward",
+            "storage": {"minFreeBytes": free + (1 << 30)},  # more than the volume has
+        }
+    )
+    queued = queue.QueuedDelivery(next_hop, str(tmp_path), helo="mail.contoso.com")
+    try:
+        assert queued.admit() == backpressure.SPOOL_FULL
+        deadline = time.monotonic() + 10
+        while (tmp_path / "new" / name).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        queued.close()
+
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    assert not (tmp_path / "new" / name).exists()
+    assert len(hop.messages) == 1
