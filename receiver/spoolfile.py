@@ -207,7 +207,8 @@ class Queued:
             text = self.state_path.read_text(errors="replace")
         except FileNotFoundError:
             return record
-        for line in text.splitlines():
+        # Only whole lines: one a crash cut short ("delivered 1" of "delivered 12") is not.
+        for line in text.split("\n")[:-1]:
             what, _, rest = line.partition(" ")
             if what == "next":
                 with contextlib.suppress(ValueError):

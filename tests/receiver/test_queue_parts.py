@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import pathlib
 
 import pytest
 from smtpgate.receiver import delivery, dsn, retries, spoolfile
@@ -135,3 +136,19 @@ def test_the_status_is_the_next_hops_own_where_it_gave_one(
     code: int, text: str, status: str
 ) -> None:
     assert dsn.status_of(code, text) == status
+
+
+def test_a_record_line_cut_short_by_a_crash_settles_nobody(tmp_path: pathlib.Path) -> None:
+    # "delivered 12\n" torn after its "1": recipient 1 has not had the message.
+    for sub in ("tmp", "new", "cur", "state"):
+        (tmp_path / sub).mkdir()
+    to = ",".join(f"<u{n}@contoso.com>" for n in range(13))
+    envelope = f"X-Smtpgate-Envelope: from=<s@example.org>; to={to}\r\n".encode()
+    spoolfile.write_message(tmp_path, "1.Q.h", [envelope, b"Subject: q\r\n\r\nbody\r\n"])
+    (tmp_path / "state" / "1.Q.h").write_text("delivered 3\ndelivered 1")
+    queued = spoolfile.Queued(tmp_path, "new", "1.Q.h")
+    try:
+        assert queued.open()
+        assert queued.record.delivered == {3}
+    finally:
+        queued.close()
