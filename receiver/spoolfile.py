@@ -10,8 +10,8 @@ hop took it) or ``bounced`` (refused or expired, and the sender told). Each line
 stable storage before the message goes on, so a recipient that has the message is not
 sent it again after a crash. The last temporary failure per recipient is noted there too,
 and when the next try is due (without a sync: they only word the expiry notice and keep the
-other workers from trying the message before its backoff is over). A message whose recipients are all
-settled is removed, then its record."""
+other workers from trying the message before its backoff is over). A message whose
+recipients are all settled is removed, then its record."""
 
 from __future__ import annotations
 
