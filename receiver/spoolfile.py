@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from . import delivery, spill
 
 MAX_ENVELOPE = 4 << 20  # the envelope line: many recipients, each up to 3 x 256 octets
+ENVELOPE_READ = 64 << 10  # what a try reads first to find it
 
 _FIELD = re.compile(r"(from|to|mail|rcpt)=([^;]*)(?:; |$)")
 _ITEM = re.compile(r"<([^<>]*)>")
@@ -141,8 +142,13 @@ class Queued:
             self.close()
             return False
         self.arrived = st.st_mtime
-        head = os.pread(self.fd, min(MAX_ENVELOPE, st.st_size), 0)
+        # The envelope line, not the message: a small read first, the longest line only
+        # for a message with very many recipients.
+        head = os.pread(self.fd, min(ENVELOPE_READ, st.st_size), 0)
         end = head.find(b"\r\n")
+        if end < 0 and len(head) < min(MAX_ENVELOPE, st.st_size):
+            head = os.pread(self.fd, min(MAX_ENVELOPE, st.st_size), 0)
+            end = head.find(b"\r\n")
         if end < 0:
             raise Unreadable("envelope line without an end")
         self.envelope = parse(head[:end])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import pathlib
 
 import pytest
@@ -152,3 +153,48 @@ def test_a_record_line_cut_short_by_a_crash_settles_nobody(tmp_path: pathlib.Pat
         assert queued.record.delivered == {3}
     finally:
         queued.close()
+
+
+def test_opening_a_big_queued_message_reads_its_envelope_line_not_the_message(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every try opens the message; with the next hop away, a spool of big messages was
+    # read whole (up to 4 MiB each) at every try only to find the envelope line.
+    for sub in ("tmp", "new", "cur", "state"):
+        (tmp_path / sub).mkdir()
+    envelope = b"X-Smtpgate-Envelope: from=<s@example.org>; to=<u@contoso.com>\r\n"
+    spoolfile.write_message(tmp_path, "1.Q.h", [envelope, b"Subject: q\r\n\r\n", b"x" * (3 << 20)])
+    read = []
+    pread = os.pread
+
+    def counted(fd: int, size: int, offset: int) -> bytes:
+        data = pread(fd, size, offset)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "pread", counted)
+    queued = spoolfile.Queued(tmp_path, "new", "1.Q.h")
+    try:
+        assert queued.open()
+    finally:
+        queued.close()
+    assert queued.envelope.recipients == ("u@contoso.com",)
+    assert sum(read) <= 64 << 10
+
+
+def test_an_envelope_line_longer_than_the_first_read_still_reads_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    for sub in ("tmp", "new", "cur", "state"):
+        (tmp_path / sub).mkdir()
+    recipients = tuple(f"recipient-{n:05d}@contoso.com" for n in range(4000))  # ~130 KB
+    line = delivery._envelope("s@example.org", recipients)
+    assert len(line) > spoolfile.ENVELOPE_READ
+    spoolfile.write_message(tmp_path, "1.Q.h", [line, b"Subject: q\r\n\r\nbody\r\n"])
+    queued = spoolfile.Queued(tmp_path, "new", "1.Q.h")
+    try:
+        assert queued.open()
+    finally:
+        queued.close()
+    assert queued.envelope.recipients == recipients
+    assert queued.size == len(b"Subject: q\r\n\r\nbody\r\n")
