@@ -234,3 +234,28 @@ def test_a_scan_of_a_big_spool_comes_less_often_so_scanning_costs_little(
         runner.stop()
     # At most 1/queue.SCAN_SHARE of the time goes to scanning.
     assert len(scans) <= 2
+
+
+def test_a_spool_file_the_queue_cannot_read_is_set_aside_in_bad_never_deleted(
+    tmp_path: pathlib.Path,
+) -> None:
+    for sub in ("tmp", "new", "cur"):
+        (tmp_path / sub).mkdir()
+    garbage = b"Subject: no envelope line\r\n\r\nbody\r\n"
+    (tmp_path / "new" / "1.Q.h").write_bytes(garbage)
+    runner = queue.QueueRunner(
+        tmp_path,
+        relay.RelayDelivery("127.0.0.1", 9, helo="mail.contoso.com"),
+        QueueSettings(),
+        "mail.contoso.com",
+        scan_seconds=0.1,
+    )
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "bad" / "1.Q.h").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+    assert (tmp_path / "bad" / "1.Q.h").read_bytes() == garbage
+    assert not (tmp_path / "new" / "1.Q.h").exists()
