@@ -47,6 +47,8 @@ class Session:
     logon_failures: int = 0
     protocol_errors: int = 0
     junk_commands: int = 0
+    peer_certificate: bytes | None = None  # the client's, from STARTTLS (mutual_tls)
+    partner_domain: str | None = None  # the sender domain domain security authenticated
     _rights: tuple[identity.Principals, frozenset[P]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -192,6 +194,8 @@ def mail(
         return replies.BAD_ADDRESS
     if session.user is not None:
         return _user_sender(session, address, owns(str(address)))
+    if session.partner_domain is not None and address.domain.lower() == session.partner_domain:
+        return replies.SENDER_OK  # proved by the partner's certificate (domain security)
     domains = session.accepted_domains
     if addresses.is_authoritative(address.domain, domains):
         if P.AcceptAuthoritativeDomainSender not in rights:

@@ -76,6 +76,7 @@ class Running:
         exposure: dict[str, Any] | None = None,
         proxy_timeout: float = server.PROXY_TIMEOUT,
         proxy_optional_wait: float = server.PROXY_OPTIONAL_WAIT,
+        org: Any = None,
     ) -> None:
         server_spec = specs.TransportServerSpec.model_validate(
             {"fqdn": FQDN, "role": role, "exposure": exposure or {}}
@@ -112,6 +113,7 @@ class Running:
             parsed,
             [specs.AcceptedDomainSpec.model_validate(d) for d in domains],
             tls=tls,
+            org=org,
         )
         assert compiled.rejected == {}, compiled.rejected
         self.config = compiled.config
