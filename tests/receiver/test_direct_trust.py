@@ -19,6 +19,7 @@ from smtpgate.receiver import replies
 
 from hack.pki import self_signed
 
+from . import postfix_client
 from .conftest import Running
 from .helpers import Raw
 from .test_default_connectors import _defaults
@@ -222,3 +223,36 @@ def test_direct_trust_is_written_to_the_protocol_log_and_resets_on_starttls(
     raw.starttls(str(pki.ca_file), "mail.contoso.com")
     raw.command("EHLO client.example")
     assert raw.command("MAIL FROM:<a@contoso.com>") == (530, NOT_AUTHENTICATED[4:])
+
+
+@pytest.mark.skipif(not postfix_client.AVAILABLE, reason=postfix_client.REASON)
+def test_postfix_relays_with_a_trusted_server_certificate_through_outbound_proxy(
+    mailbox: Running, peers: dict[str, Peer]
+) -> None:
+    before = len(mailbox.messages())
+    mta = postfix_client.Postfix(mailbox.port(717), peers["mailbox"].cert, peers["mailbox"].key)
+    try:
+        mta.sendmail("postmaster@fabrikam.example", "friend@foreign.example")
+        line = mta.wait_log(r"status=(sent|deferred|bounced)")
+        assert "status=sent" in line, line
+        assert "250 2.6.0" in line
+    finally:
+        mta.stop()
+    assert len(mailbox.messages()) == before + 1
+    assert b"Subject: via postfix" in mailbox.messages()[-1]
+
+
+@pytest.mark.skipif(not postfix_client.AVAILABLE, reason=postfix_client.REASON)
+def test_postfix_with_an_untrusted_certificate_is_refused_on_outbound_proxy(
+    mailbox: Running, peers: dict[str, Peer]
+) -> None:
+    mta = postfix_client.Postfix(
+        mailbox.port(717), peers["untrusted"].cert, peers["untrusted"].key
+    )
+    try:
+        mta.sendmail("postmaster@fabrikam.example", "friend@foreign.example")
+        line = mta.wait_log(r"status=(sent|deferred|bounced)")
+        assert "status=bounced" in line, line
+        assert NOT_AUTHENTICATED in line
+    finally:
+        mta.stop()
