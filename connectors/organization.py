@@ -30,47 +30,71 @@ OrganizationDomain = Annotated[
     Text(
         max_length=63,
         pattern=(
-            "^[A-Za-z0-9][A-Za-z0-9.-]*$",
+            "[A-Za-z0-9][A-Za-z0-9.-]*",
             "must be a domain name such as CONTOSO or contoso.local: letters, digits, '.' and '-'",
         ),
     ),
 ]
+
+
+def _has_pem(value: str) -> None:
+    if "-----BEGIN CERTIFICATE-----" not in value:
+        raise ValueError("must hold a PEM certificate (-----BEGIN CERTIFICATE-----)")
+
+
 PemText = Annotated[
     str,
-    Text(
-        Rule(
-            "self.contains('-----BEGIN CERTIFICATE-----')",
-            "must hold a PEM certificate (-----BEGIN CERTIFICATE-----)",
-            lambda v: "-----BEGIN CERTIFICATE-----" in v,
-        ),
-        max_length=65536,
-    ),
+    # Checked by the model only (a CEL rule over this length costs too much): the
+    # operator's status says when a PEM text holds no certificate.
+    Text(max_length=65536, check=_has_pem),
 ]
 
 
 class CertificateSecretRef(_Spec):
-    """A certificate in a ``kubernetes.io/tls`` Secret of the namespace (cert-manager's)."""
+    """PEM certificates in a Secret of the namespace (a kubernetes.io/tls one: cert-manager's)."""
 
-    name: SecretName = Field(description="The Secret's name (type kubernetes.io/tls).")
+    name: SecretName = Field(description="The Secret's name.")
     key: SecretKey = Field("tls.crt", description="The key holding PEM certificates.")
 
 
+class CertificateConfigMapRef(_Spec):
+    """PEM certificates in a ConfigMap of the namespace (a trust-manager bundle, say)."""
+
+    name: SecretName = Field(description="The ConfigMap's name.")
+    key: SecretKey = Field("ca.crt", description="The key holding PEM certificates.")
+
+
 class CertificateSource(_Spec):
-    """PEM certificates, given inline or read from a Secret."""
+    """PEM certificates, given inline or read from a Secret or a ConfigMap."""
 
     RULES = (
         Rule(
-            "has(self.pem) != has(self.secretRef)",
-            "exactly one of pem and secretRef must be given",
-            lambda s: (s.pem is None) != (s.secret_ref is None),
+            "[has(self.pem), has(self.secretRef), has(self.configMapRef)].filter(x, x).size() == 1",
+            "exactly one of pem, secretRef and configMapRef must be given",
+            lambda s: [s.pem, s.secret_ref, s.config_map_ref].count(None) == 2,
             "pem",
         ),
     )
 
     pem: PemText | None = Field(None, description="PEM certificates, inline.")
     secret_ref: CertificateSecretRef | None = Field(
-        None, description="A kubernetes.io/tls Secret and its key (tls.crt or ca.crt)."
+        None,
+        description="A Secret and its key (tls.crt or ca.crt). kubernetes.io/tls Secrets are "
+        "watched; a Secret of another type is read again at each resync.",
     )
+    config_map_ref: CertificateConfigMapRef | None = Field(
+        None,
+        alias="configMapRef",
+        description="A ConfigMap and its key (ca.crt); read again at each resync.",
+    )
+
+    def reference(self) -> tuple[str, str, str] | None:
+        """(kind, name, key) of the object it names, or None for inline PEM."""
+        if self.secret_ref is not None:
+            return "Secret", self.secret_ref.name, self.secret_ref.key
+        if self.config_map_ref is not None:
+            return "ConfigMap", self.config_map_ref.name, self.config_map_ref.key
+        return None
 
 
 class ExternalServer(_Spec):

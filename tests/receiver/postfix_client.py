@@ -65,9 +65,7 @@ maximal_backoff_time = 2s
         )
         master = pathlib.Path("/etc/postfix/master.cf").read_text()
         # No chroot: the instance lives in a temporary folder, not under /var/spool.
-        master = re.sub(
-            r"^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)", r"\1n\2", master, flags=re.M
-        )
+        master = re.sub(r"^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)", r"\1n\2", master, flags=re.M)
         (self.conf / "master.cf").write_text(master)
         started = subprocess.run(
             ["postfix", "-c", str(self.conf), "start"], capture_output=True, text=True

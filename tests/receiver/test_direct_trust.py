@@ -246,9 +246,7 @@ def test_postfix_relays_with_a_trusted_server_certificate_through_outbound_proxy
 def test_postfix_with_an_untrusted_certificate_is_refused_on_outbound_proxy(
     mailbox: Running, peers: dict[str, Peer]
 ) -> None:
-    mta = postfix_client.Postfix(
-        mailbox.port(717), peers["untrusted"].cert, peers["untrusted"].key
-    )
+    mta = postfix_client.Postfix(mailbox.port(717), peers["untrusted"].cert, peers["untrusted"].key)
     try:
         mta.sendmail("postmaster@fabrikam.example", "friend@foreign.example")
         line = mta.wait_log(r"status=(sent|deferred|bounced)")
