@@ -357,7 +357,12 @@ def plan_server(
     tls: dict[str, config.TlsFiles] = {}
     cert_conditions: dict[str, Body] = {}
     chosen_secret: dict[str, Body] = {}
-    for connector_name, connector_spec in mine:
+    implicit = []
+    if server_spec.role is ServerRole.Mailbox:
+        delivery = defaults.MAILBOX_DELIVERY
+        implicit = [(resources.slug(delivery.named(server_name)), delivery.spec(server_name))]
+    implicit_names = {name for name, _ in implicit}
+    for connector_name, connector_spec in [*implicit, *mine]:
         try:
             resolved = usage.resolve(connector_spec, server_spec.role)
         except SpecError:
@@ -366,7 +371,11 @@ def plan_server(
             continue
         fqdn = (connector_spec.fqdn or server_spec.fqdn).rstrip(".")
         choice = certificates.choose(resolved.certificate_name, fqdn, pool, now)
-        cgen = parsed[connector_name][0]["metadata"].get("generation")
+        cgen = (
+            None
+            if connector_name in implicit_names
+            else parsed[connector_name][0]["metadata"].get("generation")
+        )
         if choice.chosen is None and resolved.certificate_name is None:
             # Nothing chosen by issuer and subject: the server's own self-signed certificate.
             crt, key = resources.tls_paths(own.secret_name)
@@ -412,10 +421,6 @@ def plan_server(
             "secretName": choice.chosen.source,
             "notAfter": choice.chosen.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-    implicit = []
-    if server_spec.role is ServerRole.Mailbox:
-        delivery = defaults.MAILBOX_DELIVERY
-        implicit = [(resources.slug(delivery.named(server_name)), delivery.spec(server_name))]
     users_file = None
     if server_spec.user_database_secret_ref is not None:
         users_file = resources.users_path(server_spec.user_database_secret_ref.key)
@@ -512,7 +517,6 @@ def plan_server(
         out.connector_status[connector_name] = entry
     workload_status = (workload or {}).get("status") or {}
     ready_replicas = int(workload_status.get("readyReplicas") or 0)
-    implicit_names = {name for name, _ in implicit}
     listed = [c for c in compiled.config.connectors if c.name not in implicit_names]
     status.update(
         {
