@@ -499,6 +499,9 @@ def plan_server(
             where = f"in ConfigMap {resources.receiver_name(server_name)}"
             extra, blocked, why = trust.connector_conditions(in_config[connector_name], org, cgen)
             conditions.extend(extra)
+            conditions.extend(
+                trust.inert_settings(body.get("spec") or {}, in_config[connector_name], cgen)
+            )
             conditions.append(
                 condition("Ready", False, blocked, f"{where}; {why}", cgen)
                 if blocked is not None

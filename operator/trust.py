@@ -1,7 +1,8 @@
 """The organisation of a namespace as every server's config carries it: its TransportConfig
 (the oldest, if several), ``<Domain>``, the server certificates the servers trust (each
 TransportServer's self-signed one and the external servers listed) and the partners' trust
-anchors; and what a connector can and cannot do with them (status conditions). Pure."""
+anchors; and what a connector can and cannot do with them, and which of its settings do
+nothing here (status conditions). Pure."""
 
 from __future__ import annotations
 
@@ -336,3 +337,23 @@ def connector_conditions(
             + " can be held): every MAIL FROM is refused",
         )
     return out, None, ""
+
+
+def inert_settings(raw_spec: Body, connector: ConnectorConfig, gen: int | None) -> list[Body]:
+    """A condition naming the settings this connector was given that do nothing here (so
+    that none is accepted and silently ignored); none when every setting works."""
+    inert = []
+    for key in ("chunkingEnabled", "binaryMimeEnabled"):
+        if raw_spec.get(key) is True:
+            inert.append(
+                f"{key}: the SMTP engine has no BDAT, so CHUNKING and BINARYMIME are not advertised"
+            )
+    if (
+        raw_spec.get("messageRateSource") == "User"
+        and raw_spec.get("messageRateLimit") is not None
+        and Principal.AuthenticatedUsers.value not in holdable(connector, Organization(domain=""))
+    ):
+        inert.append("messageRateSource User: no session here authenticates as a user")
+    if not inert:
+        return []
+    return [{**_cond(False, "SettingsWithoutEffect", "; ".join(inert), gen), "type": "Effective"}]

@@ -178,3 +178,19 @@ def test_self_signed_certificate_is_renewed_with_a_third_of_its_life_left() -> N
     assert base64.b64decode(body["data"]["tls.key"]) == made.key
     assert certs.is_self_signed(body)
     assert certs.candidates([body]) == []  # never a candidate for another connector
+
+
+def test_settings_without_effect_are_named_in_a_condition() -> None:
+    raw = {
+        **PARTNER,
+        "usage": "Internet",
+        "chunkingEnabled": True,
+        "messageRateLimit": 10,
+        "messageRateSource": "User",
+    }
+    conditions = trust.inert_settings(raw, _connector(raw), 3)
+    assert [c["type"] for c in conditions] == ["Effective"]
+    assert conditions[0]["status"] == "False"
+    assert "chunkingEnabled" in conditions[0]["message"]
+    assert "messageRateSource User" in conditions[0]["message"]
+    assert trust.inert_settings(PARTNER, _connector(PARTNER), 3) == []
