@@ -36,6 +36,7 @@ class TlsPeer:
 
     certificate: bytes | None
     server: TrustedServer | None = None
+    refused: bool = False  # a trusted server whose role may not submit on the connector
 
 
 def after_starttls(
@@ -54,7 +55,7 @@ def after_starttls(
         return anonymous(connector), peer
     principals = organization.role_principals(server.role, org.domain)
     if Permission.Submit not in connector.acl.effective(principals):
-        return anonymous(connector), peer
+        return anonymous(connector), TlsPeer(certificate, server, refused=True)
     return principals, TlsPeer(certificate, server)
 
 

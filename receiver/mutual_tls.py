@@ -137,6 +137,11 @@ def on_starttls(state: policy.Session, org: Organization, extra: Any) -> str:
     state.partner_domain = None
     if der is None:
         return "no client certificate"
+    if peer.server is not None and peer.refused:
+        return (
+            f"Direct Trust: {peer.server.name} ({peer.server.role}) may not submit on this "
+            "connector; anonymous"
+        )
     if peer.server is not None:
         return f"Direct Trust: {peer.server.name} ({peer.server.role}) holds " + ", ".join(
             sorted(state.principals)

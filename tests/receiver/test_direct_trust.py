@@ -16,6 +16,7 @@ from cryptography import x509
 from smtpgate.connectors import organization
 from smtpgate.connectors.enums import TrustedServerRole
 from smtpgate.receiver import replies
+from smtpgate.receiver.protocol_log import ProtocolLog
 
 from hack.pki import self_signed
 
@@ -212,17 +213,35 @@ def test_a_removed_server_is_not_trusted_after_the_reload(
     assert answers[1] == NOT_AUTHENTICATED, answers
 
 
-def test_direct_trust_is_written_to_the_protocol_log_and_resets_on_starttls(
-    mailbox: Running, peers: dict[str, Peer], pki: Any
+def test_what_the_certificate_proved_is_in_the_protocol_log(
+    start: Any, peers: dict[str, Peer], pki: Any, tmp_path: pathlib.Path
 ) -> None:
-    # A plain STARTTLS client (no certificate) stays anonymous on 717.
-    raw = Raw(mailbox.port(717))
+    log_file = tmp_path / "RECV.LOG"
+    plog = ProtocolLog(str(log_file))
+    connectors = [(n, {**d, "protocolLoggingLevel": "Verbose"}) for n, d in _defaults("Mailbox")]
+    running = start(connectors, org=_org(peers), protocol_log=plog)
+    assert _delivered(s_client(running.port(717), peers["mailbox"], "a@contoso.com", "b@x.example"))
+    s_client(running.port(717), peers["legacy"], "a@contoso.com", "b@x.example")
+    s_client(running.port(717), peers["untrusted"], "a@contoso.com", "b@x.example")
+    # A plain STARTTLS client (no certificate) stays anonymous.
+    raw = Raw(running.port(717))
     raw.reply()
     raw.command("EHLO client.example")
     assert raw.command("STARTTLS")[0] == 220
     raw.starttls(str(pki.ca_file), "mail.contoso.com")
     raw.command("EHLO client.example")
     assert raw.command("MAIL FROM:<a@contoso.com>") == (530, NOT_AUTHENTICATED[4:])
+    raw.command("QUIT")
+    running.stop()
+    plog.close()
+    text = log_file.read_text()
+    assert (
+        "Direct Trust: ex02 (Mailbox) holds CONTOSO\\Exchange Servers, "
+        "MS Exchange\\Hub Transport Servers" in text
+    )
+    assert "Direct Trust: legacy01 (Legacy) may not submit on this connector; anonymous" in text
+    assert "is not a trusted server's" in text
+    assert "no client certificate" in text
 
 
 @pytest.mark.skipif(not postfix_client.AVAILABLE, reason=postfix_client.REASON)
