@@ -376,8 +376,12 @@ def plan_server(
             if connector_name in implicit_names
             else parsed[connector_name][0]["metadata"].get("generation")
         )
-        if choice.chosen is None and resolved.certificate_name is None:
-            # Nothing chosen by issuer and subject: the server's own self-signed certificate.
+        if connector_name in implicit_names or (
+            choice.chosen is None and resolved.certificate_name is None
+        ):
+            # Nothing chosen by issuer and subject, or the implicit Mailbox delivery
+            # connector (only the organisation's servers speak to it): the server's own
+            # self-signed certificate.
             crt, key = resources.tls_paths(own.secret_name)
             tls[connector_name] = config.TlsFiles(
                 cert_file=crt,
