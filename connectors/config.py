@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from . import bindings, permissions, ranges, usage
+from . import bindings, organization, permissions, ranges, usage
 from .bindings import Binding
 from .enums import (
     AcceptedDomainType,
@@ -31,6 +31,7 @@ from .enums import (
 )
 from .errors import ConflictError, SpecError
 from .kerberos import KerberosConfig, NtlmConfig
+from .organization import Organization
 from .specs import AcceptedDomainSpec, NextHop, ReceiveConnectorSpec, TransportServerSpec
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -123,8 +124,18 @@ class ConnectorConfig(_Frozen):
 
     @property
     def starttls_available(self) -> bool:
-        """STARTTLS is offered only with the TLS mechanism and a certificate to serve."""
-        return self.offers(AuthMechanism.TLS) and self.tls is not None
+        """STARTTLS is offered with a certificate to serve and the TLS mechanism, or the
+        ExchangeServer mechanism (Direct Trust is mutual TLS: the Mailbox delivery
+        connector offers ExchangeServer alone)."""
+        return self.tls is not None and (
+            self.offers(AuthMechanism.TLS) or self.offers(AuthMechanism.ExchangeServer)
+        )
+
+    @property
+    def asks_client_certificate(self) -> bool:
+        """Whether STARTTLS asks the client for its certificate: where one can make a
+        principal (Direct Trust with ExchangeServer, partners with domain security)."""
+        return self.offers(AuthMechanism.ExchangeServer) or self.domain_secure_enabled
 
 
 class AcceptedDomain(_Frozen):
@@ -152,6 +163,9 @@ class ServerConfig(_Frozen):
     # Added within version 1: Kerberos and NTLM (absent: neither is offered).
     kerberos: KerberosConfig | None = None
     ntlm: NtlmConfig | None = None
+    # Added within version 1: a document without it (written before) trusts no server
+    # certificate and no partner, and leaves <Domain> unresolved, as it did.
+    organization: Organization = Organization(domain="")
 
     @functools.cached_property
     def parsed_trusted_proxy_ranges(self) -> tuple[ranges.IPRange, ...]:
@@ -228,22 +242,38 @@ class Compiled:
     resolved: dict[str, usage.Resolved] = field(default_factory=dict)
 
 
-def access_list(resolved: usage.Resolved) -> permissions.Acl:
-    """A connector's access list: its permission groups' grants, then its granular entries."""
-    return permissions.resolve(
+def access_list(resolved: usage.Resolved, domain: str = "") -> permissions.Acl:
+    """A connector's access list: its permission groups' grants, then its granular entries;
+    ``<Domain>`` in principal names resolved to the organisation's ``domain``."""
+    acl = permissions.resolve(
         resolved.permission_groups,
         [
             permissions.Entry(e.principal, frozenset(e.extended_rights), e.access)
             for e in resolved.spec.permissions
         ],
     )
+    if not domain:
+        return acl
+
+    def named(table: Mapping[str, permissions.Rights]) -> dict[str, permissions.Rights]:
+        out: dict[str, permissions.Rights] = {}
+        for principal, rights in table.items():
+            key = organization.resolve_principal(principal, domain)
+            out[key] = out.get(key, frozenset()) | rights
+        return dict(sorted(out.items()))
+
+    return permissions.Acl(grants=named(acl.grants), denies=named(acl.denies))
 
 
 def _connector(
-    name: str, resolved: usage.Resolved, server_fqdn: str, tls: TlsFiles | None
+    name: str,
+    resolved: usage.Resolved,
+    server_fqdn: str,
+    tls: TlsFiles | None,
+    domain: str = "",
 ) -> ConnectorConfig:
     spec = resolved.spec
-    acl = access_list(resolved)
+    acl = access_list(resolved, domain)
     fqdn = (spec.fqdn or server_fqdn).rstrip(".")
     return ConnectorConfig(
         name=name,
@@ -302,12 +332,16 @@ def compile_server(
     implicit: Sequence[tuple[str, ReceiveConnectorSpec]] = (),
     kerberos: KerberosConfig | None = None,
     ntlm: NtlmConfig | None = None,
+    org: organization.Organization | None = None,
 ) -> Compiled:
     """Compile one server. ``connectors`` come in precedence order (oldest first): a later
     connector that conflicts with an earlier one is rejected, naming it. Disabled connectors
     and connectors of other servers are left out silently; invalid ones are rejected.
-    ``implicit`` connectors (the Mailbox delivery connector) take part like the others."""
+    ``implicit`` connectors (the Mailbox delivery connector) take part like the others.
+    ``org``: the organisation (its domain, trusted servers and partners); without one the
+    namespace's name in capitals is ``<Domain>`` and nobody is trusted by certificate."""
     tls = tls or {}
+    org = org or organization.Organization(domain=organization.default_domain(namespace))
     accepted: list[tuple[str, usage.Resolved]] = []
     rejected: dict[str, SpecError] = {}
     for connector_name, spec in [*implicit, *connectors]:
@@ -330,7 +364,9 @@ def compile_server(
         namespace=namespace,
         role=server.role,
         fqdn=server.fqdn.rstrip("."),
-        connectors=tuple(_connector(n, r, server.fqdn, tls.get(n)) for n, r in accepted),
+        connectors=tuple(
+            _connector(n, r, server.fqdn, tls.get(n), org.domain) for n, r in accepted
+        ),
         accepted_domains=tuple(
             AcceptedDomain(domain=d.pattern, domain_type=d.domain_type)
             for d in sorted(domains, key=lambda d: d.pattern)
@@ -343,5 +379,6 @@ def compile_server(
         proxy_protocol=server.exposure.proxy_protocol_mode,
         kerberos=kerberos,
         ntlm=ntlm,
+        organization=org,
     )
     return Compiled(config=config, rejected=rejected, resolved=dict(accepted))

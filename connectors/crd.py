@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import admission
+from .organization import TransportConfigSpec
 from .specs import (
     SERVER_NAME_RULE,
     AcceptedDomainSpec,
@@ -137,9 +138,45 @@ TRANSPORT_SERVER_STATUS = _status(
             "type": "boolean",
             "description": "The role's default connectors were created (once, with the server).",
         },
+        "selfSignedCertificate": {
+            "type": "object",
+            "description": "The server's own self-signed certificate (a kubernetes.io/tls "
+            "Secret the operator owns and renews): served where no certificate is chosen by "
+            "issuer and subject, and trusted by the organisation's other servers.",
+            "properties": {
+                "secretName": {"type": "string"},
+                "notAfter": {"type": "string", "format": "date-time"},
+                "renewAfter": {"type": "string", "format": "date-time"},
+                "sha256": {"type": "string"},
+            },
+        },
     }
 )
 ACCEPTED_DOMAIN_STATUS = _status({})
+TRANSPORT_CONFIG_STATUS = _status(
+    {
+        "domain": {"type": "string", "description": "The <Domain> of principal names."},
+        "trustedServers": {
+            "type": "array",
+            "description": "Every server certificate the organisation's servers trust (Direct "
+            "Trust): its TransportServers' and the external servers listed.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "role": {"type": "string"},
+                    "source": {"type": "string"},
+                    "sha256": {"type": "string"},
+                    "notAfter": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+        "partnerTrustAnchors": {
+            "type": "integer",
+            "description": "CA certificates partner certificates may chain to.",
+        },
+    }
+)
 
 READY_COLUMN = {
     "name": "Ready",
@@ -305,9 +342,32 @@ def accepted_domain() -> Schema:
     )
 
 
+def transport_config() -> Schema:
+    return _crd(
+        "TransportConfig",
+        "transportconfigs",
+        ["tcfg"],
+        "The organisation's transport settings, one per namespace (Get-TransportConfig / "
+        "Set-TransportConfig): the <Domain> of principal names, external servers trusted by "
+        "certificate, the domain-secure partner domains and their trust anchors.",
+        spec_schema(TransportConfigSpec),
+        TRANSPORT_CONFIG_STATUS,
+        [
+            {"name": "Domain", "type": "string", "jsonPath": ".status.domain"},
+            {
+                "name": "Domain secure",
+                "type": "string",
+                "jsonPath": ".spec.tlsReceiveDomainSecureList",
+                "priority": 1,
+            },
+        ],
+    )
+
+
 def all_crds() -> dict[str, Schema]:
     """File name → CRD, as ``crds/`` holds them."""
     return {
+        "transportconfigs.yaml": transport_config(),
         "receiveconnectors.yaml": receive_connector(),
         "transportservers.yaml": transport_server(),
         "accepteddomains.yaml": accepted_domain(),

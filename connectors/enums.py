@@ -12,6 +12,15 @@ class ServerRole(StrEnum):
     Edge = "Edge"
 
 
+class TrustedServerRole(StrEnum):
+    """The role a server trusted by its certificate (Direct Trust) has, which gives its
+    principals: a Mailbox or Edge server, or a legacy server (ExchangeLegacyInterop)."""
+
+    Mailbox = "Mailbox"
+    Edge = "Edge"
+    Legacy = "Legacy"
+
+
 class ProxyProtocol(StrEnum):
     """Whether a server takes a PROXY protocol header (v1 or v2) from its trusted proxies:
     never, when one comes, or always. Peers outside the trusted ranges never may send one."""

@@ -81,3 +81,32 @@ def tls_secret(secret: str, namespace: str, cert: bytes, key: bytes) -> dict[str
             "tls.key": base64.b64encode(key).decode(),
         },
     }
+
+
+def self_signed(
+    common: str, dns: list[str], days: tuple[float, float] = (-1, 60)
+) -> tuple[bytes, bytes]:
+    """A self-signed server certificate (no CA), like an Exchange server's: (cert, key) PEM."""
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = name(common)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + dt.timedelta(days=days[0]))
+        .not_valid_after(now + dt.timedelta(days=days[1]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )

@@ -5,6 +5,7 @@ or not; SIGTERM stops within seconds and hands the Lease back."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import http.server
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 from kubernetes import client, config
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import controller, kube, leader
+from . import certs, controller, kube, leader
 
 DEFAULT_IMAGE = "ghcr.io/smtpgate/receiver:0.1.0"
 
@@ -50,6 +51,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=float(os.environ.get("SMTPGATE_RESYNC_SECONDS", "600")),
         help="every so often, look at every server again (from the cache; writes only drift)",
+    )
+    parser.add_argument(
+        "--self-signed-validity-seconds",
+        type=float,
+        default=float(
+            os.environ.get(
+                "SMTPGATE_SELF_SIGNED_VALIDITY_SECONDS",
+                str(certs.DEFAULT_VALIDITY.total_seconds()),
+            )
+        ),
+        help="how long each server's self-signed certificate is valid (five years); it is "
+        "renewed with a third of that left",
     )
     return parser.parse_args(argv)
 
@@ -159,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         image,
         resync_seconds=args.resync_seconds,
         workers=args.workers,
+        self_signed_validity=dt.timedelta(seconds=args.self_signed_validity_seconds),
         leading=lease.leading if lease is not None else (lambda: True),
     )
     health = _serve_health(args.liveness, ctl)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import informer, kube, metrics, queues, reconcile, resources
+from . import certs, informer, kube, metrics, queues, reconcile, resources, trust
 from .workqueue import Key, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,10 @@ class Controller:
         resync_seconds: float = 600,
         workers: int = 4,
         leading: Callable[[], bool] = lambda: True,
+        self_signed_validity: dt.timedelta = certs.DEFAULT_VALIDITY,
     ) -> None:
         self.api, self.image, self.resync_seconds = api, image, resync_seconds
+        self.self_signed_validity = self_signed_validity
         self.leading = leading
         self.queue = WorkQueue()
         self.stopping = threading.Event()
@@ -64,6 +66,7 @@ class Controller:
                 kube.TRANSPORT_SERVER,
                 kube.RECEIVE_CONNECTOR,
                 kube.ACCEPTED_DOMAIN,
+                kube.TRANSPORT_CONFIG,
                 kube.SECRET,
                 *kube.CHILD_KINDS,
                 kube.POD,
@@ -139,6 +142,7 @@ class Controller:
             cm = self._cached("ConfigMap", namespace, resources.receiver_name(server))
             if cm is not None:
                 serving[server] = _connector_names((cm.get("data") or {}).get("config.json") or "")
+        configs = self._items(kube.TRANSPORT_CONFIG, namespace)
         return reconcile.Snapshot(
             namespace=namespace,
             servers=self._items(kube.TRANSPORT_SERVER, namespace),
@@ -148,7 +152,22 @@ class Controller:
             workloads=by_server,
             pods=pods,
             serving=serving,
+            transport_configs=configs,
+            referenced=self._referenced(namespace, configs),
         )
+
+    def _referenced(
+        self, namespace: str, configs: list[Body]
+    ) -> dict[tuple[str, str], Body | None]:
+        """The Secrets and ConfigMaps a TransportConfig names that the cache does not hold
+        (a Secret of another type than kubernetes.io/tls, a trust bundle's ConfigMap): read
+        at each reconcile, so a change reaches the configs by the next resync at the latest."""
+        found: dict[tuple[str, str], Body | None] = {}
+        for kind, name in sorted(trust.references(configs)):
+            if kind == "Secret" and self._cached("Secret", namespace, name) is not None:
+                continue
+            found[(kind, name)] = self.api.get(kube.BY_KIND[kind], namespace, name)
+        return found
 
     # -- events to keys -------------------------------------------------------------------
     def on_event(self, kind: str, old: Body | None, new: Body | None) -> None:
@@ -166,11 +185,11 @@ class Controller:
                 if server:
                     self.queue.add(Key(ns, server))
             self.queue.add(Key(ns, None))
-        elif kind in ("AcceptedDomain", "Secret"):
+        elif kind in ("AcceptedDomain", "Secret", "TransportConfig"):
+            # Accepted domains, certificates and the organisation are in every server's config.
             for server in self._servers(ns):
                 self.queue.add(Key(ns, server))
-            if kind == "AcceptedDomain":
-                self.queue.add(Key(ns, None))
+            self.queue.add(Key(ns, None))
         else:
             owner = (body["metadata"].get("labels") or {}).get(INSTANCE)
             if owner:
@@ -179,7 +198,7 @@ class Controller:
     def enqueue_all(self, delay: float = 0.0) -> None:
         namespaces = {
             ns
-            for kind in ("TransportServer", "ReceiveConnector", "AcceptedDomain")
+            for kind in ("TransportServer", "ReceiveConnector", "AcceptedDomain", "TransportConfig")
             for inf in self.informers[kind]
             for ns in inf.namespaces()
         }
@@ -245,11 +264,17 @@ class Controller:
                 self._write_status("AcceptedDomain", key.namespace, name, status)
             for name, status in plan.connector_status.items():
                 self._write_status("ReceiveConnector", key.namespace, name, status)
+            for name, status in plan.config_status.items():
+                self._write_status("TransportConfig", key.namespace, name, status)
             return None
         snapshot = self.snapshot(key.namespace, key.server)
         self._probe_queues(snapshot, key.server)
         server_plan = reconcile.plan_server(
-            snapshot, key.server, image=self.image, now=dt.datetime.now(dt.UTC)
+            snapshot,
+            key.server,
+            image=self.image,
+            now=dt.datetime.now(dt.UTC),
+            self_signed_validity=self.self_signed_validity,
         )
         if server_plan is None:
             return None  # gone: the garbage collector takes its children

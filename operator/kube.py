@@ -77,6 +77,7 @@ class Kind:
 TRANSPORT_SERVER = Kind(resources.API_VERSION, "TransportServer", "transportservers")
 RECEIVE_CONNECTOR = Kind(resources.API_VERSION, "ReceiveConnector", "receiveconnectors")
 ACCEPTED_DOMAIN = Kind(resources.API_VERSION, "AcceptedDomain", "accepteddomains")
+TRANSPORT_CONFIG = Kind(resources.API_VERSION, "TransportConfig", "transportconfigs")
 SECRET = Kind("v1", "Secret", "secrets")
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
 SERVICE = Kind("v1", "Service", "services")
@@ -91,6 +92,7 @@ BY_KIND = {
         TRANSPORT_SERVER,
         RECEIVE_CONNECTOR,
         ACCEPTED_DOMAIN,
+        TRANSPORT_CONFIG,
         SECRET,
         CONFIG_MAP,
         SERVICE,
@@ -162,6 +164,18 @@ class Api:
         return json.loads(data) if data else None
 
     # -- reads ----------------------------------------------------------------------------
+    def get(self, kind: Kind, namespace: str, name: str) -> Body | None:
+        """One object, or None when it does not exist."""
+        try:
+            body = self.request("GET", kind.path(namespace, name))
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        if isinstance(body, dict):
+            body["apiVersion"], body["kind"] = kind.api_version, kind.kind
+        return body if isinstance(body, dict) else None
+
     def list(
         self, kind: Kind, namespace: str | None, selectors: dict[str, str]
     ) -> tuple[list[Body], str]:

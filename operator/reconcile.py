@@ -11,7 +11,7 @@ from smtpgate.connectors import certificates, config, defaults, specs, usage
 from smtpgate.connectors.enums import AuthMechanism, ServerRole
 from smtpgate.connectors.errors import ConflictError, SpecError
 
-from . import certs, integrated, queues, resources
+from . import certs, integrated, queues, resources, trust
 
 Body = dict[str, Any]
 
@@ -29,6 +29,8 @@ class Snapshot:
     pods: dict[str, list[Body]] = field(default_factory=dict)
     serving: dict[str, frozenset[str]] = field(default_factory=dict)
     queues: dict[str, list[queues.Report]] = field(default_factory=dict)  # StoreAndForward
+    transport_configs: list[Body] = field(default_factory=list)
+    referenced: dict[tuple[str, str], Body | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class NamespacePlan:
 
     connector_status: dict[str, Body] = field(default_factory=dict)
     domain_status: dict[str, Body] = field(default_factory=dict)
+    config_status: dict[str, Body] = field(default_factory=dict)
 
 
 def condition(kind: str, ok: bool, reason: str, message: str, generation: int | None) -> Body:
@@ -137,6 +140,13 @@ def plan_namespace(snapshot: Snapshot) -> NamespacePlan:
     """Accepted domains' statuses, and those of connectors whose server does not exist."""
     out = NamespacePlan()
     _, out.domain_status = _domain_specs(snapshot)
+    out.config_status = trust.resolve(
+        snapshot.namespace,
+        snapshot.servers,
+        snapshot.transport_configs,
+        snapshot.secrets,
+        referenced=snapshot.referenced,
+    ).status
     servers = _live_servers(snapshot)
     for body in snapshot.connectors:
         server = server_of(body)
@@ -235,7 +245,12 @@ def _next_boundary(pool: list[certificates.Candidate], now: dt.datetime) -> floa
 
 
 def plan_server(
-    snapshot: Snapshot, server_name: str, *, image: str, now: dt.datetime
+    snapshot: Snapshot,
+    server_name: str,
+    *,
+    image: str,
+    now: dt.datetime,
+    self_signed_validity: dt.timedelta = certs.DEFAULT_VALIDITY,
 ) -> ServerPlan | None:
     """Children and statuses of one server; None when the server is gone or going."""
     ns = snapshot.namespace
@@ -321,20 +336,73 @@ def plan_server(
     domain_specs, _ = _domain_specs(snapshot)
     pool = certs.candidates(snapshot.secrets)
     out.recheck_after = _next_boundary(pool, now)
+    owner = resources.owner_reference(server)
+    own = certs.read_self_signed(
+        next(
+            (
+                s
+                for s in snapshot.secrets
+                if s["metadata"]["name"] == certs.self_signed_name(server_name)
+            ),
+            None,
+        )
+    )
+    issued: dict[str, certs.SelfSigned] = {}
+    if own is None or not certs.usable(own, server_spec.fqdn, now):
+        own = issued[server_name] = certs.issue(
+            server_name, server_spec.fqdn, now, self_signed_validity
+        )
+    renew_in = (own.renew_after - now).total_seconds() + 1
+    out.recheck_after = min(out.recheck_after or renew_in, renew_in)
     mine = [(n, s) for n, (b, s) in parsed.items()]
     tls: dict[str, config.TlsFiles] = {}
     cert_conditions: dict[str, Body] = {}
     chosen_secret: dict[str, Body] = {}
-    for connector_name, connector_spec in mine:
+    implicit = []
+    if server_spec.role is ServerRole.Mailbox:
+        delivery = defaults.MAILBOX_DELIVERY
+        implicit = [(resources.slug(delivery.named(server_name)), delivery.spec(server_name))]
+    implicit_names = {name for name, _ in implicit}
+    for connector_name, connector_spec in [*implicit, *mine]:
         try:
             resolved = usage.resolve(connector_spec, server_spec.role)
         except SpecError:
             continue  # the compiler rejects it and says why
-        if AuthMechanism.TLS not in resolved.auth_mechanisms:
+        if not {AuthMechanism.TLS, AuthMechanism.ExchangeServer} & set(resolved.auth_mechanisms):
             continue
         fqdn = (connector_spec.fqdn or server_spec.fqdn).rstrip(".")
         choice = certificates.choose(resolved.certificate_name, fqdn, pool, now)
-        cgen = parsed[connector_name][0]["metadata"].get("generation")
+        cgen = (
+            None
+            if connector_name in implicit_names
+            else parsed[connector_name][0]["metadata"].get("generation")
+        )
+        if connector_name in implicit_names or (
+            choice.chosen is None and resolved.certificate_name is None
+        ):
+            # Nothing chosen by issuer and subject, or the implicit Mailbox delivery
+            # connector (only the organisation's servers speak to it): the server's own
+            # self-signed certificate.
+            crt, key = resources.tls_paths(own.secret_name)
+            tls[connector_name] = config.TlsFiles(
+                cert_file=crt,
+                key_file=key,
+                source=own.secret_name,
+                not_after=own.not_after.isoformat(),
+            )
+            cert_conditions[connector_name] = condition(
+                "CertificateReady",
+                True,
+                "SelfSigned",
+                f"the server's self-signed certificate {own.secret_name} (expires "
+                f"{own.not_after.isoformat()}); {choice.message}",
+                cgen,
+            )
+            chosen_secret[connector_name] = {
+                "secretName": own.secret_name,
+                "notAfter": own.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            continue
         if choice.chosen is None:
             cert_conditions[connector_name] = condition(
                 "CertificateReady",
@@ -358,14 +426,18 @@ def plan_server(
             "secretName": choice.chosen.source,
             "notAfter": choice.chosen.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-    implicit = []
-    if server_spec.role is ServerRole.Mailbox:
-        delivery = defaults.MAILBOX_DELIVERY
-        implicit = [(resources.slug(delivery.named(server_name)), delivery.spec(server_name))]
     users_file = None
     if server_spec.user_database_secret_ref is not None:
         users_file = resources.users_path(server_spec.user_database_secret_ref.key)
     kerberos_config, ntlm_config = integrated.compiled(server_spec, snapshot.servers)
+    org = trust.resolve(
+        ns,
+        snapshot.servers,
+        snapshot.transport_configs,
+        snapshot.secrets,
+        issued,
+        snapshot.referenced,
+    ).org
     compiled = config.compile_server(
         server_name,
         ns,
@@ -377,8 +449,8 @@ def plan_server(
         implicit=implicit,
         kerberos=kerberos_config,
         ntlm=ntlm_config,
+        org=org,
     )
-    owner = resources.owner_reference(server)
     workload_body = resources.workload(
         server_name,
         ns,
@@ -391,6 +463,7 @@ def plan_server(
         ),
     )
     out.children = [
+        certs.secret_body(server_name, ns, owner, own, resources.labels(server_name)),
         resources.configmap(server_name, ns, compiled.config, owner),
         workload_body,
         *resources.services(server_name, ns, server_spec, compiled.config, owner),
@@ -439,8 +512,15 @@ def plan_server(
             conditions.append(condition("CredentialsReady", *credentials, cgen))
         if connector_name in in_config:
             where = f"in ConfigMap {resources.receiver_name(server_name)}"
+            extra, blocked, why = trust.connector_conditions(in_config[connector_name], org, cgen)
+            conditions.extend(extra)
+            conditions.extend(
+                trust.inert_settings(body.get("spec") or {}, in_config[connector_name], cgen)
+            )
             conditions.append(
-                condition("Ready", True, "Serving", f"{where}; {message}", cgen)
+                condition("Ready", False, blocked, f"{where}; {why}", cgen)
+                if blocked is not None
+                else condition("Ready", True, "Serving", f"{where}; {message}", cgen)
                 if ok
                 else condition("Ready", False, "ServerNotReady", f"{where}; {message}", cgen)
             )
@@ -455,7 +535,6 @@ def plan_server(
         out.connector_status[connector_name] = entry
     workload_status = (workload or {}).get("status") or {}
     ready_replicas = int(workload_status.get("readyReplicas") or 0)
-    implicit_names = {name for name, _ in implicit}
     listed = [c for c in compiled.config.connectors if c.name not in implicit_names]
     status.update(
         {
@@ -465,6 +544,7 @@ def plan_server(
             "replicasReady": f"{ready_replicas}/{server_spec.replicas}",
             "selector": resources.selector_text(server_name),
             "configHash": resources.config_hash(compiled.config),
+            "selfSignedCertificate": own.status(),
             "conditions": [
                 condition(
                     "Ready",

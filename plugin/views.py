@@ -8,8 +8,14 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from smtpgate.connectors import config, permissions, ranges, specs, usage
-from smtpgate.connectors.enums import AuthMechanism, Permission, Principal, ServerRole
+from smtpgate.connectors import config, organization, permissions, ranges, specs, usage
+from smtpgate.connectors.enums import (
+    AuthMechanism,
+    Permission,
+    Principal,
+    ServerRole,
+    TrustedServerRole,
+)
 
 Body = dict[str, Any]
 _ORDER = {p.value: i for i, p in enumerate(Permission)}
@@ -170,7 +176,30 @@ def which(
             )
         else:
             out.append("  after AUTH: AUTH is not offered (no BasicAuth)")
+        out += _tls_blocks(cfg, chosen)
     return "\n".join(out)
+
+
+def _tls_blocks(cfg: config.ServerConfig, chosen: config.ConnectorConfig) -> list[str]:
+    """What a server certificate (Direct Trust) and a partner certificate (domain
+    security) hold on ``chosen``, ``<Domain>`` resolved as the config resolves it."""
+    org = cfg.organization
+    lines: list[str] = []
+    if chosen.offers(AuthMechanism.ExchangeServer) and chosen.starttls_available:
+        for role in TrustedServerRole:
+            lines += _principal_block(
+                f"Direct Trust, a {role} server's certificate",
+                organization.role_principals(role, org.domain),
+                chosen.acl,
+            )
+    if chosen.domain_secure_enabled:
+        domains = ", ".join(org.domain_secure_domains) or "no domain-secure domains"
+        lines += _principal_block(
+            f"domain security ({domains})",
+            frozenset({Principal.PartnerServers.value}),
+            chosen.acl,
+        )
+    return lines
 
 
 # -- status -------------------------------------------------------------------------------

@@ -55,6 +55,8 @@ class Session:
     # ExchangeServer give, of those the server has credentials for (``sasl.offered``).
     sasl_offered: tuple[str, ...] = ()
     exps_offered: tuple[str, ...] = ()
+    peer_certificate: bytes | None = None  # the client's, from STARTTLS (mutual_tls)
+    partner_domain: str | None = None  # the sender domain domain security authenticated
     _rights: tuple[identity.Principals, frozenset[P]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -228,6 +230,8 @@ def mail(
         return replies.BAD_ADDRESS
     if session.user is not None:
         return _user_sender(session, address, owns(str(address)))
+    if session.partner_domain is not None and address.domain.lower() == session.partner_domain:
+        return replies.SENDER_OK  # proved by the partner's certificate (domain security)
     domains = session.accepted_domains
     if addresses.is_authoritative(address.domain, domains):
         if P.AcceptAuthoritativeDomainSender not in rights:

@@ -71,6 +71,25 @@ AUTH_AUTHZID = Reply(
     535, "5.7.8", "Authorization identity must be empty or the authentication identity"
 )
 
+
+# Domain security (a sender domain in the organisation's domain-secure list): transient, so
+# that the partner's queue keeps the message and retries once its TLS or certificate is put
+# right; Exchange answers a failed certificate check with 454 4.7.5.
+def domain_secure_needs_tls(domain: str) -> Reply:
+    return Reply(
+        451, "4.7.3", f"Domain security for {domain} requires STARTTLS with a client certificate"
+    )
+
+
+def domain_secure_certificate(domain: str) -> Reply:
+    return Reply(
+        454,
+        "4.7.5",
+        f"Certificate validation failure: domain security for {domain} requires a client "
+        "certificate that chains to a partner trust anchor and names the domain",
+    )
+
+
 MESSAGE_RATE_EXCEEDED = Reply(452, "4.7.0", "Message rate limit exceeded, try again later")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 SEND_AS_DENIED = Reply(550, "5.7.1", "Client does not have permissions to send as this sender")

@@ -19,7 +19,7 @@ from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.config import ConnectorConfig, ServerConfig
 
 from . import delivery as delivery_mod
-from . import replies
+from . import mutual_tls, replies
 from .protocol_log import ProtocolLog
 from .smtp import ConnectorSMTP
 from .users import UserDatabase
@@ -212,13 +212,12 @@ class Runtime:
         """The STARTTLS context of a connector, or None where STARTTLS is not offered."""
         if not connector.starttls_available or connector.tls is None:
             return None
-        key = f"{connector.tls.cert_file}|{connector.tls.key_file}"
+        asks = connector.asks_client_certificate
+        key = f"{connector.tls.cert_file}|{connector.tls.key_file}|{asks}"
         if key not in self._tls:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
             try:
-                context.load_cert_chain(
-                    self.path(connector.tls.cert_file), self.path(connector.tls.key_file)
+                context = mutual_tls.server_context(
+                    self.path(connector.tls.cert_file), self.path(connector.tls.key_file), asks
                 )
             except (OSError, ssl.SSLError) as err:
                 log.error("connector %r: cannot load its certificate: %s", connector.name, err)

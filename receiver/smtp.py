@@ -37,6 +37,7 @@ from . import (
     identity,
     intake,
     lines,
+    mutual_tls,
     policy,
     protocol_log,
     proxy,
@@ -620,9 +621,9 @@ class _Handler:
         state.tls = True
         state.user = None
         state.helo = None
-        state.principals = identity.anonymous(state.connector)
+        note = mutual_tls.on_starttls(state, self.smtp.config.organization, session.ssl)
         self.smtp.data_size_limit = policy.message_size_limit(state)
-        self.smtp.plog("*", "", "TLS negotiation succeeded; session state reset")
+        self.smtp.plog("*", "", f"TLS negotiation succeeded; session state reset; {note}")
         return True
 
     async def handle_EHLO(
@@ -758,7 +759,11 @@ class _Handler:
         answer = policy.message_rate(state, self.smtp.runtime.rates.count(key) if key else 0)
         users = self.smtp.runtime.users
         owns = functools.partial(users.may_send_as, state.user) if users and state.user else None
-        answer = answer or policy.mail(state, address, declared, owns or _owns_nothing)
+        answer = (
+            answer
+            or mutual_tls.at_mail(state, self.smtp.config.organization, address)
+            or policy.mail(state, address, declared, owns or _owns_nothing)
+        )
         answer = answer if answer.refusal else self.smtp.delivery.admit() or answer
         if not answer.refusal:
             envelope.mail_from = address

@@ -77,6 +77,21 @@ def apply_examples(controlplane: Any, namespace: str) -> None:
     controlplane.kubectl(
         "apply", "-f", "-", input=json.dumps(tls_secret("mail-contoso-com", namespace, cert, key))
     )
+    # examples/05's partner trust anchor, as its comment says to create it.
+    partner_ca = Authority("Fabrikam Issuing CA", "Fabrikam").pem().decode()
+    controlplane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "fabrikam-partner-ca", "namespace": namespace},
+                "data": {"ca.crt": partner_ca},
+            }
+        ),
+    )
     controlplane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
 
 

@@ -207,6 +207,9 @@ READY_FALSE = {
     "ApplyFailed": "Degraded",
     "NotInConfig": "Degraded",  # when Accepted does not say why first
     "Conflict": "Degraded",
+    # operator/trust.py: a connector that cannot take any mail.
+    "NobodyCanSubmit": "Degraded",
+    "NoCertificate": "Degraded",
 }
 
 
@@ -240,7 +243,7 @@ def _reasons_written() -> set[str]:
 def test_every_reason_the_operator_writes_is_classified() -> None:
     written = _reasons_written()
     assert {"Serving", "ReplicasNotReady", "Conflict", "ApplyFailed"} <= written  # it reads them
-    ok = {"Serving", "Accepted", "Valid", "Selected", "Rejected", "Disabled"}
+    ok = {"Serving", "Accepted", "Valid", "Selected", "SelfSigned", "Rejected", "Disabled"}
     assert written - ok - set(READY_FALSE) == set()
 
 
@@ -291,6 +294,8 @@ def _connector(name: str, **spec: Any) -> Body:
             "usage": "Custom",
             "bindings": ["0.0.0.0:2525"],
             "authMechanisms": ["None"],
+            # Someone may submit: a connector nobody can submit to is not Ready.
+            "permissionGroups": ["AnonymousUsers"],
             **spec,
         },
     }

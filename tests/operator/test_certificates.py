@@ -84,7 +84,9 @@ def test_matching_certificate_that_expires_last_is_chosen_and_renewal_is_picked_
     workload = get(controlplane, "statefulset", "ex01-receiver", ns)
     sources = workload["spec"]["template"]["spec"]["volumes"]
     projected = next(v for v in sources if v["name"] == "tls")["projected"]["sources"]
-    assert [s["secret"]["name"] for s in projected] == ["newer"]
+    # The server's own self-signed certificate is there too: the implicit Mailbox delivery
+    # connector serves it.
+    assert [s["secret"]["name"] for s in projected] == ["ex01-receiver-self-signed", "newer"]
     template_hash = workload["spec"]["template"]["metadata"]["annotations"][
         "smtpgate.io/mounts-hash"
     ]

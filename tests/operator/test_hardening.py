@@ -43,7 +43,7 @@ kind: ReceiveConnector
 metadata: {{name: {name}, namespace: {ns}}}
 spec:
   server: {server}
-  usage: Partner
+  usage: Internet  # anonymous senders: a Partner connector would need domain security
   bindings: ["{binding}"]
   remoteIPRanges: ["{ranges}"]
 """

@@ -36,7 +36,7 @@ kind: ReceiveConnector
 metadata: {{name: partner, namespace: {ns}}}
 spec:
   server: ex01
-  usage: Partner
+  usage: Internet  # anonymous senders: a Partner connector would need domain security
   bindings: ["0.0.0.0:2526"]
   remoteIPRanges: ["198.51.100.0/24"]
   maxInboundConnection: 100

@@ -28,7 +28,7 @@ kind: ReceiveConnector
 metadata: {{name: {name}, namespace: {ns}}}
 spec:
   server: {server}
-  usage: Partner
+  usage: Internet  # anonymous senders: a Partner connector would need domain security
   bindings: ["192.0.2.10:25"]
   remoteIPRanges: [{ranges}]
   maxMessageSize: {size}

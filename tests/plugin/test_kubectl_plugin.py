@@ -174,3 +174,34 @@ def test_kubectl_finds_the_plugin_and_it_uses_kubectls_configuration(
     assert done.returncode == 1 and "not found in namespace default" in done.stderr
     done = _run([kubectl, "smtpgate", "permissions", "internet-mx01"], env)
     assert done.returncode == 0 and "NT AUTHORITY\\ANONYMOUS LOGON" in done.stdout
+
+
+def test_get_adpermission_view_shows_the_resolved_server_and_partner_principals(
+    controlplane: Any, examples: str
+) -> None:
+    # examples/05's TransportConfig names the organisation's domain CONTOSO.
+    done = _plugin(controlplane, "permissions", "default-ex01", "-n", examples)
+    assert done.returncode == 0, done.stderr
+    principals = {re.split(" {3,}", line)[0] for line in done.stdout.splitlines()[1:]}
+    assert {
+        "CONTOSO\\Exchange Servers",
+        "CONTOSO\\ExchangeLegacyInterop",
+        "MS Exchange\\Hub Transport Servers",
+        "MS Exchange\\Edge Transport Servers",
+    } <= principals
+    assert not any(p.startswith("<Domain>") for p in principals)
+    done = _plugin(controlplane, "permissions", "partner-fabrikam", "-n", examples)
+    assert "MS Exchange\\Partner Servers" in done.stdout
+    done = _plugin(
+        controlplane, "which", "mx01", "--from", "198.51.100.7", "--port", "25", "-n", examples
+    )
+    assert "domain security (*.fabrikam.com, fabrikam.com): MS Exchange\\Partner Servers" in (
+        done.stdout
+    )
+    done = _plugin(
+        controlplane, "which", "ex01", "--from", "10.1.2.3", "--port", "717", "-n", examples
+    )
+    assert (
+        "Direct Trust, a Mailbox server's certificate: CONTOSO\\Exchange Servers, "
+        "MS Exchange\\Hub Transport Servers\n    may: ms-Exch-Accept-Headers-Forest"
+    ) in done.stdout

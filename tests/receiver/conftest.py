@@ -79,6 +79,7 @@ class Running:
         proxy_optional_wait: float = server.PROXY_OPTIONAL_WAIT,
         kerberos: Any = None,
         ntlm: Any = None,
+        org: Any = None,
     ) -> None:
         server_spec = specs.TransportServerSpec.model_validate(
             {"fqdn": FQDN, "role": role, "exposure": exposure or {}}
@@ -117,6 +118,7 @@ class Running:
             tls=tls,
             kerberos=kerberos,
             ntlm=ntlm,
+            org=org,
         )
         assert compiled.rejected == {}, compiled.rejected
         self.config = compiled.config

@@ -70,7 +70,7 @@ ROWS = [
     (717, True, False, True, False, False),  # Outbound Proxy Frontend: ExchangeServers only
     (465, True, False, True, False, True),  # Client Proxy: ExchangeServers, ExchangeUsers
     (2525, True, True, True, False, True),  # Default: BasicAuth without RequireTLS, ExchangeUsers
-    (475, False, False, False, False, False),  # Mailbox delivery: ExchangeServer auth only
+    (475, True, False, False, False, False),  # Mailbox delivery: ExchangeServer (Direct Trust)
 ]
 
 
