@@ -15,6 +15,7 @@ import json
 import pathlib
 import smtplib
 import ssl
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -48,6 +49,7 @@ class Examples:
         self.authority = Authority("Contoso Issuing CA", "Contoso")
         self.ca_file = self.node.node.workdir / "contoso-ca.crt"
         self.ca_file.write_bytes(self.authority.pem())
+        self.partner = Authority("Fabrikam Issuing CA", "Fabrikam")  # examples/05's anchor
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         return self.node.kubectl(*args, input=input).stdout
@@ -121,6 +123,13 @@ def examples(release: Release, standins: StandIns, outside: Outside) -> Iterator
         "wait", "--for=condition=Established", "crd/certificates.cert-manager.io", "--timeout=60s"
     )
     here.write_certificate()
+    anchors = {  # examples/05's partner trust anchor, created as its comment says
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "fabrikam-partner-ca", "namespace": here.ns},
+        "data": {"ca.crt": here.partner.pem().decode()},
+    }
+    here.kubectl("apply", "-f", "-", input=json.dumps(anchors))
     here.kubectl("apply", "-n", here.ns, "-f", str(ROOT / "examples"))
     for server in ("ex01", "mx01"):
         release.wait_ready("transportserver", server, timeout=240)
@@ -196,10 +205,22 @@ def test_remote_range_selects_the_connector_by_the_address_the_pod_sees(
         )
         client.ehlo("partner.example")
         assert client.esmtp_features["size"] == str(100 * 1024 * 1024)
-        # Partner connectors grant their rights to the partner server's TLS principal,
-        # which is not established yet (issue 13): an anonymous partner may not send.
+        # Domain security: fabrikam.com's mail needs STARTTLS with Fabrikam's certificate.
         code, text = client.mail("someone@fabrikam.com")
-        assert code == 530, text
+        assert (code, text[:5]) == (451, b"4.7.3"), text
+        client.rset()
+        context = examples.tls_context()
+        with tempfile.TemporaryDirectory() as folder:
+            cert, key = examples.partner.issue("mail.fabrikam.com", ["fabrikam.com"])
+            (pathlib.Path(folder) / "partner.pem").write_bytes(cert + key)
+            context.load_cert_chain(str(pathlib.Path(folder) / "partner.pem"))
+        client.starttls(context=context)
+        client.ehlo("mail.fabrikam.com")
+        client.sendmail(
+            "someone@fabrikam.com", ["user@contoso.com"], b"Subject: mx01-partner\r\n\r\nhi\r\n"
+        )
+    message = eventually(lambda: examples.spooled("mx01").get("mx01-partner"), what="mx01's spool")
+    assert f"[{PARTNER}]" in message.split("\n\n")[0]
 
 
 def test_submission_requires_tls_then_auth_and_spools(examples: Examples) -> None:
