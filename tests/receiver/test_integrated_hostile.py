@@ -299,3 +299,26 @@ def test_a_non_empty_answer_to_the_last_context_token_is_refused(
     code, text = raw.command("AUTH GSSAPI " + b64(context.step()))
     assert code == 334 and text  # the AP-REP: the client must answer it with nothing
     assert raw.command(b64(b"something")) == FAILED
+
+
+def test_spnego_wrapped_kerberos_is_refused(
+    receiver: Running, as_user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RFC 4752 is Kerberos V5 alone: a SPNEGO token (which could carry IAKERB, or NTLM
+    # through a GSS plug-in) is not AUTH GSSAPI, even with a good ticket inside.
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+
+    def attempt() -> tuple[int, str]:
+        name = gssapi.Name(f"smtp/mail.contoso.com@{REALM}", gssapi.NameType.kerberos_principal)
+        spnego_mech = gssapi.OID.from_int_seq("1.3.6.1.5.5.2")
+        context = gssapi.SecurityContext(
+            name=name,
+            usage="initiate",
+            mech=spnego_mech,
+            flags=gssapi.RequirementFlag.mutual_authentication,
+        )
+        return finish_gssapi(raw, context, raw.command("AUTH GSSAPI " + b64(context.step())))
+
+    caplog.set_level(logging.INFO, logger="smtpgate.receiver.sasl")
+    failed_twice(raw, attempt, FAILED)
