@@ -108,3 +108,52 @@ def test_a_changed_hash_file_is_used_from_the_next_logon(ntlm_receiver: Running)
     hashes.write_text(f"alice:{nt_hash('rotated-secret')}\n")
     assert curl_ntlm(port, "alice:alice-secret").returncode != 0
     assert curl_ntlm(port, "alice:rotated-secret").returncode == 0
+
+
+def _ntlm_logon(raw: Raw, user: str, password: str) -> tuple[int, str]:
+    """pyspnego's NTLM client through AUTH NTLM: the reply to its AUTHENTICATE."""
+    import base64
+
+    import spnego
+
+    client = spnego.client(user, password, protocol="ntlm")
+    code, text = raw.command("AUTH NTLM " + base64.b64encode(client.step()).decode())
+    assert code == 334
+    token = client.step(base64.b64decode(text))
+    return raw.command(base64.b64encode(token).decode())
+
+
+@pytest.mark.parametrize("spelling", ["BOB", "Bob", "CONTOSO\\BOB"])
+def test_ntlm_user_is_the_hash_file_name_whatever_case_the_client_writes(
+    start: Any, tmp_path: pathlib.Path, spelling: str
+) -> None:
+    # NTLM matches user names without regard to case; the logon is the hash file's user,
+    # so a Deny entry naming bob holds for BOB, and bob's send-as list applies.
+    connector = {
+        "usage": "Custom",
+        "bindings": ["0.0.0.0:25"],
+        "remoteIPRanges": ["127.0.0.0/8"],
+        "authMechanisms": ["Integrated"],
+        "permissionGroups": ["ExchangeUsers"],
+        "tarpitIntervalSeconds": 0,
+        "permissions": [
+            {
+                "principal": "alice",
+                "extendedRights": ["ms-Exch-SMTP-Submit"],
+                "access": "Deny",
+            }
+        ],
+    }
+    config = NtlmConfig(hashes_file=str(hash_file(tmp_path)), domain="CONTOSO")
+    running = start([("Custom", connector)], ntlm=config)
+    denied = Raw(running.port(25))
+    denied.reply()
+    denied.command("EHLO client.example")
+    alice = spelling.replace("BOB", "ALICE").replace("Bob", "Alice")
+    answer = _ntlm_logon(denied, alice, "alice-secret")
+    assert answer == (530, "5.7.1 Client is not permitted to submit on this connector")
+    raw = Raw(running.port(25))
+    raw.reply()
+    raw.command("EHLO client.example")
+    assert _ntlm_logon(raw, spelling, "bob-secret") == (235, "2.7.0 Authentication successful")
+    assert raw.command("MAIL FROM:<bob@contoso.com>")[0] == 250
