@@ -322,3 +322,60 @@ def test_spnego_wrapped_kerberos_is_refused(
 
     caplog.set_level(logging.INFO, logger="smtpgate.receiver.sasl")
     failed_twice(raw, attempt, FAILED)
+
+
+def test_protocol_log_holds_no_gssapi_or_ntlm_token(
+    start: Any, realm: Any, as_user: Any, tmp_path: pathlib.Path
+) -> None:
+    from smtpgate.receiver.protocol_log import ProtocolLog
+
+    log_file = tmp_path / "RECV.LOG"
+    plog = ProtocolLog(str(log_file))
+    connectors = _connectors()
+    for _, data in connectors:
+        data["protocolLoggingLevel"] = "Verbose"
+    ntlm = NtlmConfig(hashes_file=str(hash_file(tmp_path)))
+    running = start(connectors, kerberos=kerberos_config(realm), ntlm=ntlm, protocol_log=plog)
+    as_user("alice", "alice-secret")
+    sent: list[str] = []
+    raw = session(running)
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    sent.append(b64(context.step()))
+    assert raw.command("AUTH GSSAPI " + sent[-1])[0] == 334
+    raw.close()
+    raw = session(running)
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    assert raw.command("AUTH GSSAPI") == (334, "")
+    sent.append(b64(context.step()))
+    assert finish_gssapi(raw, context, raw.command(sent[-1]))[0] == 235
+    raw.close()
+    raw = session(running)
+    client = spnego.client("bob", "bob-secret", protocol="ntlm")
+    assert raw.command("AUTH NTLM") == (334, "NTLM supported")
+    sent.append(b64(client.step()))
+    code, text = raw.command(sent[-1])
+    sent.append(b64(client.step(base64.b64decode(text))))
+    assert raw.command(sent[-1])[0] == 235
+    raw.close()
+    running.stop()
+    plog.close()
+    text = log_file.read_text()
+    assert "AUTH GSSAPI ****" in text and "AUTH NTLM" in text
+    for token in sent:
+        assert token[:24] not in text
+
+
+def test_no_second_logon_and_none_inside_a_transaction(receiver: Running, as_user: Any) -> None:
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+    assert raw.command("AUTH NTLM")[0] == 334
+    assert raw.command("*") == CANCELLED  # nothing of it stays
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    first = raw.command("AUTH GSSAPI " + b64(context.step()))
+    assert finish_gssapi(raw, context, first)[0] == 235
+    assert raw.command("MAIL FROM:<alice@contoso.com>")[0] == 250
+    for again in ("AUTH GSSAPI =", "AUTH NTLM", "X-EXPS GSSAPI ="):
+        assert raw.command(again)[0] == 503, again
+    assert raw.command("RSET")[0] == 250
+    for again in ("AUTH GSSAPI =", "AUTH NTLM"):
+        assert raw.command(again)[0] == 503, again
