@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 import spnego
-import spnego.exceptions
 from smtpgate.connectors.kerberos import NtlmConfig
 from smtpgate.connectors.permissions import authenticated_user
 
@@ -145,8 +144,10 @@ class NtlmExchange:
         if self.context is None:
             try:
                 return await _off_loop(self._negotiate, token)
-            except (spnego.exceptions.SpnegoError, ValueError, OSError, struct_error()) as error:
-                raise Failed(detail=f"NTLM negotiate: {error}") from None
+            except Failed:
+                raise
+            except Exception as error:  # pyspnego raises many kinds (KeyError too) on garbage
+                raise Failed(detail=f"NTLM negotiate: {type(error).__name__}: {error}") from None
         started = time.monotonic()
         try:
             name = await _off_loop(self._authenticate, token)
@@ -167,9 +168,3 @@ class NtlmExchange:
     def identity(self) -> Identity:
         assert self._identity is not None
         return self._identity
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error

@@ -379,3 +379,18 @@ def test_no_second_logon_and_none_inside_a_transaction(receiver: Running, as_use
     assert raw.command("RSET")[0] == 250
     for again in ("AUTH GSSAPI =", "AUTH NTLM"):
         assert raw.command(again)[0] == 503, again
+
+
+@pytest.mark.parametrize(
+    "negotiate",
+    [
+        b"NTLMSSP\x00\x63\x00\x00\x00" + bytes(24),  # a message type NTLM has not
+        b"NTLMSSP\x00\x03\x00\x00\x00" + bytes(8),  # a cut-short AUTHENTICATE first
+        b"not NTLM at all",
+    ],
+)
+def test_ntlm_malformed_first_message_is_a_failed_logon(
+    receiver: Running, negotiate: bytes
+) -> None:
+    raw = session(receiver)
+    failed_twice(raw, lambda: raw.command("AUTH NTLM " + b64(negotiate)), FAILED)
