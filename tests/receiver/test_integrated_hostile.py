@@ -394,3 +394,46 @@ def test_ntlm_malformed_first_message_is_a_failed_logon(
 ) -> None:
     raw = session(receiver)
     failed_twice(raw, lambda: raw.command("AUTH NTLM " + b64(negotiate)), FAILED)
+
+
+def test_gss_and_ntlm_calls_run_off_the_event_loop(
+    receiver: Running, as_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call into python-gssapi's and pyspnego's contexts (the acceptors read the
+    keytab, the replay cache and the hash file) is made where no event loop runs: on the
+    receiver's threads, never on its loop. The calls are observed, not replaced (the
+    test's own client calls run on its thread, where no loop runs either)."""
+    import asyncio
+
+    import spnego._ntlm
+
+    on_loop: list[str] = []
+
+    def observed(cls: Any, name: str) -> None:
+        real = getattr(cls, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(f"{cls.__name__}.{name}")
+            except RuntimeError:
+                pass
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, call)
+
+    for cls, name in (
+        (gssapi.SecurityContext, "step"),
+        (gssapi.SecurityContext, "wrap"),
+        (gssapi.SecurityContext, "unwrap"),
+        (spnego._ntlm.NTLMProxy, "step"),
+    ):
+        observed(cls, name)
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    first = raw.command("AUTH GSSAPI " + b64(context.step()))
+    assert finish_gssapi(raw, context, first)[0] == 235
+    raw = session(receiver)
+    assert ntlm_attempt(raw, "bob", "bob-secret")[0][0] == 235
+    assert on_loop == []
