@@ -6,7 +6,8 @@ The users' NT hashes come from a file of ``name:hash`` lines (32 hex digits), ne
 passwords; pyspnego reads its own format from the file NTLM_USER_FILE names, so each is
 turned into that format once per change, in a private file, with an LM hash nobody can
 use: the acceptor runs at LM compatibility level 5 (NTLMv2 only, no LM, no NTLMv1). The
-environment is the process's, so the two steps that read it hold a lock.
+environment is the process's, so the two steps that read it hold a lock; the variables
+stay set between them (``_with_store``).
 
 An unknown user is refused after as long as a known one with a wrong hash: every
 AUTHENTICATE takes ``FLOOR`` seconds at least (pyspnego finds no entry quicker than it
@@ -93,18 +94,15 @@ def _convert(config: NtlmConfig) -> tuple[str, dict[str, str]]:
 
 
 def _with_store(store: str, function: Any, *args: Any) -> Any:
+    """``function`` with pyspnego's settings in the environment. They are set, not put
+    back: C libraries on other threads (MIT Kerberos) read the environment unlocked, and
+    adding or removing a variable moves glibc's array under them; a value replaced is a
+    pointer swapped."""
     with _LOCK:
-        saved = {k: os.environ.get(k) for k in ("NTLM_USER_FILE", "LM_COMPAT_LEVEL")}
-        os.environ["NTLM_USER_FILE"] = store
-        os.environ["LM_COMPAT_LEVEL"] = "5"
-        try:
-            return function(*args)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        for key, value in (("NTLM_USER_FILE", store), ("LM_COMPAT_LEVEL", "5")):
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        return function(*args)
 
 
 class NtlmExchange:

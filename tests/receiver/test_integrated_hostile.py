@@ -437,3 +437,36 @@ def test_gss_and_ntlm_calls_run_off_the_event_loop(
     raw = session(receiver)
     assert ntlm_attempt(raw, "bob", "bob-secret")[0][0] == 235
     assert on_loop == []
+
+
+def test_ntlm_logons_add_and_remove_no_environment_variables(receiver: Running) -> None:
+    """pyspnego reads its settings from the environment, which the C libraries on other
+    threads (MIT Kerberos: KRB5_CONFIG, KRB5RCACHEDIR) read unlocked: once set by the
+    first logon, NTLM's variables stay, so later logons never add or remove one (glibc
+    moves the array under a reader then: a missed KRB5RCACHEDIR, or freed memory)."""
+    import os
+    import threading
+
+    raw = session(receiver)
+    assert ntlm_attempt(raw, "alice", "alice-secret")[0][0] == 235
+    before = set(os.environ)
+    seen: list[set[str]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            keys = set(os.environ)
+            if keys != before:
+                seen.append(keys ^ before)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(10):
+            raw = session(receiver)
+            assert ntlm_attempt(raw, "bob", "bob-secret")[0][0] == 235
+            raw.close()
+    finally:
+        done.set()
+        watcher.join()
+    assert seen == []
