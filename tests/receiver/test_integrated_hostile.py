@@ -470,3 +470,34 @@ def test_ntlm_logons_add_and_remove_no_environment_variables(receiver: Running) 
         done.set()
         watcher.join()
     assert seen == []
+
+
+MAILBOX_DELIVERY = 475  # ExchangeServer only: X-EXPS GSSAPI and AUTH GSSAPI for servers
+
+
+@pytest.mark.parametrize(
+    "lookalike",
+    [
+        "SMTP/ex02.contoso.com",  # the server's principal is smtp/ex02.contoso.com: case
+        "smtp/ex02.contoso.com/extra",  # a third component
+        "user/smtp/ex02.contoso.com",  # the server's name after a user's
+    ],
+)
+def test_a_user_principal_named_like_a_server_is_no_server(
+    receiver: Running, realm: Any, as_user: Any, lookalike: str
+) -> None:
+    # Principals the realm's administrators might make for users, each with a password:
+    # none is the organisation's server smtp/ex02.contoso.com, and none is a user here.
+    assert realm.server_principal == f"smtp/ex02.contoso.com@{REALM}"
+    try:
+        realm.kdc.add_user(lookalike, "lookalike-secret")
+    except RuntimeError as error:
+        assert "already exists" in str(error)
+    as_user(lookalike, "lookalike-secret")
+    for verb in ("X-EXPS", "AUTH"):
+        raw = Raw(receiver.port(MAILBOX_DELIVERY))
+        assert raw.reply()[0] == 220
+        assert raw.command("EHLO client.example")[0] == 250
+        context = initiator(f"smtp/mail.contoso.com@{REALM}")
+        first = raw.command(f"{verb} GSSAPI " + b64(context.step()))
+        assert finish_gssapi(raw, context, first) == FAILED, verb
