@@ -18,7 +18,9 @@ RCACHE_DIR = "/tmp"  # the replay cache: the pod's writable emptyDir
 
 def organisation(servers: list[Body]) -> dict[str, ServerRole]:
     """Every service principal (realm explicit) of the namespace's TransportServers, to the
-    role of its server. A server whose spec is invalid is left out (its status says why)."""
+    role of its server. A server whose spec is invalid is left out (its status says why).
+    A principal servers of both roles name is an Edge server's (the fewer rights), not
+    whichever object the API listed last."""
     found: dict[str, ServerRole] = {}
     for body in servers:
         if body["metadata"].get("deletionTimestamp"):
@@ -29,7 +31,8 @@ def organisation(servers: list[Body]) -> dict[str, ServerRole]:
             continue
         if spec.kerberos is not None:
             for principal in spec.kerberos.principals():
-                found[principal] = spec.role
+                if found.get(principal) is not ServerRole.Edge:
+                    found[principal] = spec.role
     return found
 
 

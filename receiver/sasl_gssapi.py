@@ -29,6 +29,9 @@ NO_SECURITY_LAYER = 0x01
 # The server's offer: the no-layer bit, and a maximum message size of 0 (RFC 4752 3.3:
 # no layer, so no size).
 OFFER = bytes([NO_SECURITY_LAYER, 0, 0, 0])
+# RFC 4752 is the Kerberos V5 mechanism alone: the acceptor takes no SPNEGO, IAKERB (which
+# would have the receiver carry an unauthenticated client's KDC traffic) or plug-in mechanism.
+KERBEROS = gssapi.MechType.kerberos
 
 
 @functools.cache
@@ -67,7 +70,7 @@ class GssapiExchange:
         the context: ``complete`` is that use, here, so the error is raised here.)"""
         if self.context is None:
             credentials = gssapi.Credentials(
-                usage="accept", store={"keytab": self.config.keytab_file}
+                usage="accept", mechs=[KERBEROS], store={"keytab": self.config.keytab_file}
             )
             self.context = gssapi.SecurityContext(creds=credentials, usage="accept")
         output = self.context.step(token)
@@ -103,6 +106,8 @@ class GssapiExchange:
     def _established(self) -> None:
         """The context is up: whose ticket for which of our principals."""
         assert self.context is not None
+        if self.context.mech != KERBEROS:
+            raise Failed(detail=f"mechanism {self.context.mech}, not Kerberos V5")
         target = str(self.context.target_name)
         if target not in self.config.service_principals:
             raise Failed(detail=f"ticket for {target}, not one of this server's principals")

@@ -6,7 +6,8 @@ The users' NT hashes come from a file of ``name:hash`` lines (32 hex digits), ne
 passwords; pyspnego reads its own format from the file NTLM_USER_FILE names, so each is
 turned into that format once per change, in a private file, with an LM hash nobody can
 use: the acceptor runs at LM compatibility level 5 (NTLMv2 only, no LM, no NTLMv1). The
-environment is the process's, so the two steps that read it hold a lock.
+environment is the process's, so the two steps that read it hold a lock; the variables
+stay set between them (``_with_store``).
 
 An unknown user is refused after as long as a known one with a wrong hash: every
 AUTHENTICATE takes ``FLOOR`` seconds at least (pyspnego finds no entry quicker than it
@@ -27,7 +28,6 @@ import time
 from typing import Any
 
 import spnego
-import spnego.exceptions
 from smtpgate.connectors.kerberos import NtlmConfig
 from smtpgate.connectors.permissions import authenticated_user
 
@@ -40,7 +40,8 @@ FLOOR = 0.05  # seconds every AUTHENTICATE takes, whoever it names
 _HASH_LINE = re.compile(r"^([^:\s\\]+):([0-9A-Fa-f]{32})$")
 _LOCK = threading.Lock()
 _CONVERTING = threading.Lock()
-_CONVERTED: dict[str, tuple[tuple[int, int], str]] = {}
+# hashes file -> (its stamp, pyspnego's file, the users' names by their upper case)
+_CONVERTED: dict[str, tuple[tuple[int, int], str, dict[str, str]]] = {}
 _FOLDER: list[str] = []
 
 
@@ -59,24 +60,28 @@ def parse_hashes(text: str) -> dict[str, str]:
     return found
 
 
-def _store(config: NtlmConfig) -> str:
-    """pyspnego's file for ``config``'s hashes (remade when the source changes)."""
+def _store(config: NtlmConfig) -> tuple[str, dict[str, str]]:
+    """pyspnego's file for ``config``'s hashes (remade when the source changes), and the
+    users' names by their upper case (NTLM matches names without regard to case; the user
+    is the name as the hash file writes it, the first such line being the one matched)."""
     with _CONVERTING:
         return _convert(config)
 
 
-def _convert(config: NtlmConfig) -> str:
+def _convert(config: NtlmConfig) -> tuple[str, dict[str, str]]:
     source = pathlib.Path(config.hashes_file)
     stat = source.stat()
     stamp = (stat.st_mtime_ns, stat.st_size)
     known = _CONVERTED.get(config.hashes_file)
     if known is not None and known[0] == stamp:
-        return known[1]
+        return known[1], known[2]
     if not _FOLDER:
         _FOLDER.append(tempfile.mkdtemp(prefix="smtpgate-ntlm-"))  # 0700, the process's own
         atexit.register(shutil.rmtree, _FOLDER[0], True)
     lines = []
+    users: dict[str, str] = {}
     for name, nt in parse_hashes(source.read_text()).items():
+        users.setdefault(name.upper(), name)
         names = [name] + ([f"{config.domain}\\{name}"] if config.domain else [])
         lines += [f"{n}:0:{'0' * 32}:{nt}:[U]:LCT-00000000" for n in names]
     fd, path = tempfile.mkstemp(dir=_FOLDER[0], suffix=".smbpasswd")
@@ -84,23 +89,20 @@ def _convert(config: NtlmConfig) -> str:
         out.write("\n".join(lines) + "\n")
     if known is not None:
         pathlib.Path(known[1]).unlink(missing_ok=True)
-    _CONVERTED[config.hashes_file] = (stamp, path)
-    return path
+    _CONVERTED[config.hashes_file] = (stamp, path, users)
+    return path, users
 
 
 def _with_store(store: str, function: Any, *args: Any) -> Any:
+    """``function`` with pyspnego's settings in the environment. They are set, not put
+    back: C libraries on other threads (MIT Kerberos) read the environment unlocked, and
+    adding or removing a variable moves glibc's array under them; a value replaced is a
+    pointer swapped."""
     with _LOCK:
-        saved = {k: os.environ.get(k) for k in ("NTLM_USER_FILE", "LM_COMPAT_LEVEL")}
-        os.environ["NTLM_USER_FILE"] = store
-        os.environ["LM_COMPAT_LEVEL"] = "5"
-        try:
-            return function(*args)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        for key, value in (("NTLM_USER_FILE", store), ("LM_COMPAT_LEVEL", "5")):
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        return function(*args)
 
 
 class NtlmExchange:
@@ -115,7 +117,7 @@ class NtlmExchange:
         self._identity: Identity | None = None
 
     def _negotiate(self, token: bytes) -> bytes:
-        store = _store(self.config)
+        store, _ = _store(self.config)
         self.context = _with_store(
             store, spnego.server, "unspecified", "host", None, spnego.ContextReq.default, "ntlm"
         )
@@ -125,20 +127,28 @@ class NtlmExchange:
         return bytes(challenge)
 
     def _authenticate(self, token: bytes) -> str:
-        _with_store(_store(self.config), self.context.step, token)
+        """The user the AUTHENTICATE proved, named as the hash file names it."""
+        store, names = _store(self.config)
+        _with_store(store, self.context.step, token)
         if not self.context.complete:
             raise Failed(detail="NTLM did not complete")
-        return str(self.context.client_principal)
+        given = str(self.context.client_principal).rpartition("\\")[2]
+        name = names.get(given.upper())
+        if name is None:
+            raise Failed(detail=f"NTLM user {given} is not in the hash file")
+        return name
 
     async def step(self, token: bytes) -> bytes | None:
         if self.context is None:
             try:
                 return await _off_loop(self._negotiate, token)
-            except (spnego.exceptions.SpnegoError, ValueError, OSError, struct_error()) as error:
-                raise Failed(detail=f"NTLM negotiate: {error}") from None
+            except Failed:
+                raise
+            except Exception as error:  # pyspnego raises many kinds (KeyError too) on garbage
+                raise Failed(detail=f"NTLM negotiate: {type(error).__name__}: {error}") from None
         started = time.monotonic()
         try:
-            principal = await _off_loop(self._authenticate, token)
+            name = await _off_loop(self._authenticate, token)
         except Failed:
             await self._floor(started)
             raise
@@ -146,7 +156,6 @@ class NtlmExchange:
             await self._floor(started)
             raise Failed(detail=f"NTLM authenticate: {type(error).__name__}: {error}") from None
         await self._floor(started)
-        name = principal.rpartition("\\")[2]
         self._identity = Identity(name, authenticated_user(name))
         return None
 
@@ -157,9 +166,3 @@ class NtlmExchange:
     def identity(self) -> Identity:
         assert self._identity is not None
         return self._identity
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error

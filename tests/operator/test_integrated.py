@@ -121,3 +121,34 @@ def test_connector_without_its_servers_credentials_says_so(
     assert config.get("kerberos") is None and config.get("ntlm") is None
     pod = get(controlplane, "statefulset", "ex03-receiver", ns)
     assert "env" not in pod["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_a_principal_two_servers_of_different_roles_claim_is_the_edge_servers() -> None:
+    """Two TransportServers naming one service principal with different roles (a Mailbox
+    server's list copied onto an Edge server, or the reverse): whoever holds that key is
+    known as an Edge server, whichever object the API lists first, never as a Mailbox
+    server by the order of their names."""
+    from smtpgate.connectors.enums import ServerRole
+    from smtpgate.operator.integrated import organisation
+
+    def server(name: str, role: str, principals: list[str]) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "spec": {
+                "fqdn": f"{name}.contoso.com",
+                "role": role,
+                "createDefaultConnectors": False,
+                "kerberos": {
+                    "realm": "CONTOSO.COM",
+                    "servicePrincipals": principals,
+                    "keytabSecretRef": {"name": f"{name}-keytab", "key": "krb5.keytab"},
+                },
+            },
+        }
+
+    mailbox = server("ex01", "Mailbox", ["SMTP/ex01.contoso.com", "SMTP/edge01.contoso.com"])
+    edge = server("edge01", "Edge", ["SMTP/edge01.contoso.com"])
+    for servers in ([mailbox, edge], [edge, mailbox]):
+        found = organisation(servers)
+        assert found["SMTP/edge01.contoso.com@CONTOSO.COM"] is ServerRole.Edge
+        assert found["SMTP/ex01.contoso.com@CONTOSO.COM"] is ServerRole.Mailbox

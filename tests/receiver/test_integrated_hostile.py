@@ -299,3 +299,205 @@ def test_a_non_empty_answer_to_the_last_context_token_is_refused(
     code, text = raw.command("AUTH GSSAPI " + b64(context.step()))
     assert code == 334 and text  # the AP-REP: the client must answer it with nothing
     assert raw.command(b64(b"something")) == FAILED
+
+
+def test_spnego_wrapped_kerberos_is_refused(
+    receiver: Running, as_user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RFC 4752 is Kerberos V5 alone: a SPNEGO token (which could carry IAKERB, or NTLM
+    # through a GSS plug-in) is not AUTH GSSAPI, even with a good ticket inside.
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+
+    def attempt() -> tuple[int, str]:
+        name = gssapi.Name(f"smtp/mail.contoso.com@{REALM}", gssapi.NameType.kerberos_principal)
+        spnego_mech = gssapi.OID.from_int_seq("1.3.6.1.5.5.2")
+        context = gssapi.SecurityContext(
+            name=name,
+            usage="initiate",
+            mech=spnego_mech,
+            flags=gssapi.RequirementFlag.mutual_authentication,
+        )
+        return finish_gssapi(raw, context, raw.command("AUTH GSSAPI " + b64(context.step())))
+
+    caplog.set_level(logging.INFO, logger="smtpgate.receiver.sasl")
+    failed_twice(raw, attempt, FAILED)
+
+
+def test_protocol_log_holds_no_gssapi_or_ntlm_token(
+    start: Any, realm: Any, as_user: Any, tmp_path: pathlib.Path
+) -> None:
+    from smtpgate.receiver.protocol_log import ProtocolLog
+
+    log_file = tmp_path / "RECV.LOG"
+    plog = ProtocolLog(str(log_file))
+    connectors = _connectors()
+    for _, data in connectors:
+        data["protocolLoggingLevel"] = "Verbose"
+    ntlm = NtlmConfig(hashes_file=str(hash_file(tmp_path)))
+    running = start(connectors, kerberos=kerberos_config(realm), ntlm=ntlm, protocol_log=plog)
+    as_user("alice", "alice-secret")
+    sent: list[str] = []
+    raw = session(running)
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    sent.append(b64(context.step()))
+    assert raw.command("AUTH GSSAPI " + sent[-1])[0] == 334
+    raw.close()
+    raw = session(running)
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    assert raw.command("AUTH GSSAPI") == (334, "")
+    sent.append(b64(context.step()))
+    assert finish_gssapi(raw, context, raw.command(sent[-1]))[0] == 235
+    raw.close()
+    raw = session(running)
+    client = spnego.client("bob", "bob-secret", protocol="ntlm")
+    assert raw.command("AUTH NTLM") == (334, "NTLM supported")
+    sent.append(b64(client.step()))
+    code, text = raw.command(sent[-1])
+    sent.append(b64(client.step(base64.b64decode(text))))
+    assert raw.command(sent[-1])[0] == 235
+    raw.close()
+    running.stop()
+    plog.close()
+    text = log_file.read_text()
+    assert "AUTH GSSAPI ****" in text and "AUTH NTLM" in text
+    for token in sent:
+        assert token[:24] not in text
+
+
+def test_no_second_logon_and_none_inside_a_transaction(receiver: Running, as_user: Any) -> None:
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+    assert raw.command("AUTH NTLM")[0] == 334
+    assert raw.command("*") == CANCELLED  # nothing of it stays
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    first = raw.command("AUTH GSSAPI " + b64(context.step()))
+    assert finish_gssapi(raw, context, first)[0] == 235
+    assert raw.command("MAIL FROM:<alice@contoso.com>")[0] == 250
+    for again in ("AUTH GSSAPI =", "AUTH NTLM", "X-EXPS GSSAPI ="):
+        assert raw.command(again)[0] == 503, again
+    assert raw.command("RSET")[0] == 250
+    for again in ("AUTH GSSAPI =", "AUTH NTLM"):
+        assert raw.command(again)[0] == 503, again
+
+
+@pytest.mark.parametrize(
+    "negotiate",
+    [
+        b"NTLMSSP\x00\x63\x00\x00\x00" + bytes(24),  # a message type NTLM has not
+        b"NTLMSSP\x00\x03\x00\x00\x00" + bytes(8),  # a cut-short AUTHENTICATE first
+        b"not NTLM at all",
+    ],
+)
+def test_ntlm_malformed_first_message_is_a_failed_logon(
+    receiver: Running, negotiate: bytes
+) -> None:
+    raw = session(receiver)
+    failed_twice(raw, lambda: raw.command("AUTH NTLM " + b64(negotiate)), FAILED)
+
+
+def test_gss_and_ntlm_calls_run_off_the_event_loop(
+    receiver: Running, as_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call into python-gssapi's and pyspnego's contexts (the acceptors read the
+    keytab, the replay cache and the hash file) is made where no event loop runs: on the
+    receiver's threads, never on its loop. The calls are observed, not replaced (the
+    test's own client calls run on its thread, where no loop runs either)."""
+    import asyncio
+
+    import spnego._ntlm
+
+    on_loop: list[str] = []
+
+    def observed(cls: Any, name: str) -> None:
+        real = getattr(cls, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(f"{cls.__name__}.{name}")
+            except RuntimeError:
+                pass
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, call)
+
+    for cls, name in (
+        (gssapi.SecurityContext, "step"),
+        (gssapi.SecurityContext, "wrap"),
+        (gssapi.SecurityContext, "unwrap"),
+        (spnego._ntlm.NTLMProxy, "step"),
+    ):
+        observed(cls, name)
+    as_user("alice", "alice-secret")
+    raw = session(receiver)
+    context = initiator(f"smtp/mail.contoso.com@{REALM}")
+    first = raw.command("AUTH GSSAPI " + b64(context.step()))
+    assert finish_gssapi(raw, context, first)[0] == 235
+    raw = session(receiver)
+    assert ntlm_attempt(raw, "bob", "bob-secret")[0][0] == 235
+    assert on_loop == []
+
+
+def test_ntlm_logons_add_and_remove_no_environment_variables(receiver: Running) -> None:
+    """pyspnego reads its settings from the environment, which the C libraries on other
+    threads (MIT Kerberos: KRB5_CONFIG, KRB5RCACHEDIR) read unlocked: once set by the
+    first logon, NTLM's variables stay, so later logons never add or remove one (glibc
+    moves the array under a reader then: a missed KRB5RCACHEDIR, or freed memory)."""
+    import os
+    import threading
+
+    raw = session(receiver)
+    assert ntlm_attempt(raw, "alice", "alice-secret")[0][0] == 235
+    before = set(os.environ)
+    seen: list[set[str]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            keys = set(os.environ)
+            if keys != before:
+                seen.append(keys ^ before)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(10):
+            raw = session(receiver)
+            assert ntlm_attempt(raw, "bob", "bob-secret")[0][0] == 235
+            raw.close()
+    finally:
+        done.set()
+        watcher.join()
+    assert seen == []
+
+
+MAILBOX_DELIVERY = 475  # ExchangeServer only: X-EXPS GSSAPI and AUTH GSSAPI for servers
+
+
+@pytest.mark.parametrize(
+    "lookalike",
+    [
+        "SMTP/ex02.contoso.com",  # the server's principal is smtp/ex02.contoso.com: case
+        "smtp/ex02.contoso.com/extra",  # a third component
+        "user/smtp/ex02.contoso.com",  # the server's name after a user's
+    ],
+)
+def test_a_user_principal_named_like_a_server_is_no_server(
+    receiver: Running, realm: Any, as_user: Any, lookalike: str
+) -> None:
+    # Principals the realm's administrators might make for users, each with a password:
+    # none is the organisation's server smtp/ex02.contoso.com, and none is a user here.
+    assert realm.server_principal == f"smtp/ex02.contoso.com@{REALM}"
+    try:
+        realm.kdc.add_user(lookalike, "lookalike-secret")
+    except RuntimeError as error:
+        assert "already exists" in str(error)
+    as_user(lookalike, "lookalike-secret")
+    for verb in ("X-EXPS", "AUTH"):
+        raw = Raw(receiver.port(MAILBOX_DELIVERY))
+        assert raw.reply()[0] == 220
+        assert raw.command("EHLO client.example")[0] == 250
+        context = initiator(f"smtp/mail.contoso.com@{REALM}")
+        first = raw.command(f"{verb} GSSAPI " + b64(context.step()))
+        assert finish_gssapi(raw, context, first) == FAILED, verb
