@@ -4,13 +4,9 @@ client), so aiosmtpd's LMTP stands for the next hop, as in test_delivery."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from typing import Any
 
-from aiosmtpd.lmtp import LMTP
-from smtpgate.receiver import delivery, relay
+from . import hops
 
 
 class PerRecipient:
@@ -41,36 +37,8 @@ class PerRecipient:
 
 def test_an_lmtp_next_hop_answers_each_recipient_on_its_own() -> None:
     hop = PerRecipient()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = asyncio.run_coroutine_threadsafe(
-        loop.create_server(lambda: LMTP(hop), sock=sock), loop
-    ).result()
-    client = relay.RelayDelivery("127.0.0.1", port, lmtp=True, helo="mail.contoso.com")
-    message = delivery.Message(
-        queue_id="Q",
-        connector="",
-        mail_from="s@example.org",
-        recipients=("a@contoso.com", "full@contoso.com", "gone@contoso.com", "b@contoso.com"),
-        content=b"Subject: lmtp\r\n\r\nbody\r\n",
-    )
-    try:
-        answers = client.attempt(message)  # blocking, as on the queue's threads
-    finally:
-        client.close()
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    recipients = ("a@contoso.com", "full@contoso.com", "gone@contoso.com", "b@contoso.com")
+    answers = hops.attempt(hop, recipients, lmtp=True)
     assert [code for code, _ in answers] == [250, 452, 550, 250]
     assert answers[1][1] == "4.2.2 Mailbox full"
     assert answers[2][1] == "5.1.1 No such mailbox here"
@@ -91,36 +59,8 @@ class GoneAfterFirst:
 
 
 def test_an_lmtp_answer_heard_before_the_connection_broke_settles_its_recipient() -> None:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = asyncio.run_coroutine_threadsafe(
-        loop.create_server(lambda: LMTP(GoneAfterFirst()), sock=sock), loop
-    ).result()
-    client = relay.RelayDelivery("127.0.0.1", port, lmtp=True, helo="mail.contoso.com")
-    message = delivery.Message(
-        queue_id="Q",
-        connector="",
-        mail_from="s@example.org",
-        recipients=("a@contoso.com", "b@contoso.com", "c@contoso.com"),
-        content=b"Subject: lmtp\r\n\r\nbody\r\n",
-    )
-    try:
-        answers = client.attempt(message)
-    finally:
-        client.close()
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    recipients = ("a@contoso.com", "b@contoso.com", "c@contoso.com")
+    answers = hops.attempt(GoneAfterFirst(), recipients, lmtp=True)
     # a@ has it: a later try must not send it again; b@ and c@ are tried again.
     assert [code for code, _ in answers] == [250, 451, 451]
     assert "4.4.2" in answers[1][1]

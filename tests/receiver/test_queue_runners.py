@@ -6,18 +6,16 @@ next hop: the test counts its tries, which a Postfix next hop would not show."""
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP
 from smtpgate.connectors.specs import NextHop, QueueSettings
 from smtpgate.receiver import backpressure, delivery, queue, relay, retries, spoolfile
+
+from . import hops
 
 
 class Deferring:
@@ -36,25 +34,8 @@ class Deferring:
 @pytest.fixture
 def deferring_hop() -> Iterator[tuple[Deferring, int]]:
     hop = Deferring()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = asyncio.run_coroutine_threadsafe(
-        loop.create_server(lambda: SMTP(hop), sock=sock), loop
-    ).result()
-    yield hop, port
-
-    async def close() -> None:
-        server.close()
-        await server.wait_closed()
-
-    asyncio.run_coroutine_threadsafe(close(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with hops.serving(hop) as port:
+        yield hop, port
 
 
 def _spool(root: pathlib.Path) -> str:
@@ -116,35 +97,7 @@ class Odd2xx:
 @pytest.mark.parametrize("stage", ["MAIL", "RCPT"])
 def test_a_recipient_is_settled_as_delivered_only_by_the_answer_to_data(stage: str) -> None:
     hop = Odd2xx(stage)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = asyncio.run_coroutine_threadsafe(
-        loop.create_server(lambda: SMTP(hop), sock=sock), loop
-    ).result()
-    client = relay.RelayDelivery("127.0.0.1", sock.getsockname()[1], helo="mail.contoso.com")
-    message = delivery.Message(
-        queue_id="Q",
-        connector="",
-        mail_from="s@example.org",
-        recipients=("u@contoso.com",),
-        content=b"Subject: q\r\n\r\nbody\r\n",
-    )
-    try:
-        answers = client.attempt(message)
-    finally:
-        client.close()
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    answers = hops.attempt(hop, ("u@contoso.com",))
     assert hop.data == 0
     # Not "delivered": the queue would remove a message the next hop never had.
     assert [retries.outcome(code) for code, _ in answers] == [retries.Outcome.DEFERRED]
@@ -165,42 +118,26 @@ def test_mail_already_queued_goes_out_while_new_mail_gets_452_for_a_full_spool(
     tmp_path: pathlib.Path,
 ) -> None:
     hop = Taking()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = asyncio.run_coroutine_threadsafe(
-        loop.create_server(lambda: SMTP(hop), sock=sock), loop
-    ).result()
     name = _spool(tmp_path)
     free = backpressure.usage(tmp_path).free
-    next_hop = NextHop.model_validate(
-        {
-            "type": "Smtp",
-            "host": "127.0.0.1",
-            "port": sock.getsockname()[1],
-            "mode": "StoreAndForward",
-            "storage": {"minFreeBytes": free + (1 << 30)},  # more than the volume has
-        }
-    )
-    queued = queue.QueuedDelivery(next_hop, str(tmp_path), helo="mail.contoso.com")
-    try:
-        assert queued.admit() == backpressure.SPOOL_FULL
-        deadline = time.monotonic() + 10
-        while (tmp_path / "new" / name).exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        queued.close()
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with hops.serving(hop) as port:
+        next_hop = NextHop.model_validate(
+            {
+                "type": "Smtp",
+                "host": "127.0.0.1",
+                "port": port,
+                "mode": "StoreAndForward",
+                "storage": {"minFreeBytes": free + (1 << 30)},  # more than the volume has
+            }
+        )
+        queued = queue.QueuedDelivery(next_hop, str(tmp_path), helo="mail.contoso.com")
+        try:
+            assert queued.admit() == backpressure.SPOOL_FULL
+            deadline = time.monotonic() + 10
+            while (tmp_path / "new" / name).exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            queued.close()
     assert not (tmp_path / "new" / name).exists()
     assert len(hop.messages) == 1
 
