@@ -329,6 +329,13 @@ def run_on_loopback(args: argparse.Namespace, work: pathlib.Path) -> int:
                 "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
             }
             demo.kubectl("apply", "-f", "-", input=json.dumps(secret))
+            anchors = {  # examples/05's partner trust anchor, created as its comment says
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "fabrikam-partner-ca", "namespace": NAMESPACE},
+                "data": {"ca.crt": Authority("Fabrikam Issuing CA", "Fabrikam").pem().decode()},
+            }
+            demo.kubectl("apply", "-f", "-", input=json.dumps(anchors))
             say("== Applying examples/ (the TLS Secret stands in for cert-manager's) ==")
             say(demo.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples")).rstrip())
             for name in ("internet-mx01", "partner-fabrikam", "submission-mx01"):

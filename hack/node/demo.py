@@ -146,6 +146,13 @@ def on_node(node: Node, standins: StandIns, work: pathlib.Path, say: Any = _say)
         "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
     }
     steps.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    anchors = {  # examples/05's partner trust anchor, created as its comment says
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "fabrikam-partner-ca", "namespace": NAMESPACE},
+        "data": {"ca.crt": Authority("Fabrikam Issuing CA", "Fabrikam").pem().decode()},
+    }
+    steps.kubectl("apply", "-f", "-", input=json.dumps(anchors))
     say("== Applying examples/ (the TLS Secret stands in for cert-manager's) ==")
     say(steps.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples")).rstrip())
     for server in ("ex01", "mx01"):
