@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from hack.controlplane import podfiles  # noqa: E402
 from hack.controlplane.harness import ControlPlane  # noqa: E402
-from hack.pki import Authority  # noqa: E402
+from hack.pki import Authority, ca_config_map, tls_secret  # noqa: E402
 
 NAMESPACE = "smtpgate-demo"
 
@@ -321,20 +321,11 @@ def run_on_loopback(args: argparse.Namespace, work: pathlib.Path) -> int:
             demo.start_operator()
             demo.kubectl("create", "namespace", NAMESPACE)
             cert, key, ca_file = issue_certificate(work)
-            secret = {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "kubernetes.io/tls",
-                "metadata": {"name": "mail-contoso-com", "namespace": NAMESPACE},
-                "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
-            }
+            secret = tls_secret("mail-contoso-com", NAMESPACE, cert, key)
             demo.kubectl("apply", "-f", "-", input=json.dumps(secret))
-            anchors = {  # examples/05's partner trust anchor, created as its comment says
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "fabrikam-partner-ca", "namespace": NAMESPACE},
-                "data": {"ca.crt": Authority("Fabrikam Issuing CA", "Fabrikam").pem().decode()},
-            }
+            # examples/05's partner trust anchor, created as its comment says
+            fabrikam = Authority("Fabrikam Issuing CA", "Fabrikam")
+            anchors = ca_config_map("fabrikam-partner-ca", NAMESPACE, fabrikam)
             demo.kubectl("apply", "-f", "-", input=json.dumps(anchors))
             say("== Applying examples/ (the TLS Secret stands in for cert-manager's) ==")
             say(demo.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples")).rstrip())

@@ -83,6 +83,17 @@ def tls_secret(secret: str, namespace: str, cert: bytes, key: bytes) -> dict[str
     }
 
 
+def ca_config_map(name: str, namespace: str, authority: Authority) -> dict[str, object]:
+    """A ConfigMap holding ``authority``'s certificate under ``ca.crt``, as a trust anchor
+    is given (examples/05's ``fabrikam-partner-ca``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"ca.crt": authority.pem().decode()},
+    }
+
+
 def self_signed(
     common: str, dns: list[str], days: tuple[float, float] = (-1, 60)
 ) -> tuple[bytes, bytes]:

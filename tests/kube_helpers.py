@@ -15,7 +15,7 @@ from hack.controlplane.processes import (  # noqa: F401 - re-exported for the te
     WorkloadStatusStandIn,
     writes_by,
 )
-from hack.pki import Authority, tls_secret
+from hack.pki import Authority, ca_config_map, tls_secret
 
 
 def eventually(check: Callable[[], Any], timeout: float = 45, what: str = "condition") -> Any:
@@ -78,20 +78,9 @@ def apply_examples(controlplane: Any, namespace: str) -> None:
         "apply", "-f", "-", input=json.dumps(tls_secret("mail-contoso-com", namespace, cert, key))
     )
     # examples/05's partner trust anchor, as its comment says to create it.
-    partner_ca = Authority("Fabrikam Issuing CA", "Fabrikam").pem().decode()
-    controlplane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "fabrikam-partner-ca", "namespace": namespace},
-                "data": {"ca.crt": partner_ca},
-            }
-        ),
-    )
+    fabrikam = Authority("Fabrikam Issuing CA", "Fabrikam")
+    anchors = ca_config_map("fabrikam-partner-ca", namespace, fabrikam)
+    controlplane.kubectl("apply", "-f", "-", input=json.dumps(anchors))
     controlplane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from hack.node import images
 from hack.node.harness import Node
 from hack.node.standins import StandIns
-from hack.pki import Authority
+from hack.pki import Authority, ca_config_map, tls_secret
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAMESPACE = "smtpgate-demo"
@@ -138,20 +138,11 @@ def on_node(node: Node, standins: StandIns, work: pathlib.Path, say: Any = _say)
     cert, key = authority.issue("mail.contoso.com", ["mail.contoso.com"], (-1, 90))
     ca_file = work / "contoso-ca.crt"
     ca_file.write_bytes(authority.pem())
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": "mail-contoso-com", "namespace": NAMESPACE},
-        "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()},
-    }
+    secret = tls_secret("mail-contoso-com", NAMESPACE, cert, key)
     steps.kubectl("apply", "-f", "-", input=json.dumps(secret))
-    anchors = {  # examples/05's partner trust anchor, created as its comment says
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "fabrikam-partner-ca", "namespace": NAMESPACE},
-        "data": {"ca.crt": Authority("Fabrikam Issuing CA", "Fabrikam").pem().decode()},
-    }
+    # examples/05's partner trust anchor, created as its comment says
+    fabrikam = Authority("Fabrikam Issuing CA", "Fabrikam")
+    anchors = ca_config_map("fabrikam-partner-ca", NAMESPACE, fabrikam)
     steps.kubectl("apply", "-f", "-", input=json.dumps(anchors))
     say("== Applying examples/ (the TLS Secret stands in for cert-manager's) ==")
     say(steps.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples")).rstrip())

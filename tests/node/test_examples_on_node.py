@@ -26,7 +26,7 @@ from smtpgate.connectors.config import ServerConfig
 from hack.controlplane.harness import free_port
 from hack.node.outside import CLIENTS, Outside
 from hack.node.standins import StandIns
-from hack.pki import Authority
+from hack.pki import Authority, ca_config_map
 
 from ..conftest import ROOT
 from ..kube_helpers import eventually
@@ -123,12 +123,7 @@ def examples(release: Release, standins: StandIns, outside: Outside) -> Iterator
         "wait", "--for=condition=Established", "crd/certificates.cert-manager.io", "--timeout=60s"
     )
     here.write_certificate()
-    anchors = {  # examples/05's partner trust anchor, created as its comment says
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "fabrikam-partner-ca", "namespace": here.ns},
-        "data": {"ca.crt": here.partner.pem().decode()},
-    }
+    anchors = ca_config_map("fabrikam-partner-ca", here.ns, here.partner)  # examples/05's
     here.kubectl("apply", "-f", "-", input=json.dumps(anchors))
     here.kubectl("apply", "-n", here.ns, "-f", str(ROOT / "examples"))
     for server in ("ex01", "mx01"):
