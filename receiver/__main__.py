@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -123,6 +124,9 @@ async def run(args: argparse.Namespace) -> int:
     )
     receiver = server.Receiver(runtime, listen)
     await receiver.start()
+    # What start-up made (modules, the config) lives as long as the process: kept out of
+    # the collector's full passes, which otherwise walk it all again and again.
+    gc.freeze()
     health = HealthServer(
         lambda: receiver.serving and not stopping.is_set(), lambda: _queue_report(runtime)
     )
