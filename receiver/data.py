@@ -102,7 +102,7 @@ class DataReader:
             self.bare = True
         if self.nul or self.bare:
             return  # still checked for longer lines, which take precedence
-        content = lines.replace(b"\r\n.", b"\r\n") if b"\n." in lines else lines
+        content = lines.replace(b"\r\n.", b"\r\n")
         self.sink(content[1:] if content[:1] == b"." else content)
 
 
