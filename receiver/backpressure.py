@@ -123,7 +123,7 @@ class SpoolGuard:
         self.min_free_percent, self.min_free_bytes = min_free_percent, min_free_bytes
         self.period = period
         self._checked = -period
-        self._state = State(None, ROOM)
+        self._state = State(None, "")  # not looked yet
         self._lock = threading.Lock()
 
     @classmethod
@@ -149,6 +149,8 @@ class SpoolGuard:
         if before.reason == after.reason:
             return
         health.SPOOL_REFUSING.set(0 if after.answer is None else 1)
+        if after.reason == ROOM and not before.reason:
+            return
         if after.reason == FULL:
             log.warning("spool volume %s nearly full: new mail gets 452", self.root)
         elif after.reason == UNWRITABLE:

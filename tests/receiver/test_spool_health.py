@@ -93,6 +93,11 @@ def spool_report(health: int) -> dict[str, Any]:
         return dict(json.loads(response.read()))
 
 
+def metrics(health: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=10) as page:
+        return str(page.read().decode())
+
+
 def mail(port: int) -> tuple[int, str]:
     """MAIL FROM's answer (a transaction refused there sends nothing more)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
@@ -170,14 +175,14 @@ def test_mail_gets_452_and_spool_reports_full_while_the_volume_is_below_min_free
             assert full["refusing"] is True and full["reason"] == "SpoolFull"
             assert full["reply"] == SPOOL_FULL.line()
             assert full["freeBytes"] < MIB and full["freePercent"] < 25
-            with urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=10) as page:
-                assert "smtpgate_spool_refusing 1.0" in page.read().decode()
+            assert "smtpgate_spool_refusing 1.0" in metrics(health)
 
             ballast.unlink()  # space freed: mail is taken again
             assert until(lambda: send(port))
             after = spool_report(health)
             assert after["refusing"] is False and after["reason"] == "SpoolHasRoom"
             assert after["freeBytes"] > 3 * MIB
+            assert "smtpgate_spool_refusing 0.0" in metrics(health)
         finally:
             stop(proc)
 
