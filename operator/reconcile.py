@@ -11,7 +11,7 @@ from smtpgate.connectors import certificates, config, defaults, specs, usage
 from smtpgate.connectors.enums import AuthMechanism, ServerRole
 from smtpgate.connectors.errors import ConflictError, SpecError
 
-from . import certs, integrated, queues, resources, trust
+from . import certs, integrated, queues, resources, spool, trust
 
 Body = dict[str, Any]
 
@@ -29,6 +29,7 @@ class Snapshot:
     pods: dict[str, list[Body]] = field(default_factory=dict)
     serving: dict[str, frozenset[str]] = field(default_factory=dict)
     queues: dict[str, list[queues.Report]] = field(default_factory=dict)  # StoreAndForward
+    spools: dict[str, list[spool.Report]] = field(default_factory=dict)  # Maildir, StoreAndF.
     transport_configs: list[Body] = field(default_factory=list)
     referenced: dict[tuple[str, str], Body | None] = field(default_factory=dict)
 
@@ -480,6 +481,9 @@ def plan_server(
         workload_body["kind"],
         resources.receiver_name(server_name),
     )
+    refused = spool.refusal(snapshot.spools.get(server_name, [])) if ok else None
+    if refused is not None:  # up, but new MAIL gets 452 (or 451): not serving
+        ok, (reason, message) = False, refused
     in_config = {c.name: c for c in compiled.config.connectors}
     to_create = {b["metadata"]["name"] for b in pending}
     for connector_name, _ in mine:
@@ -522,6 +526,8 @@ def plan_server(
                 if blocked is not None
                 else condition("Ready", True, "Serving", f"{where}; {message}", cgen)
                 if ok
+                else condition("Ready", False, reason, f"{where}; {message}", cgen)
+                if reason in spool.REASONS
                 else condition("Ready", False, "ServerNotReady", f"{where}; {message}", cgen)
             )
             entry["effectivePermissions"] = in_config[connector_name].acl.rows()
@@ -575,6 +581,9 @@ def plan_server(
         status["conditions"].append(
             queues.condition(snapshot.queues.get(server_name, []), threshold, gen)
         )
+        out.recheck_after = min(out.recheck_after or queues.RECHECK_SECONDS, queues.RECHECK_SECONDS)
+    if server_spec.next_hop.spooled:
+        status["conditions"].append(spool.condition(snapshot.spools.get(server_name, []), gen))
         out.recheck_after = min(out.recheck_after or queues.RECHECK_SECONDS, queues.RECHECK_SECONDS)
     out.status = status
     return out
