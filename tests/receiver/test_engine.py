@@ -17,7 +17,8 @@ from aiosmtpd.smtp import SMTP
 from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
 from smtpgate.receiver import addresses, delivery, server
-from smtpgate.receiver.smtp import ConnectorSMTP, _Handler
+from smtpgate.receiver.hooks import Handler
+from smtpgate.receiver.smtp import ConnectorSMTP
 
 from .helpers import Raw, internet_config_file
 
@@ -52,7 +53,7 @@ def _pair(tmp_path: pathlib.Path) -> tuple[ConnectorSMTP, ConnectorSMTP]:
         setattr(stock, name, getattr(ours, name))
     SMTP.__init__(
         stock,
-        _Handler(stock),
+        Handler(stock),
         data_size_limit=None,
         enable_SMTPUTF8=False,
         decode_data=False,
