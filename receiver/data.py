@@ -97,8 +97,10 @@ class DataReader:
             return
         if b"\x00" in lines:
             self.nul = True
-        ends = lines.count(b"\r\n")
-        if lines.count(b"\r") != ends or lines.count(b"\n") != ends:
+        # Without its CRLFs, a CR or LF left is a bare one (one pass, where counting CRLF,
+        # CR and LF apart took three).
+        text = b"".join(lines.split(b"\r\n"))
+        if b"\r" in text or b"\n" in text:
             self.bare = True
         if self.nul or self.bare:
             return  # still checked for longer lines, which take precedence
