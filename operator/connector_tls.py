@@ -88,3 +88,9 @@ def choose(
             verdict = Verdict(True, "Selected", choice.message)
             out.take(connector_name, choice.chosen.source, choice.chosen.not_after, verdict)
     return out
+
+
+def next_boundary(pool: list[certificates.Candidate], now: dt.datetime) -> float | None:
+    """Seconds until some certificate becomes valid or expires (then choose again)."""
+    times = [t for c in pool for t in (c.not_before, c.not_after) if t > now]
+    return (min(times) - now).total_seconds() + 1 if times else None

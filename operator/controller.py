@@ -61,7 +61,14 @@ class Controller:
         }
         self.informers: dict[str, list[informer.Informer]] = {
             kind.kind: [
-                informer.Informer(api, kind, ns, self.on_event, **selectors.get(kind.kind, {}))
+                informer.Informer(
+                    api,
+                    kind,
+                    ns,
+                    self.on_event,
+                    label_selector=selectors.get(kind.kind, {}).get("label_selector", ""),
+                    field_selector=selectors.get(kind.kind, {}).get("field_selector", ""),
+                )
                 for ns in scopes
             ]
             for kind in (

@@ -46,6 +46,7 @@ class Informer:
         on_event: Handler,
         label_selector: str = "",
         field_selector: str = "",
+        *,
         transform: Transform = _slim,
         name: str = "",
     ) -> None:

@@ -7,11 +7,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from smtpgate.connectors import certificates, config, defaults, specs
+from smtpgate.connectors import config, defaults, specs
 from smtpgate.connectors.enums import ServerRole
 from smtpgate.connectors.errors import ConflictError, SpecError
 
-from . import certs, connector_tls, integrated, queues, resources, secretrefs, trust
+from . import certs, connector_tls, integrated, queues, readiness, resources, secretrefs, trust
 
 Body = dict[str, Any]
 
@@ -177,75 +177,6 @@ def plan_namespace(snapshot: Snapshot) -> NamespacePlan:
     return out
 
 
-_WAITING_REASONS = (
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "CrashLoopBackOff",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "InvalidImageName",
-    "RunContainerError",
-)
-
-
-def pod_problems(pods: list[Body]) -> list[str]:
-    """Why pods are not ready, in the words of their status: unschedulable, image pulls,
-    crash loops, failing readiness probes."""
-    found: list[str] = []
-    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
-        name, status = pod["metadata"]["name"], pod.get("status") or {}
-        conditions = {c.get("type"): c for c in status.get("conditions") or []}
-        scheduled = conditions.get("PodScheduled") or {}
-        if scheduled.get("status") == "False":
-            found.append(f"{name}: {scheduled.get('reason')}: {scheduled.get('message', '')}")
-            continue
-        for container in status.get("containerStatuses") or []:
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _WAITING_REASONS:
-                found.append(f"{name}: {waiting['reason']}: {waiting.get('message', '')}".strip())
-                break
-            terminated = (container.get("lastState") or {}).get("terminated") or {}
-            if not container.get("ready") and terminated.get("reason"):
-                found.append(
-                    f"{name}: restarted {container.get('restartCount', 0)} times, last "
-                    f"{terminated['reason']} (exit {terminated.get('exitCode')})"
-                )
-                break
-            if container.get("started") and not container.get("ready"):
-                found.append(f"{name}: running, readiness probe failing")
-                break
-    return [p.rstrip(": ") for p in found]
-
-
-def serving(
-    workload: Body | None, pods: list[Body], replicas: int, kind: str, name: str
-) -> tuple[bool, str, str]:
-    """Whether the server's receivers serve: (ready, reason, message)."""
-    if replicas == 0:
-        return False, "NoReplicas", "replicas is 0; nothing serves"
-    if not workload:
-        return False, "WorkloadPending", f"waiting for {kind} {name}"
-    meta, status = workload["metadata"], workload.get("status") or {}
-    want = int((workload.get("spec") or {}).get("replicas") or 0)
-    if want != replicas or int(status.get("observedGeneration") or 0) < int(
-        meta.get("generation") or 0
-    ):
-        return False, "Progressing", f"{kind} {name} is taking the new spec"
-    ready = int(status.get("readyReplicas") or 0)
-    updated = status.get("updatedReplicas")
-    if ready >= replicas and (updated is None or int(updated) >= replicas):
-        return True, "Serving", f"{ready}/{replicas} replicas ready"
-    problems = pod_problems(pods)
-    detail = ("; " + "; ".join(problems[:3])) if problems else ""
-    return False, "ReplicasNotReady", f"{ready}/{replicas} replicas ready{detail}"[:1000]
-
-
-def _next_boundary(pool: list[certificates.Candidate], now: dt.datetime) -> float | None:
-    """Seconds until some certificate becomes valid or expires (then choose again)."""
-    times = [t for c in pool for t in (c.not_before, c.not_after) if t > now]
-    return (min(times) - now).total_seconds() + 1 if times else None
-
-
 def plan_server(
     snapshot: Snapshot,
     server_name: str,
@@ -337,7 +268,7 @@ def plan_server(
             out.connector_status[name] = _invalid_connector(err, cgen)
     domain_specs, _ = _domain_specs(snapshot)
     pool = certs.candidates(snapshot.secrets)
-    out.recheck_after = _next_boundary(pool, now)
+    out.recheck_after = connector_tls.next_boundary(pool, now)
     owner = resources.owner_reference(server)
     own = certs.read_self_signed(
         next(
@@ -417,7 +348,7 @@ def plan_server(
         out.held = frozenset({(workload["kind"], workload["metadata"]["name"])})
     elif workload is not None and workload.get("kind") != workload_body["kind"]:
         workload = None  # the next hop changed the workload's kind; the new one is coming
-    pods_ok, reason, message = serving(
+    pods_ok, reason, message = readiness.serving(
         workload,
         snapshot.pods.get(server_name, []),
         server_spec.replicas,

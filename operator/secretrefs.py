@@ -229,4 +229,4 @@ def credentials(
     """One ``CredentialsReady`` from several: the first that fails, else the first."""
     given = [v for v in verdicts if v is not None]
     failing = [v for v in given if not v[0]]
-    return (failing or given or [None])[0]
+    return (failing or given)[0] if given else None
