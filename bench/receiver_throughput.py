@@ -172,6 +172,12 @@ def main() -> int:
         "--with-reference", action="store_true", help="smtpgate relay and smtp-sink too"
     )
     parser.add_argument(
+        "--with-floor",
+        action="store_true",
+        help="bench/floor_server.py too: the least any Python server with this durability "
+        "does per message (a bound at c=1 only)",
+    )
+    parser.add_argument(
         "--smtpgate-arg", action="append", default=[], help="one more receiver argument"
     )
     parser.add_argument(
@@ -211,6 +217,9 @@ def main() -> int:
             running.append(servers.start_smtpgate(work, "relay", sink.port, extra=extra))
             running.append(servers.start_sink(work))
             started += running[-2:]
+        if args.with_floor:
+            running.append(servers.start_floor(work))
+            started.append(running[-1])
         running.append(servers.start_postfix(work))
         started.append(running[-1])
         print(f"{os.cpu_count()} cores; load average at start {load()}")
@@ -240,7 +249,7 @@ def main() -> int:
                 continue
             for label, sessions, messages in LATENCY:
                 messages = messages // 3 if args.quick else messages
-                for server in (s for s in order if s.name == THEIRS or "maildir" in s.name):
+                for server in (s for s in order if s.spool is not None or s.name == THEIRS):
                     samples = latency(server, sessions, messages)
                     waits.setdefault((label, server.name), []).extend(samples)
                     print(
@@ -303,12 +312,21 @@ def report(
                     f"p99 {percentile(samples, 0.99) * 1000:.2f} ms"
                 )
     for name in others:
-        cells = [
-            f"{label}: {statistics.median(r for r, _ in runs[(label, name)]):.0f}/s"
-            for label, *_ in scenarios
-            if (label, name) in runs
-        ]
+        cells = []
+        for label, *_ in scenarios:
+            if (label, name) in runs:
+                rate = statistics.median(r for r, _ in runs[(label, name)])
+                theirs = runs.get((label, THEIRS))
+                versus = f" ({rate / statistics.median(r for r, _ in theirs):.2f}× Postfix)"
+                cells.append(f"{label}: {rate:.0f}/s{versus if theirs else ''}")
         print(f"\n{name}: " + "; ".join(cells))
+        for label, *_ in LATENCY:
+            if (label, name) in waits:
+                samples = waits[(label, name)]
+                print(
+                    f"  latency {label}: p50 {percentile(samples, 0.5) * 1000:.2f} ms, "
+                    f"p99 {percentile(samples, 0.99) * 1000:.2f} ms"
+                )
     if waits:
         print("\n| final '.' to 250 | smtpgate p50 | smtpgate p99 | Postfix p50 | Postfix p99 |")
         print("|---|---|---|---|---|")

@@ -268,6 +268,36 @@ def start_sink(work: pathlib.Path) -> Server:
     return Server("postfix smtp-sink (discard)", port, cgroup, stop, ["smtp-sink -c 1024"])
 
 
+def start_floor(work: pathlib.Path) -> Server:
+    """bench/floor_server.py: the least a Python server on uvloop does per message with the
+    receiver's durability (a reference, see its docstring)."""
+    port, spool = free_port(), work / "spool-floor"
+    cgroup = Cgroup("floor")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port), str(spool)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=cgroup.enter,  # noqa: PLW1509
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        raise RuntimeError("bench/floor_server.py did not start")
+    cgroup.pids = lambda: [proc.pid]
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+
+    settings = [
+        f"python bench/floor_server.py {port} {spool}",
+        "no policy, no header work, no log; a lone message made durable as smtpgate's spool "
+        "makes it (tmp/, sync_file_range, rename, fsync of new/), one at a time",
+    ]
+    name = "python floor (one commit at a time)"
+    return Server(name, port, cgroup, stop, settings, spool / "new")
+
+
 def start_postfix(work: pathlib.Path, **more: str) -> Server:
     """Postfix's smtpd and queue; ``more``: main.cf settings on top of the bench's."""
     conf = work / "postfix"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -16,11 +17,11 @@ class Binding:
     address: str
     port: int
 
-    @property
+    @functools.cached_property
     def ip(self) -> ranges.IPAddress:
         return ipaddress.ip_address(self.address)
 
-    @property
+    @functools.cached_property
     def all_addresses(self) -> bool:
         return self.ip.is_unspecified
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -35,6 +35,7 @@ from .organization import Organization
 from .specs import AcceptedDomainSpec, NextHop, ReceiveConnectorSpec, TransportServerSpec
 
 SCHEMA_VERSION: Literal[1] = 1
+CHOICES_KEPT = 4096  # connector choices a config remembers (ServerConfig.connector_for)
 
 
 class _Frozen(BaseModel):
@@ -189,7 +190,25 @@ class ServerConfig(_Frozen):
     ) -> ConnectorConfig | None:
         """The connector a connection from ``remote`` to ``local``:``port`` belongs to:
         the most specific remote range among connectors bound there; a connector bound to
-        the exact local address beats an all-addresses one with the same range."""
+        the exact local address beats an all-addresses one with the same range. Answers
+        are remembered per config (a receiver asks on every connection, mostly for the same
+        few clients), up to ``CHOICES_KEPT`` of them."""
+        key = (local, port, remote)
+        choices = self.connector_choices
+        if key in choices:
+            return choices[key]
+        if len(choices) >= CHOICES_KEPT:
+            choices.clear()
+        choices[key] = chosen = self._choose_connector(local, port, remote)
+        return chosen
+
+    @functools.cached_property
+    def connector_choices(self) -> dict[tuple[Any, int, Any], ConnectorConfig | None]:
+        return {}
+
+    def _choose_connector(
+        self, local: ranges.IPAddress, port: int, remote: ranges.IPAddress
+    ) -> ConnectorConfig | None:
         bound = [
             c for c in self.connectors if any(b.accepts(local, port) for b in c.parsed_bindings)
         ]

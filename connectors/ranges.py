@@ -4,6 +4,7 @@ and the most-specific match."""
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -67,8 +68,10 @@ def unmap(address: IPAddress) -> IPAddress:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> IPAddress:
-    """One address, IPv4 or IPv6, optionally in brackets; IPv4-mapped IPv6 is unmapped."""
+    """One address, IPv4 or IPv6, optionally in brackets; IPv4-mapped IPv6 is unmapped.
+    (Remembered: a receiver parses every client's address, mostly the same few.)"""
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import certs, informer, kube, metrics, queues, reconcile, resources, secretrefs, trust
+from . import certs, informer, kube, metrics, queues, reconcile, resources, secretrefs, spool, trust
 from .workqueue import Key, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -335,14 +335,19 @@ class Controller:
         return server_plan.recheck_after
 
     def _probe_queues(self, snapshot: reconcile.Snapshot, server: str) -> None:
-        """Each ready pod's queue, for a server in StoreAndForward mode (over the pod
-        network, a short timeout each)."""
+        """Each ready pod's spool, for a server whose next hop spools (Maildir,
+        StoreAndForward), and its queue in StoreAndForward mode (over the pod network, a
+        short timeout each)."""
         body = next((b for b in snapshot.servers if b["metadata"]["name"] == server), None)
         next_hop = ((body or {}).get("spec") or {}).get("nextHop") or {}
-        if next_hop.get("mode") != "StoreAndForward":
-            return
-        reports = [queues.probe(pod) for pod in snapshot.pods.get(server, [])]
-        snapshot.queues[server] = [r for r in reports if r is not None]
+        pods = snapshot.pods.get(server, [])
+        store_and_forward = next_hop.get("mode") == "StoreAndForward"
+        if store_and_forward or next_hop.get("type", "Maildir") == "Maildir":
+            spools = [spool.probe(pod) for pod in pods]
+            snapshot.spools[server] = [r for r in spools if r is not None]
+        if store_and_forward:
+            reports = [queues.probe(pod) for pod in pods]
+            snapshot.queues[server] = [r for r in reports if r is not None]
 
     def _write_children(
         self, key: Key, children: list[Body], held: frozenset[tuple[str, str]] = frozenset()

@@ -47,25 +47,41 @@ def _ready(pod: Body) -> bool:
     )
 
 
-def probe(pod: Body, timeout: float = TIMEOUT) -> Report | None:
-    """The pod's queue, or None for a pod that is not ready (it answers no probe)."""
-    name = pod["metadata"]["name"]
+def fetch(pod: Body, path: str, timeout: float = TIMEOUT) -> Body | str | None:
+    """GET ``path`` on the pod's health port: its JSON object, what went wrong (a string),
+    or None for a pod that is not ready (it answers no probe). Shared with ``spool``."""
     address = (pod.get("status") or {}).get("podIP")
     if not address or not _ready(pod) or pod["metadata"].get("deletionTimestamp"):
         return None
     connection = http.client.HTTPConnection(address, _health_port(pod), timeout=timeout)
     try:
-        connection.request("GET", "/queue")
+        connection.request("GET", path)
         response = connection.getresponse()
         body = response.read(4096)
         if response.status != 200:
-            return Report(name, error=f"/queue answered {response.status}")
+            return f"{path} answered {response.status}"
         data = json.loads(body)
-        return Report(name, int(data.get("messages", 0)), float(data.get("oldestSeconds", 0)))
+        if not isinstance(data, dict):
+            return f"{path} unreadable: not a JSON object"
+        return data
     except (OSError, http.client.HTTPException, ValueError) as err:
-        return Report(name, error=f"/queue unreadable: {err}")
+        return f"{path} unreadable: {err}"
     finally:
         connection.close()
+
+
+def probe(pod: Body, timeout: float = TIMEOUT) -> Report | None:
+    """The pod's queue, or None for a pod that is not ready (it answers no probe)."""
+    name = pod["metadata"]["name"]
+    data = fetch(pod, "/queue", timeout)
+    if data is None:
+        return None
+    if isinstance(data, str):
+        return Report(name, error=data)
+    try:
+        return Report(name, int(data.get("messages", 0)), float(data.get("oldestSeconds", 0)))
+    except (TypeError, ValueError) as err:
+        return Report(name, error=f"/queue unreadable: {err}")
 
 
 def condition(reports: list[Report], threshold: int, generation: int | None) -> Body:

@@ -11,7 +11,17 @@ from smtpgate.connectors import config, defaults, specs
 from smtpgate.connectors.enums import ServerRole
 from smtpgate.connectors.errors import ConflictError, SpecError
 
-from . import certs, connector_tls, integrated, queues, readiness, resources, secretrefs, trust
+from . import (
+    certs,
+    connector_tls,
+    integrated,
+    queues,
+    readiness,
+    resources,
+    secretrefs,
+    spool,
+    trust,
+)
 
 Body = dict[str, Any]
 
@@ -29,6 +39,7 @@ class Snapshot:
     pods: dict[str, list[Body]] = field(default_factory=dict)
     serving: dict[str, frozenset[str]] = field(default_factory=dict)
     queues: dict[str, list[queues.Report]] = field(default_factory=dict)  # StoreAndForward
+    spools: dict[str, list[spool.Report]] = field(default_factory=dict)  # Maildir, StoreAndF.
     transport_configs: list[Body] = field(default_factory=list)
     referenced: dict[tuple[str, str], Body | None] = field(default_factory=dict)
     mounted_secrets: list[Body] = field(default_factory=list)  # key names only, not TLS
@@ -355,7 +366,10 @@ def plan_server(
         (workload or workload_body)["kind"],
         resources.receiver_name(server_name),
     )
-    ok, server_message = pods_ok, message
+    refused = spool.refusal(snapshot.spools.get(server_name, [])) if pods_ok else None
+    if refused is not None:  # up, but new MAIL gets 452 (or 451): not serving
+        pods_ok, (reason, message) = False, refused
+    pods_reason, ok, server_message = reason, pods_ok, message
     if mounted.missing:
         ok, reason = False, mounted.missing[0].reason
         server_message = mounted.ready_message(message)
@@ -416,6 +430,8 @@ def plan_server(
                 if blocked is not None
                 else condition("Ready", True, "Serving", f"{where}; {message}", cgen)
                 if pods_ok
+                else condition("Ready", False, pods_reason, f"{where}; {message}", cgen)
+                if pods_reason in spool.REASONS
                 else condition("Ready", False, "ServerNotReady", f"{where}; {server_message}", cgen)
             )
             entry["effectivePermissions"] = in_config[connector_name].acl.rows()
@@ -474,6 +490,9 @@ def plan_server(
         status["conditions"].append(
             queues.condition(snapshot.queues.get(server_name, []), threshold, gen)
         )
+        out.recheck_after = min(out.recheck_after or queues.RECHECK_SECONDS, queues.RECHECK_SECONDS)
+    if server_spec.next_hop.spooled:
+        status["conditions"].append(spool.condition(snapshot.spools.get(server_name, []), gen))
         out.recheck_after = min(out.recheck_after or queues.RECHECK_SECONDS, queues.RECHECK_SECONDS)
     out.status = status
     return out

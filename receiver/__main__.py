@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
@@ -123,8 +125,13 @@ async def run(args: argparse.Namespace) -> int:
     )
     receiver = server.Receiver(runtime, listen)
     await receiver.start()
+    # What start-up made (modules, the config) lives as long as the process: kept out of
+    # the collector's full passes, which otherwise walk it all again and again.
+    gc.freeze()
     health = HealthServer(
-        lambda: receiver.serving and not stopping.is_set(), lambda: _queue_report(runtime)
+        lambda: receiver.serving and not stopping.is_set(),
+        lambda: _queue_report(runtime),
+        lambda: _spool_report(runtime),
     )
     stopping = asyncio.Event()
     watcher = asyncio.create_task(reload.Watcher(args.config, receiver).run())
@@ -149,6 +156,17 @@ def _queue_report(runtime: server.Runtime) -> dict[str, float] | None:
     """The queue's last scan for /queue; None unless the next hop is StoreAndForward."""
     if isinstance(runtime.delivery, queue.QueuedDelivery):
         return runtime.delivery.runner.last_scan or {}
+    return None
+
+
+def _spool_report(runtime: server.Runtime) -> dict[str, Any] | None:
+    """The spool guard's last look for /spool; None unless the next hop spools (Maildir,
+    StoreAndForward)."""
+    spool = runtime.delivery
+    if isinstance(spool, queue.QueuedDelivery):
+        spool = spool.spool
+    if isinstance(spool, delivery.MaildirDelivery):
+        return spool.guard.report()
     return None
 
 

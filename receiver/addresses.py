@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from smtpgate.connectors.config import AcceptedDomain
 from smtpgate.connectors.enums import AcceptedDomainType
 
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
@@ -45,7 +46,7 @@ def parse(text: str) -> Address | None:
     local, sep, domain = text.rpartition("@")
     if not sep or not local or not domain:
         return None
-    if any(ord(c) < 33 or ord(c) == 127 for c in domain):
+    if _SPACE_OR_CONTROL.search(domain) is not None:
         return None
     domain = domain.lower()
     literal = domain.startswith("[") and domain.endswith("]")

@@ -92,7 +92,7 @@ class DataReader:
             return
         if not lines:
             return
-        if len(lines) > MAX_LINE + 1 and max(map(len, lines.split(b"\r\n"))) + 2 > MAX_LINE + 1:
+        if _longer_line(lines, MAX_LINE + 1):
             self.line_too_long = True
             return
         if b"\x00" in lines:
@@ -104,3 +104,17 @@ class DataReader:
             return  # still checked for longer lines, which take precedence
         content = lines.replace(b"\r\n.", b"\r\n")
         self.sink(content[1:] if content[:1] == b"." else content)
+
+
+def _longer_line(lines: bytes, limit: int) -> bool:
+    """True when one of ``lines`` (CRLF-terminated, as ``split(b"\\r\\n")`` cuts them) is
+    longer than ``limit`` octets with its CRLF. From the start of a line, the last CRLF
+    that ends within ``limit`` octets starts the next line to look at; none there means
+    the line is longer. One search per ``limit`` octets rather than an object per line."""
+    start, end = 0, len(lines)
+    while end - start > limit:
+        crlf = lines.rfind(b"\r\n", start, start + limit)
+        if crlf < 0:
+            return True
+        start = crlf + 2
+    return False

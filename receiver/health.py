@@ -1,4 +1,5 @@
-"""``/healthz``, ``/readyz`` and Prometheus ``/metrics`` on a port of their own."""
+"""``/healthz``, ``/readyz``, ``/queue``, ``/spool`` and Prometheus ``/metrics`` on a port of
+their own."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -67,6 +69,12 @@ QUEUE_OLDEST = Gauge(
     "Age of the oldest message in the StoreAndForward spool (at the last scan)",
     multiprocess_mode="livemax",
 )
+SPOOL_REFUSING = Gauge(
+    "smtpgate_spool_refusing",
+    "1 while new MAIL is refused because the spool volume is nearly full (452 4.3.1) or "
+    "cannot be written (451 4.3.0), else 0",
+    multiprocess_mode="livemax",  # every worker looks at the same volume
+)
 QUEUE_DELIVERED = Counter(
     "smtpgate_queue_delivered_total", "Recipients the next hop took from the queue"
 )
@@ -94,17 +102,21 @@ def metrics_text() -> bytes:
 
 
 class HealthServer:
-    """A minimal HTTP/1.0 endpoint; ``ready`` says whether the receiver takes mail, and
+    """A minimal HTTP/1.0 endpoint; ``ready`` says whether the receiver takes mail,
     ``queue`` what the StoreAndForward queue held at its last scan (``/queue``, JSON: the
-    operator reads it for the QueueHealthy condition), or None in other modes (404)."""
+    operator reads it for the QueueHealthy condition), or None in other modes (404), and
+    ``spool`` whether new MAIL is refused for the spool's sake and what its volume has free
+    (``/spool``, JSON, for the SpoolHealthy condition), or None without a spool (404)."""
 
     def __init__(
         self,
         ready: Callable[[], bool],
         queue: Callable[[], dict[str, float] | None] = lambda: None,
+        spool: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self.ready = ready
         self.queue = queue
+        self.spool = spool
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -114,6 +126,9 @@ class HealthServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+    def _report(self, path: str) -> dict[str, Any] | None:
+        return self.queue() if path == "/queue" else self.spool()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -126,7 +141,7 @@ class HealthServer:
                 ok = self.ready()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 body, kind = (b"ready\n" if ok else b"not ready\n"), "text/plain"
-            elif path == "/queue" and (report := self.queue()) is not None:
+            elif path in ("/queue", "/spool") and (report := self._report(path)) is not None:
                 status, body, kind = "200 OK", json.dumps(report).encode(), "application/json"
             elif path == "/metrics":
                 status, body, kind = "200 OK", metrics_text(), CONTENT_TYPE_LATEST

@@ -10,22 +10,17 @@ import asyncio
 import base64
 import binascii
 import functools
-import inspect
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import (
     MISSING,
     SMTP,
     Envelope,
     TLSSetupException,
-    _AuthMechAttr,
-    login_always_fail,
     syntax,
 )
 from aiosmtpd.smtp import Session as EngineSession
-from aiosmtpd.smtp import __ident__ as ENGINE_IDENT
 from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.enums import ProtocolLoggingLevel, ProxyProtocol
 from smtpgate.connectors.ranges import IPAddress, parse_address
@@ -33,6 +28,7 @@ from smtpgate.connectors.ranges import IPAddress, parse_address
 from . import (
     addresses,
     delivery,
+    engine,
     health,
     identity,
     intake,
@@ -53,59 +49,6 @@ log = logging.getLogger(__name__)
 EXCH50_MAX = 1 << 20
 
 
-class _EngineLimits(dict[str, int]):
-    """aiosmtpd's per-command size limits, kept above ``LineGuard``'s: every command may
-    have a line as long as the reader's buffer, and EHLO's additions are dropped."""
-
-    def __missing__(self, key: str) -> int:
-        if key in ("AUTH", "X-EXPS"):  # a GSSAPI or NTLM initial response (RFC 4954 4)
-            return policy.AUTH_LINE_LIMIT
-        return SMTP.line_length_limit
-
-    def __setitem__(self, key: str, value: int) -> None:
-        pass
-
-
-_ENGINE_LIMITS = _EngineLimits()
-
-
-@dataclass(frozen=True)
-class _MethodTables:
-    """The names behind aiosmtpd's per-connection method tables, found once per class."""
-
-    smtp: tuple[str, ...]  # smtp_<COMMAND> methods
-    hooks: tuple[str, ...]  # the handler's handle_<COMMAND> hooks
-    auth: tuple[tuple[str, str, bool], ...]  # (mechanism, attribute, built in)
-    ehlo_hook_ver: str | None
-
-
-def _method_tables(engine: type, handler: type) -> _MethodTables:
-    auth = []
-    for owner, builtin in ((engine, True), (handler, False)):
-        for name, function in inspect.getmembers(owner):
-            if name.startswith("auth_"):
-                mechanism = getattr(
-                    function,
-                    "__auth_mechanism_name__",
-                    name.replace("auth_", "").replace("__", "-"),
-                )
-                auth.append((mechanism, name, builtin))
-    hooks = tuple(m.replace("handle_", "") for m in dir(handler) if m.startswith("handle_"))
-    ehlo = getattr(handler, "handle_EHLO", None)
-    if ehlo is None:
-        version = None
-    elif len(inspect.signature(ehlo).parameters) == 6:  # self + the five arguments
-        version = "new"
-    else:
-        raise RuntimeError("the EHLO hook must take five arguments")
-    return _MethodTables(
-        smtp=tuple(m.replace("smtp_", "") for m in dir(engine) if m.startswith("smtp_")),
-        hooks=hooks,
-        auth=tuple(auth),
-        ehlo_hook_ver=version,
-    )
-
-
 def _junk(command: Any) -> Any:
     """``command`` (an aiosmtpd ``smtp_*`` method) counted as a junk command."""
 
@@ -124,8 +67,6 @@ def _junk(command: Any) -> Any:
 class ConnectorSMTP(SMTP):
     """One SMTP connection on one binding."""
 
-    _tables: ClassVar[_MethodTables | None] = None
-
     def __init__(self, runtime: Runtime, binding: Binding) -> None:
         self.runtime = runtime
         self.binding = binding
@@ -142,58 +83,8 @@ class ConnectorSMTP(SMTP):
         self.intake: intake.Intake | None = None
         self._arg: str | None = None  # the last MAIL or RCPT argument
         self.plog = protocol_log.SessionLog(None, "-", "-", "-", "-")
-        self._engine_init(_Handler(self), runtime.config.fqdn)
-
-    def _engine_init(self, handler: _Handler, hostname: str) -> None:
-        """What ``SMTP.__init__`` sets up for our settings (no size limit until the
-        connector is known, 8BITMIME, no SMTPUTF8, AUTH offered by ``policy``, no TLS until
-        the connector is known), with the method tables looked up once per class: aiosmtpd
-        finds them by reflection on every connection, which costs more than the rest of
-        the session's setup. ``tests/receiver/test_engine.py`` holds this to a stock
-        ``SMTP`` instance."""
-        cls = type(self)
-        tables = cls.__dict__.get("_tables")
-        if tables is None:
-            tables = cls._tables = _method_tables(cls, type(handler))
-        self.__ident__ = ENGINE_IDENT
-        self.loop = asyncio.get_running_loop()
-        asyncio.StreamReaderProtocol.__init__(
-            self,
-            asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
-            client_connected_cb=self._cb_client_connected,
-            loop=self.loop,
-        )
-        self.event_handler = handler
-        self.data_size_limit = None
-        self.enable_SMTPUTF8 = False
-        self._decode_data = False
-        # ``LineGuard`` enforces the command line limits; the engine's stay out of its way.
-        self.command_size_limits = _ENGINE_LIMITS
-        self.hostname = hostname
-        self.tls_context = None
-        self.require_starttls = None
-        self._timeout_duration = 300
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._auth_require_tls = False
-        self._proxy_timeout = None
-        self._auth_callback = login_always_fail
-        self._authenticator = None
-        self._auth_required = False
-        self._auth_methods = {
-            mechanism: _AuthMechAttr(getattr(self if builtin else handler, name), builtin)
-            for mechanism, name, builtin in tables.auth
-        }
-        self._handle_hooks = {name: getattr(handler, f"handle_{name}") for name in tables.hooks}
-        self._ehlo_hook_ver = tables.ehlo_hook_ver
-        self._smtp_methods = {name: getattr(self, f"smtp_{name}") for name in tables.smtp}
-        self._enforce_call_limit = False
+        engine.set_up(self, _Handler(self), runtime.config.fqdn)
+        self._idle = engine.InactivityTimer(self.loop, self._timeout_cb)
 
     # -- connection ---------------------------------------------------------------------
 
@@ -335,6 +226,7 @@ class ConnectorSMTP(SMTP):
             self._open_metric = None
         if self._deadline is not None:
             self._deadline.cancel()
+        self._idle.cancel()
         if self._counted is not None:
             self.runtime.counters.close(*self._counted)
             self._counted = None
@@ -380,7 +272,7 @@ class ConnectorSMTP(SMTP):
                 if self.transport is not None and not self.transport.is_closing():
                     await self.push(self.reply(replies.PREGREET))
                 return
-            await super()._handle_client()
+            await self._commands()
         except asyncio.CancelledError:
             # The end of input (aiosmtpd cancels the session's task) or stop() before the
             # engine's loop, which closes the connection itself, began.
@@ -389,6 +281,15 @@ class ConnectorSMTP(SMTP):
             raise
         finally:
             self.runtime.sessions.discard(self)
+
+    async def _commands(self) -> None:
+        """The banner, then every command until the connection ends."""
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        await engine.serve(self)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # One timer for the session, moved on only when it fires (engine.InactivityTimer).
+        self._timeout_handle = self._idle.reset(duration or self._timeout_duration)
 
     def _pregreet(self) -> None:
         """Bytes before the greeting: a PROXY header from a peer not trusted for one is
@@ -428,7 +329,8 @@ class ConnectorSMTP(SMTP):
                     await asyncio.sleep(delay)
             if not session.connector.extensions.enhanced_status_codes:
                 line = replies.strip_enhanced(line)
-        await super().push(line)
+        self._writer.write(line.encode("ascii") + b"\r\n")  # as aiosmtpd's push, unlogged
+        await self._writer.drain()
         if self.plog.log is not None:
             for part in line.split("\r\n"):
                 self.plog(">", part)

@@ -210,6 +210,9 @@ READY_FALSE = {
     # operator/trust.py: a connector that cannot take any mail.
     "NobodyCanSubmit": "Degraded",
     "NoCertificate": "Degraded",
+    # operator/spool.py: pods up but refusing new MAIL for their spool's sake.
+    "SpoolFull": "Degraded",
+    "SpoolUnwritable": "Degraded",
     # operator/secretrefs.py: a Secret the pods mount, or its key, is missing.
     "SecretNotFound": "Degraded",
     "SecretKeyMissing": "Degraded",

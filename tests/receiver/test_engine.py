@@ -10,6 +10,7 @@ import inspect
 import itertools
 import pathlib
 import types
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
@@ -18,7 +19,7 @@ from smtpgate.connectors.config import ServerConfig
 from smtpgate.receiver import addresses, delivery, server
 from smtpgate.receiver.smtp import ConnectorSMTP, _Handler
 
-from .helpers import internet_config_file
+from .helpers import Raw, internet_config_file
 
 # Set by ConnectorSMTP itself, not by the engine.
 OWN = {
@@ -37,6 +38,7 @@ OWN = {
     "intake",
     "_arg",
     "plog",
+    "_idle",
 }
 
 
@@ -153,3 +155,60 @@ def test_the_everyday_path_is_taken_for_everyday_addresses() -> None:
     assert addresses.simple_path("<a.b+c@mail.example.org>") == ("a.b+c@mail.example.org", "")
     assert addresses.simple_path("<>") is None
     assert addresses.simple_path('<"quoted"@contoso.com>') is None
+
+
+# Sessions of odd and everyday command lines: every reply of ``engine.serve`` must be the
+# one aiosmtpd's own command loop gives, and the session must end at the same point.
+SCRIPTS = [
+    [b"EHLO client.example", b"", b"NOOP", b"QUIT"],
+    [b"\xc3\xa9HLO client.example", b"EHLO \xc3\xa9.example", b"HELO x", b"QUIT"],
+    [b"ehlo client.example", b"mail from:<a@example.org>   ", b"rcpt to:<b@contoso.com>"],
+    [b"MAIL", b"MAIL ", b"EHLO", b"HELO", b"HELO client.example", b"MAIL FROM:<a@b.c> X=Y"],
+    [b"EHLO c", b"HELP", b"HELP MAIL", b"HELP NOSUCH", b"VRFY", b"VRFY x", b"NOOP x", b"RSET"],
+    [b"EHLO c", b"DATA", b"RCPT TO:<b@contoso.com>", b"MAIL FROM:<>", b"DATA x", b"QUIT x"],
+    [b"EHLO c", b"BOGUS", b"X", b"Y Z", b"W", b"V", b"NOOP"],  # aiosmtpd's bogus budget
+    [b"EHLO c", b"AUTH", b"AUTH NOSUCH", b"STARTTLS x", b"NOOP", b"QUIT"],
+    [b"EHLO c", b"\tNOOP", b" NOOP", b"NOOP  ", b"RSET\t", b"QUIT"],
+]
+
+
+def _transcript(port: int, script: list[bytes]) -> list[object]:
+    raw = Raw(port)
+    seen: list[object] = [raw.reply()]
+    for line in script:
+        try:
+            raw.send(line + b"\r\n")
+            seen.append(raw.reply())
+        except (ConnectionError, OSError):
+            seen.append("closed")
+            break
+    raw.close()
+    return seen
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[str(i) for i in range(len(SCRIPTS))])
+def test_the_command_loop_answers_as_aiosmtpds_own(
+    start: Any, monkeypatch: pytest.MonkeyPatch, script: list[bytes]
+) -> None:
+    connectors = [
+        (
+            "Loop",
+            {
+                "usage": "Custom",
+                "bindings": ["0.0.0.0:25"],
+                "remoteIPRanges": ["127.0.0.0/8"],
+                "permissionGroups": ["AnonymousUsers"],
+                "maxProtocolErrors": 100,
+                "tarpitIntervalSeconds": 0,
+            },
+        )
+    ]
+    ours = _transcript(start(connectors).port(25), script)
+
+    async def stock(self: ConnectorSMTP) -> None:
+        await SMTP._handle_client(self)  # aiosmtpd's loop, banner included
+
+    monkeypatch.setattr(ConnectorSMTP, "_commands", stock)
+    theirs = _transcript(start(connectors).port(25), script)
+    assert ours == theirs
+    assert len(ours) > 2

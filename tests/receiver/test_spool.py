@@ -120,12 +120,13 @@ def test_a_spool_that_cannot_be_written_gives_451_never_250(start: Any) -> None:
             )
         ]
     )
-    shutil.rmtree(running.spool / "tmp")
     raw = Raw(running.port(25))
     raw.reply()
     raw.command("EHLO client.example")
     raw.command("MAIL FROM:<s@example.org>")
     assert raw.command("RCPT TO:<u@contoso.com>")[0] == 250
+    # Gone after MAIL looked (before, MAIL itself gets 451: test_spool_health.py).
+    shutil.rmtree(running.spool / "tmp")
     assert raw.command("DATA")[0] == 354
     raw.send(b"Subject: lost?\r\n\r\nbody\r\n.\r\n")
     code, text = raw.reply()

@@ -1,0 +1,248 @@
+"""aiosmtpd's engine as every session uses it: its state set up without reflection, its
+command loop without the costs our settings make idle, and one inactivity timer per session.
+
+aiosmtpd's ``SMTP.__init__`` finds its method tables by reflection on every connection;
+``set_up`` looks them up once per class. Its command loop (``SMTP._handle_client``) makes
+two log calls with sanitised arguments per command, looks up per-command size limits that
+``lines.LineGuard`` has already enforced more strictly, checks STARTTLS-required and call
+limits that are never on here, and cancels and makes a timer per command. ``serve`` is that
+loop for our settings: the same replies in the same order, the same end of the session
+(``tests/receiver/test_engine.py`` holds the two to the same answers). ``InactivityTimer``
+keeps one timer armed and moves it on only when it fires early."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import BOGUS_LIMIT, SMTP, TLSSetupException, _AuthMechAttr, login_always_fail
+from aiosmtpd.smtp import __ident__ as ENGINE_IDENT
+
+from . import policy
+
+if TYPE_CHECKING:
+    from .smtp import ConnectorSMTP
+
+engine_log = logging.getLogger("mail.log")  # aiosmtpd's own logger, for its warnings
+
+
+class EngineLimits(dict[str, int]):
+    """aiosmtpd's per-command size limits, kept above ``LineGuard``'s: every command may
+    have a line as long as the reader's buffer, and EHLO's additions are dropped."""
+
+    def __missing__(self, key: str) -> int:
+        if key in ("AUTH", "X-EXPS"):  # a GSSAPI or NTLM initial response (RFC 4954 4)
+            return policy.AUTH_LINE_LIMIT
+        return SMTP.line_length_limit
+
+    def __setitem__(self, key: str, value: int) -> None:
+        pass
+
+
+ENGINE_LIMITS = EngineLimits()
+
+
+@dataclass(frozen=True)
+class MethodTables:
+    """The names behind aiosmtpd's per-connection method tables, found once per class."""
+
+    smtp: tuple[str, ...]  # smtp_<COMMAND> methods
+    hooks: tuple[str, ...]  # the handler's handle_<COMMAND> hooks
+    auth: tuple[tuple[str, str, bool], ...]  # (mechanism, attribute, built in)
+    ehlo_hook_ver: str | None
+
+
+def method_tables(engine: type, handler: type) -> MethodTables:
+    auth = []
+    for owner, builtin in ((engine, True), (handler, False)):
+        for name, function in inspect.getmembers(owner):
+            if name.startswith("auth_"):
+                mechanism = getattr(
+                    function,
+                    "__auth_mechanism_name__",
+                    name.replace("auth_", "").replace("__", "-"),
+                )
+                auth.append((mechanism, name, builtin))
+    hooks = tuple(m.replace("handle_", "") for m in dir(handler) if m.startswith("handle_"))
+    ehlo = getattr(handler, "handle_EHLO", None)
+    if ehlo is None:
+        version = None
+    elif len(inspect.signature(ehlo).parameters) == 6:  # self + the five arguments
+        version = "new"
+    else:
+        raise RuntimeError("the EHLO hook must take five arguments")
+    return MethodTables(
+        smtp=tuple(m.replace("smtp_", "") for m in dir(engine) if m.startswith("smtp_")),
+        hooks=hooks,
+        auth=tuple(auth),
+        ehlo_hook_ver=version,
+    )
+
+
+_TABLES: dict[tuple[type, type], MethodTables] = {}
+
+
+def set_up(smtp: SMTP, handler: Any, hostname: str) -> None:
+    """What ``SMTP.__init__`` sets up for our settings (no size limit until the connector
+    is known, 8BITMIME, no SMTPUTF8, AUTH offered by ``policy``, no TLS until the
+    connector is known), with the method tables looked up once per class."""
+    kinds = (type(smtp), type(handler))
+    tables = _TABLES.get(kinds)
+    if tables is None:
+        tables = _TABLES[kinds] = method_tables(*kinds)
+    smtp.__ident__ = ENGINE_IDENT
+    smtp.loop = loop = asyncio.get_running_loop()
+    asyncio.StreamReaderProtocol.__init__(
+        smtp,
+        asyncio.StreamReader(loop=loop, limit=smtp.line_length_limit),
+        client_connected_cb=smtp._cb_client_connected,
+        loop=loop,
+    )
+    smtp.event_handler = handler
+    smtp.data_size_limit = None
+    smtp.enable_SMTPUTF8 = False
+    smtp._decode_data = False
+    # ``LineGuard`` enforces the command line limits; the engine's stay out of its way.
+    smtp.command_size_limits = ENGINE_LIMITS
+    smtp.hostname = hostname
+    smtp.tls_context = None
+    smtp.require_starttls = None
+    smtp._timeout_duration = 300
+    smtp._timeout_handle = None
+    smtp._tls_handshake_okay = True
+    smtp._tls_protocol = None
+    smtp._original_transport = None
+    smtp.session = None
+    smtp.envelope = None
+    smtp.transport = None
+    smtp._handler_coroutine = None
+    smtp._auth_require_tls = False
+    smtp._proxy_timeout = None
+    smtp._auth_callback = login_always_fail
+    smtp._authenticator = None
+    smtp._auth_required = False
+    smtp._auth_methods = {
+        mechanism: _AuthMechAttr(getattr(smtp if builtin else handler, name), builtin)
+        for mechanism, name, builtin in tables.auth
+    }
+    smtp._handle_hooks = {name: getattr(handler, f"handle_{name}") for name in tables.hooks}
+    smtp._ehlo_hook_ver = tables.ehlo_hook_ver
+    smtp._smtp_methods = {name: getattr(smtp, f"smtp_{name}") for name in tables.smtp}
+    smtp._enforce_call_limit = False
+
+
+async def serve(smtp: ConnectorSMTP) -> None:
+    """The command loop after the banner, until the connection ends: aiosmtpd's, for an
+    engine set up by ``set_up`` (no SMTPUTF8, no STARTTLS requirement, no call limits;
+    ``LineGuard`` refuses over-long lines before the engine sees them)."""
+    bogus_budget = BOGUS_LIMIT
+    reader = smtp._reader
+    methods = smtp._smtp_methods
+    while smtp.transport is not None:
+        try:
+            line: bytes = (await reader.readuntil()).rstrip(b"\r\n")
+            if not line:
+                await smtp.push("500 Error: bad syntax")
+                continue
+            command_bytes, _, arg_bytes = line.partition(b" ")
+            try:
+                command = command_bytes.upper().decode("ascii")
+            except UnicodeDecodeError:
+                await smtp.push("500 Error: bad syntax")
+                continue
+            arg: str | None = None
+            if arg_bytes:
+                try:
+                    arg = str(arg_bytes.strip(), encoding="ascii", errors="strict")
+                except UnicodeDecodeError:
+                    await smtp.push("500 Error: strict ASCII mode")
+                    continue
+            limit = (
+                smtp.command_size_limits[command]
+                if smtp.session.extended_smtp
+                else smtp.command_size_limit
+            )
+            if len(line) > limit:
+                await smtp.push("500 Command line too long")
+                continue
+            if not smtp._tls_handshake_okay and command != "QUIT":
+                await smtp.push("554 Command refused due to lack of security")
+                continue
+            method = methods.get(command)
+            if method is None:
+                engine_log.warning("%r unrecognised: %s", smtp.session.peer, command)
+                bogus_budget -= 1
+                if bogus_budget < 1:
+                    engine_log.warning("%r too many bogus commands", smtp.session.peer)
+                    await smtp.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                    smtp.transport.close()
+                    continue
+                await smtp.push(f'500 Error: command "{command}" not recognized')
+                continue
+            smtp._reset_timeout()
+            await method(arg)
+        except (asyncio.CancelledError, ConnectionResetError):
+            smtp._writer.close()
+            raise
+        except Exception as error:
+            await _failed(smtp, error)
+
+
+async def _failed(smtp: ConnectorSMTP, error: Exception) -> None:
+    """A command that raised: the handler's reply for it, as aiosmtpd sends it; a failed
+    TLS handshake ends the connection instead."""
+    status = None
+    try:
+        status = await smtp.handle_exception(error)
+    except Exception as inner:
+        engine_log.exception("%r Exception in handle_exception()", smtp.session.peer)
+        status = f"500 Error: ({inner.__class__.__name__}) {inner}"
+    finally:
+        if isinstance(error, TLSSetupException):
+            smtp.transport.close()
+            smtp.connection_lost(error)
+        else:
+            await smtp.push(status)
+
+
+class InactivityTimer:
+    """A session's inactivity timeout with one timer: activity only notes the time, and
+    the timer, when it fires, either closes the session (idle for the whole duration) or
+    is set again for what is left. aiosmtpd cancels its timer and makes a new one on every
+    command and every block of DATA."""
+
+    __slots__ = ("loop", "on_timeout", "handle", "due", "active", "duration")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_timeout: Any) -> None:
+        self.loop, self.on_timeout = loop, on_timeout
+        self.handle: asyncio.TimerHandle | None = None
+        self.due = 0.0  # when the timer fires
+        self.active = 0.0  # the last activity
+        self.duration = 0.0
+
+    def reset(self, duration: float) -> asyncio.TimerHandle:
+        """Activity now: idle from here, ``duration`` at most. The timer is made again
+        only when it would fire later than that (a shorter duration than before)."""
+        now = self.active = self.loop.time()
+        self.duration = duration
+        if self.handle is None or self.handle.cancelled() or self.due > now + duration:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.due = now + duration
+            self.handle = self.loop.call_at(self.due, self._fire)
+        return self.handle
+
+    def _fire(self) -> None:
+        due = self.active + self.duration
+        if due > self.loop.time():  # there was activity since it was set
+            self.due = due
+            self.handle = self.loop.call_at(due, self._fire)
+            return
+        self.on_timeout()
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
