@@ -3,7 +3,8 @@ at a time from the cache and write only what differs.
 
 Events map to keys: a TransportServer or anything labelled with its name (its children and
 pods) to that server; a ReceiveConnector to the server it names, before and after an edit;
-an AcceptedDomain or a TLS Secret to every server of its namespace. Each namespace also has
+an AcceptedDomain or a TLS Secret to every server of its namespace; any other Secret to the
+servers that mount it (``secretrefs``; cached by its key names only). Each namespace also has
 one key for the statuses that belong to no server. Workers take keys only while this replica
 leads; a failure is shown in that server's status and retried with a growing backoff, and
 never holds up another server."""
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import certs, informer, kube, metrics, queues, reconcile, resources, spool, trust
+from . import certs, informer, kube, metrics, queues, reconcile, resources, secretrefs, spool, trust
 from .workqueue import Key, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ Body = dict[str, Any]
 MANAGED = "app.kubernetes.io/managed-by=smtpgate-operator"
 APPLIED = f"{resources.GROUP}/applied"
 INSTANCE = "app.kubernetes.io/instance"
+SECRET_KEYS = "SecretKeys"  # the cache of Secrets other than TLS ones, by key names only
 MAX_RECHECK = 86400.0
 
 
@@ -59,7 +61,14 @@ class Controller:
         }
         self.informers: dict[str, list[informer.Informer]] = {
             kind.kind: [
-                informer.Informer(api, kind, ns, self.on_event, **selectors.get(kind.kind, {}))
+                informer.Informer(
+                    api,
+                    kind,
+                    ns,
+                    self.on_event,
+                    label_selector=selectors.get(kind.kind, {}).get("label_selector", ""),
+                    field_selector=selectors.get(kind.kind, {}).get("field_selector", ""),
+                )
                 for ns in scopes
             ]
             for kind in (
@@ -72,6 +81,18 @@ class Controller:
                 kube.POD,
             )
         }
+        self.informers[SECRET_KEYS] = [
+            informer.Informer(
+                api,
+                kube.SECRET,
+                ns,
+                self.on_mounted_secret,
+                field_selector=secretrefs.FIELD_SELECTOR,
+                transform=secretrefs.slim,
+                name=SECRET_KEYS,
+            )
+            for ns in scopes
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -149,6 +170,9 @@ class Controller:
             connectors=self._items(kube.RECEIVE_CONNECTOR, namespace),
             domains=self._items(kube.ACCEPTED_DOMAIN, namespace),
             secrets=self._items(kube.SECRET, namespace),
+            mounted_secrets=[
+                b for inf in self.informers[SECRET_KEYS] for b in inf.items(namespace)
+            ],
             workloads=by_server,
             pods=pods,
             serving=serving,
@@ -194,6 +218,16 @@ class Controller:
             owner = (body["metadata"].get("labels") or {}).get(INSTANCE)
             if owner:
                 self.queue.add(Key(ns, owner))
+
+    def on_mounted_secret(self, kind: str, old: Body | None, new: Body | None) -> None:
+        """A Secret other than a TLS one: the servers that mount it (it appeared, went, or
+        its keys changed)."""
+        body = new or old
+        assert body is not None
+        ns, name = body["metadata"].get("namespace") or "", body["metadata"]["name"]
+        for server in self._items(kube.TRANSPORT_SERVER, ns):
+            if name in secretrefs.names(server):
+                self.queue.add(Key(ns, server["metadata"]["name"]))
 
     def enqueue_all(self, delay: float = 0.0) -> None:
         namespaces = {
@@ -290,7 +324,7 @@ class Controller:
                 )
         failure = None
         if server_plan.children is not None:
-            failure = self._write_children(key, server_plan.children)
+            failure = self._write_children(key, server_plan.children, server_plan.held)
             if failure is not None:
                 reconcile.failed(server_plan, failure)
         self._write_status("TransportServer", key.namespace, key.server, server_plan.status)
@@ -315,9 +349,12 @@ class Controller:
             reports = [queues.probe(pod) for pod in pods]
             snapshot.queues[server] = [r for r in reports if r is not None]
 
-    def _write_children(self, key: Key, children: list[Body]) -> str | None:
+    def _write_children(
+        self, key: Key, children: list[Body], held: frozenset[tuple[str, str]] = frozenset()
+    ) -> str | None:
         """Apply what differs; delete what the server no longer has, unless some apply
-        failed. Returns what failed, for the server's status."""
+        failed or it is ``held`` (kind, name) as it is. Returns what failed, for the server's
+        status."""
         failures = []
         for child in children:
             try:
@@ -328,7 +365,7 @@ class Controller:
                 failures.append(f"{child['kind']} {child['metadata']['name']}: {err.detail()}")
         if failures:
             return "; ".join(failures)[:1000]
-        keep = {(c["kind"], c["metadata"]["name"]) for c in children}
+        keep = {(c["kind"], c["metadata"]["name"]) for c in children} | held
         for kind in kube.CHILD_KINDS:
             for body in self._items(kind, key.namespace):
                 meta = body["metadata"]

@@ -32,6 +32,9 @@ def _slim(body: Body) -> Body:
     return body
 
 
+Transform = Callable[[Body], Body]
+
+
 class Informer:
     """One kind in one namespace (or all), kept current from a watch."""
 
@@ -43,8 +46,16 @@ class Informer:
         on_event: Handler,
         label_selector: str = "",
         field_selector: str = "",
+        *,
+        transform: Transform = _slim,
+        name: str = "",
     ) -> None:
+        """``transform`` makes what the cache keeps of an object (by default all of it but
+        its managedFields); ``name`` tells this cache from another of the same kind in
+        metrics and logs."""
         self.api, self.kind, self.namespace = api, kind, namespace
+        self.name = name or kind.kind
+        self._slim = transform
         self.selectors = {"labelSelector": label_selector, "fieldSelector": field_selector}
         self.on_event = on_event
         self.synced = threading.Event()
@@ -73,7 +84,7 @@ class Informer:
     def put(self, body: Body) -> None:
         """Keep what a write of ours returned, so that the next reconcile does not write
         it again before the watch brings it (a newer version always wins)."""
-        self._upsert(_slim(body), notify=False)
+        self._upsert(self._slim(body), notify=False)
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -116,7 +127,7 @@ class Informer:
         fresh: dict[str, dict[str, Body]] = {}
         for item in items:
             meta = item["metadata"]
-            fresh.setdefault(meta.get("namespace") or "", {})[meta["name"]] = _slim(item)
+            fresh.setdefault(meta.get("namespace") or "", {})[meta["name"]] = self._slim(item)
         with self._lock:
             old_store, self._store = self._store, fresh
         for ns, objs in fresh.items():
@@ -128,7 +139,7 @@ class Informer:
             for name, body in objs.items():
                 if name not in fresh.get(ns, {}):
                     self.on_event(self.kind.kind, body, None)
-        metrics.WATCHED_OBJECTS.labels(kind=self.kind.kind).set(self.count())
+        metrics.WATCHED_OBJECTS.labels(kind=self.name).set(self.count())
         return version
 
     def _run(self, stop: threading.Event) -> None:
@@ -155,14 +166,14 @@ class Informer:
                     if kind == "DELETED":
                         self._remove(obj)
                     else:
-                        self._upsert(_slim(obj))
+                        self._upsert(self._slim(obj))
                     failures = 0
-                metrics.WATCHED_OBJECTS.labels(kind=self.kind.kind).set(self.count())
+                metrics.WATCHED_OBJECTS.labels(kind=self.name).set(self.count())
             except kube.ApiError as err:
                 failures += 1
                 if err.status == 410:
                     version = ""
-                metrics.WATCH_RESTARTS.labels(kind=self.kind.kind).inc()
+                metrics.WATCH_RESTARTS.labels(kind=self.name).inc()
                 delay = kube.backoff(failures, cap=30)
                 log.warning(
                     "watch of %s in %s: %s; again in %.0fs",

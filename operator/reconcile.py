@@ -7,11 +7,21 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from smtpgate.connectors import certificates, config, defaults, specs, usage
-from smtpgate.connectors.enums import AuthMechanism, ServerRole
+from smtpgate.connectors import config, defaults, specs
+from smtpgate.connectors.enums import ServerRole
 from smtpgate.connectors.errors import ConflictError, SpecError
 
-from . import certs, integrated, queues, resources, spool, trust
+from . import (
+    certs,
+    connector_tls,
+    integrated,
+    queues,
+    readiness,
+    resources,
+    secretrefs,
+    spool,
+    trust,
+)
 
 Body = dict[str, Any]
 
@@ -32,6 +42,7 @@ class Snapshot:
     spools: dict[str, list[spool.Report]] = field(default_factory=dict)  # Maildir, StoreAndF.
     transport_configs: list[Body] = field(default_factory=list)
     referenced: dict[tuple[str, str], Body | None] = field(default_factory=dict)
+    mounted_secrets: list[Body] = field(default_factory=list)  # key names only, not TLS
 
 
 @dataclass
@@ -45,6 +56,7 @@ class ServerPlan:
     connector_status: dict[str, Body] = field(default_factory=dict)
     create: list[Body] = field(default_factory=list)
     recheck_after: float | None = None
+    held: frozenset[tuple[str, str]] = frozenset()  # (kind, name): neither written nor deleted
 
 
 @dataclass
@@ -176,75 +188,6 @@ def plan_namespace(snapshot: Snapshot) -> NamespacePlan:
     return out
 
 
-_WAITING_REASONS = (
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "CrashLoopBackOff",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "InvalidImageName",
-    "RunContainerError",
-)
-
-
-def pod_problems(pods: list[Body]) -> list[str]:
-    """Why pods are not ready, in the words of their status: unschedulable, image pulls,
-    crash loops, failing readiness probes."""
-    found: list[str] = []
-    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
-        name, status = pod["metadata"]["name"], pod.get("status") or {}
-        conditions = {c.get("type"): c for c in status.get("conditions") or []}
-        scheduled = conditions.get("PodScheduled") or {}
-        if scheduled.get("status") == "False":
-            found.append(f"{name}: {scheduled.get('reason')}: {scheduled.get('message', '')}")
-            continue
-        for container in status.get("containerStatuses") or []:
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _WAITING_REASONS:
-                found.append(f"{name}: {waiting['reason']}: {waiting.get('message', '')}".strip())
-                break
-            terminated = (container.get("lastState") or {}).get("terminated") or {}
-            if not container.get("ready") and terminated.get("reason"):
-                found.append(
-                    f"{name}: restarted {container.get('restartCount', 0)} times, last "
-                    f"{terminated['reason']} (exit {terminated.get('exitCode')})"
-                )
-                break
-            if container.get("started") and not container.get("ready"):
-                found.append(f"{name}: running, readiness probe failing")
-                break
-    return [p.rstrip(": ") for p in found]
-
-
-def serving(
-    workload: Body | None, pods: list[Body], replicas: int, kind: str, name: str
-) -> tuple[bool, str, str]:
-    """Whether the server's receivers serve: (ready, reason, message)."""
-    if replicas == 0:
-        return False, "NoReplicas", "replicas is 0; nothing serves"
-    if not workload:
-        return False, "WorkloadPending", f"waiting for {kind} {name}"
-    meta, status = workload["metadata"], workload.get("status") or {}
-    want = int((workload.get("spec") or {}).get("replicas") or 0)
-    if want != replicas or int(status.get("observedGeneration") or 0) < int(
-        meta.get("generation") or 0
-    ):
-        return False, "Progressing", f"{kind} {name} is taking the new spec"
-    ready = int(status.get("readyReplicas") or 0)
-    updated = status.get("updatedReplicas")
-    if ready >= replicas and (updated is None or int(updated) >= replicas):
-        return True, "Serving", f"{ready}/{replicas} replicas ready"
-    problems = pod_problems(pods)
-    detail = ("; " + "; ".join(problems[:3])) if problems else ""
-    return False, "ReplicasNotReady", f"{ready}/{replicas} replicas ready{detail}"[:1000]
-
-
-def _next_boundary(pool: list[certificates.Candidate], now: dt.datetime) -> float | None:
-    """Seconds until some certificate becomes valid or expires (then choose again)."""
-    times = [t for c in pool for t in (c.not_before, c.not_after) if t > now]
-    return (min(times) - now).total_seconds() + 1 if times else None
-
-
 def plan_server(
     snapshot: Snapshot,
     server_name: str,
@@ -336,7 +279,7 @@ def plan_server(
             out.connector_status[name] = _invalid_connector(err, cgen)
     domain_specs, _ = _domain_specs(snapshot)
     pool = certs.candidates(snapshot.secrets)
-    out.recheck_after = _next_boundary(pool, now)
+    out.recheck_after = connector_tls.next_boundary(pool, now)
     owner = resources.owner_reference(server)
     own = certs.read_self_signed(
         next(
@@ -356,77 +299,13 @@ def plan_server(
     renew_in = (own.renew_after - now).total_seconds() + 1
     out.recheck_after = min(out.recheck_after or renew_in, renew_in)
     mine = [(n, s) for n, (b, s) in parsed.items()]
-    tls: dict[str, config.TlsFiles] = {}
-    cert_conditions: dict[str, Body] = {}
-    chosen_secret: dict[str, Body] = {}
-    implicit = []
+    implicit: list[tuple[str, specs.ReceiveConnectorSpec]] = []
     if server_spec.role is ServerRole.Mailbox:
         delivery = defaults.MAILBOX_DELIVERY
         implicit = [(resources.slug(delivery.named(server_name)), delivery.spec(server_name))]
     implicit_names = {name for name, _ in implicit}
-    for connector_name, connector_spec in [*implicit, *mine]:
-        try:
-            resolved = usage.resolve(connector_spec, server_spec.role)
-        except SpecError:
-            continue  # the compiler rejects it and says why
-        if not {AuthMechanism.TLS, AuthMechanism.ExchangeServer} & set(resolved.auth_mechanisms):
-            continue
-        fqdn = (connector_spec.fqdn or server_spec.fqdn).rstrip(".")
-        choice = certificates.choose(resolved.certificate_name, fqdn, pool, now)
-        cgen = (
-            None
-            if connector_name in implicit_names
-            else parsed[connector_name][0]["metadata"].get("generation")
-        )
-        if connector_name in implicit_names or (
-            choice.chosen is None and resolved.certificate_name is None
-        ):
-            # Nothing chosen by issuer and subject, or the implicit Mailbox delivery
-            # connector (only the organisation's servers speak to it): the server's own
-            # self-signed certificate.
-            crt, key = resources.tls_paths(own.secret_name)
-            tls[connector_name] = config.TlsFiles(
-                cert_file=crt,
-                key_file=key,
-                source=own.secret_name,
-                not_after=own.not_after.isoformat(),
-            )
-            cert_conditions[connector_name] = condition(
-                "CertificateReady",
-                True,
-                "SelfSigned",
-                f"the server's self-signed certificate {own.secret_name} (expires "
-                f"{own.not_after.isoformat()}); {choice.message}",
-                cgen,
-            )
-            chosen_secret[connector_name] = {
-                "secretName": own.secret_name,
-                "notAfter": own.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
-            continue
-        if choice.chosen is None:
-            cert_conditions[connector_name] = condition(
-                "CertificateReady",
-                False,
-                str(choice.reason),
-                choice.message + "; STARTTLS is not offered",
-                cgen,
-            )
-            continue
-        crt, key = resources.tls_paths(choice.chosen.source)
-        tls[connector_name] = config.TlsFiles(
-            cert_file=crt,
-            key_file=key,
-            source=choice.chosen.source,
-            not_after=choice.chosen.not_after.isoformat(),
-        )
-        cert_conditions[connector_name] = condition(
-            "CertificateReady", True, "Selected", choice.message, cgen
-        )
-        chosen_secret[connector_name] = {
-            "secretName": choice.chosen.source,
-            "notAfter": choice.chosen.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+    chosen = connector_tls.choose(server_spec, implicit, mine, pool, own, now)
+    tls = chosen.tls
     users_file = None
     if server_spec.user_database_secret_ref is not None:
         users_file = resources.users_path(server_spec.user_database_secret_ref.key)
@@ -472,18 +351,28 @@ def plan_server(
         resources.disruption_budget(server_name, ns, server_spec, owner),
     ]
     workload = snapshot.workloads.get(server_name)
-    if workload is not None and workload.get("kind") != workload_body["kind"]:
+    mounted = secretrefs.assess(
+        ns, server_spec, [*snapshot.mounted_secrets, *snapshot.secrets], workload
+    )
+    if mounted.held and workload is not None:  # what serves stays as it is
+        out.children.remove(workload_body)
+        out.held = frozenset({(workload["kind"], workload["metadata"]["name"])})
+    elif workload is not None and workload.get("kind") != workload_body["kind"]:
         workload = None  # the next hop changed the workload's kind; the new one is coming
-    ok, reason, message = serving(
+    pods_ok, reason, message = readiness.serving(
         workload,
         snapshot.pods.get(server_name, []),
         server_spec.replicas,
-        workload_body["kind"],
+        (workload or workload_body)["kind"],
         resources.receiver_name(server_name),
     )
-    refused = spool.refusal(snapshot.spools.get(server_name, [])) if ok else None
+    refused = spool.refusal(snapshot.spools.get(server_name, [])) if pods_ok else None
     if refused is not None:  # up, but new MAIL gets 452 (or 451): not serving
-        ok, (reason, message) = False, refused
+        pods_ok, (reason, message) = False, refused
+    pods_reason, ok, server_message = reason, pods_ok, message
+    if mounted.missing:
+        ok, reason = False, mounted.missing[0].reason
+        server_message = mounted.ready_message(message)
     in_config = {c.name: c for c in compiled.config.connectors}
     to_create = {b["metadata"]["name"] for b in pending}
     for connector_name, _ in mine:
@@ -505,15 +394,28 @@ def plan_server(
             conditions.append(
                 condition("Accepted", True, "Valid", "valid, no conflict on its server", cgen)
             )
-        if connector_name in cert_conditions:
-            conditions.append(cert_conditions[connector_name])
+        if (verdict := chosen.verdicts.get(connector_name)) is not None:
+            conditions.append(
+                condition("CertificateReady", verdict.ok, verdict.reason, verdict.message, cgen)
+            )
         credentials = (
-            integrated.credentials_condition(in_config[connector_name], server_spec, server_name)
+            secretrefs.credentials(
+                secretrefs.connector_condition(
+                    in_config[connector_name].auth_mechanisms, mounted.refs, mounted.missing
+                ),
+                integrated.credentials_condition(
+                    in_config[connector_name], server_spec, server_name
+                ),
+            )
             if connector_name in in_config
             else None
         )
         if credentials is not None:
             conditions.append(condition("CredentialsReady", *credentials, cgen))
+        if credentials is not None and credentials[1] in secretrefs.REASONS:
+            blocked_by_secret: tuple[str, str] | None = credentials[1], credentials[2]
+        else:
+            blocked_by_secret = None
         if connector_name in in_config:
             where = f"in ConfigMap {resources.receiver_name(server_name)}"
             extra, blocked, why = trust.connector_conditions(in_config[connector_name], org, cgen)
@@ -521,18 +423,20 @@ def plan_server(
             conditions.extend(
                 trust.inert_settings(body.get("spec") or {}, in_config[connector_name], cgen)
             )
+            if blocked is None and blocked_by_secret is not None:
+                blocked, why = blocked_by_secret
             conditions.append(
                 condition("Ready", False, blocked, f"{where}; {why}", cgen)
                 if blocked is not None
                 else condition("Ready", True, "Serving", f"{where}; {message}", cgen)
-                if ok
-                else condition("Ready", False, reason, f"{where}; {message}", cgen)
-                if reason in spool.REASONS
-                else condition("Ready", False, "ServerNotReady", f"{where}; {message}", cgen)
+                if pods_ok
+                else condition("Ready", False, pods_reason, f"{where}; {message}", cgen)
+                if pods_reason in spool.REASONS
+                else condition("Ready", False, "ServerNotReady", f"{where}; {server_message}", cgen)
             )
             entry["effectivePermissions"] = in_config[connector_name].acl.rows()
-            if connector_name in chosen_secret:
-                entry["certificate"] = chosen_secret[connector_name]
+            if connector_name in chosen.secrets:
+                entry["certificate"] = chosen.secrets[connector_name]
         else:
             conditions.append(
                 condition("Ready", False, "NotInConfig", "left out of the server's config", cgen)
@@ -557,10 +461,15 @@ def plan_server(
                     ok,
                     reason,
                     f"{len(compiled.config.connectors)} connectors in "
-                    f"{resources.receiver_name(server_name)}; {message}",
+                    f"{resources.receiver_name(server_name)}; {server_message}",
                     gen,
                 )
             ]
+            + (
+                [condition("SecretsReady", *secrets_ready, gen)]
+                if (secrets_ready := mounted.condition()) is not None
+                else []
+            )
             + (
                 [
                     condition(

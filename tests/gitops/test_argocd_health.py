@@ -213,14 +213,26 @@ READY_FALSE = {
     # operator/spool.py: pods up but refusing new MAIL for their spool's sake.
     "SpoolFull": "Degraded",
     "SpoolUnwritable": "Degraded",
+    # operator/secretrefs.py: a Secret the pods mount, or its key, is missing.
+    "SecretNotFound": "Degraded",
+    "SecretKeyMissing": "Degraded",
 }
 
 
 def _reasons_written() -> set[str]:
     """Reasons in operator/reconcile.py: the third argument of condition(...), a reason
-    variable's value (both branches of a choice), and the reasons serving() returns."""
-    tree = ast.parse((ROOT / "operator" / "reconcile.py").read_text())
-    found: set[str] = set()
+    variable's value (both branches of a choice); the reasons serving() returns
+    (operator/readiness.py); and those of a missing Secret (operator/secretrefs.py)."""
+    from smtpgate.operator import secretrefs
+
+    tree = ast.Module(
+        body=[
+            *ast.parse((ROOT / "operator" / "reconcile.py").read_text()).body,
+            *ast.parse((ROOT / "operator" / "readiness.py").read_text()).body,
+        ],
+        type_ignores=[],
+    )
+    found: set[str] = set(secretrefs.REASONS)
 
     def take(node: ast.AST) -> None:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):

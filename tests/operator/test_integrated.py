@@ -45,7 +45,26 @@ spec:
 """
 
 
+SECRETS = """
+apiVersion: v1
+kind: Secret
+metadata: {{name: ex01-keytab, namespace: {ns}}}
+stringData: {{krb5.keytab: a keytab}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: edge01-keytab, namespace: {ns}}}
+stringData: {{krb5.keytab: a keytab}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: users, namespace: {ns}}}
+stringData: {{ntlm: "alice:00000000000000000000000000000000"}}
+"""
+
+
 def test_kerberos_and_ntlm_reach_the_receivers(controlplane: Any, operator: Any, ns: str) -> None:
+    apply(controlplane, SECRETS.format(ns=ns))
     apply(controlplane, KERBEROS.format(ns=ns, edge_principal="SMTP/edge01.contoso.com"))
 
     def kerberos_config() -> Any:

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from smtpgate.operator import leader, reconcile
+from smtpgate.operator import leader, readiness, reconcile
 from smtpgate.operator.workqueue import Key, WorkQueue
 
 
@@ -78,9 +78,9 @@ def test_serving_needs_every_replica_ready_for_the_current_generation() -> None:
             "status": {"observedGeneration": observed, "readyReplicas": ready},
         }
 
-    assert reconcile.serving(None, [], 2, "StatefulSet", "x")[:2] == (False, "WorkloadPending")
-    assert reconcile.serving(workload(2, 1, 2), [], 2, "StatefulSet", "x")[1] == "Progressing"
-    assert reconcile.serving(workload(2, 2, 2, replicas=1), [], 2, "StatefulSet", "x")[1] == (
+    assert readiness.serving(None, [], 2, "StatefulSet", "x")[:2] == (False, "WorkloadPending")
+    assert readiness.serving(workload(2, 1, 2), [], 2, "StatefulSet", "x")[1] == "Progressing"
+    assert readiness.serving(workload(2, 2, 2, replicas=1), [], 2, "StatefulSet", "x")[1] == (
         "Progressing"
     )
     crash = {
@@ -92,10 +92,10 @@ def test_serving_needs_every_replica_ready_for_the_current_generation() -> None:
             ],
         },
     }
-    ok, reason, message = reconcile.serving(workload(2, 2, 1), [crash], 2, "StatefulSet", "x")
+    ok, reason, message = readiness.serving(workload(2, 2, 1), [crash], 2, "StatefulSet", "x")
     assert not ok and reason == "ReplicasNotReady" and "x-0: CrashLoopBackOff" in message
-    assert reconcile.serving(workload(2, 2, 2), [], 2, "StatefulSet", "x")[0] is True
-    assert reconcile.serving(workload(2, 2, 0), [], 0, "StatefulSet", "x")[1] == "NoReplicas"
+    assert readiness.serving(workload(2, 2, 2), [], 2, "StatefulSet", "x")[0] is True
+    assert readiness.serving(workload(2, 2, 0), [], 0, "StatefulSet", "x")[1] == "NoReplicas"
 
 
 def test_pod_problems_name_unschedulable_and_unready_pods() -> None:
@@ -116,7 +116,7 @@ def test_pod_problems_name_unschedulable_and_unready_pods() -> None:
         "metadata": {"name": "b"},
         "status": {"containerStatuses": [{"started": True, "ready": False, "state": {}}]},
     }
-    assert reconcile.pod_problems([probe, pending]) == [
+    assert readiness.pod_problems([probe, pending]) == [
         "a: Unschedulable: 0/1 nodes are available",
         "b: running, readiness probe failing",
     ]

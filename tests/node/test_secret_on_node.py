@@ -1,0 +1,132 @@
+"""A TransportServer's user database Secret on a real node: while it is missing the receiver
+pod waits in ContainerCreating and the server's Ready names the Secret; created, the kubelet
+starts the pod without anything else changing; deleted under the running pod, the pod keeps
+serving, its workload untouched, while the condition says what is wrong."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+from hack.node.standins import StandIns
+
+from ..conftest import NodeCluster
+from ..kube_helpers import Operator, condition, eventually
+from ..receiver.helpers import Raw
+from .conftest import measured
+
+USERS = "alice:$2b$10$AGM9wjfOn7esKDBlpwFnVO6kuFwwoL28Jy960YR7sMPNQBr0wt3tW\n"
+
+
+def _get(node: NodeCluster, kind: str, name: str, ns: str) -> dict[str, Any]:
+    return dict(json.loads(node.kubectl("get", kind, name, "-n", ns, "-o", "json").stdout))
+
+
+def _ready(node: NodeCluster, ns: str) -> dict[str, Any]:
+    return condition(_get(node, "tsrv", "ex01", ns), "Ready")
+
+
+def _secret(node: NodeCluster, ns: str) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "smtp-users", "namespace": ns},
+        "stringData": {"auth": USERS},
+    }
+    node.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+
+def _banner(host: str) -> str:
+    client = Raw(25, host=host, source="0.0.0.0")
+    try:
+        code, text = client.reply()
+        assert code == 220, text
+        return text
+    finally:
+        client.close()
+
+
+def test_pods_wait_for_a_missing_secret_and_keep_serving_when_it_goes(
+    node: NodeCluster,
+    receiver_image: str,
+    node_ns: str,
+    standins: StandIns,
+    tmp_path: pathlib.Path,
+) -> None:
+    ns = node_ns
+    running = Operator(
+        node.kubeconfig, tmp_path / "operator.log", lease_namespace=ns, namespaces=[ns]
+    )
+    running.start()
+    try:
+        node.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=f"""
+apiVersion: smtpgate.io/v1alpha1
+kind: TransportServer
+metadata: {{name: ex01, namespace: {ns}}}
+spec:
+  fqdn: mail.contoso.com
+  image: {receiver_image}
+  createDefaultConnectors: false
+  exposure: {{type: ClusterIP}}
+  userDatabaseSecretRef: {{name: smtp-users, key: auth}}
+---
+apiVersion: smtpgate.io/v1alpha1
+kind: ReceiveConnector
+metadata: {{name: inbound, namespace: {ns}}}
+spec:
+  server: ex01
+  usage: Internet
+  bindings: ["0.0.0.0:25"]
+""",
+        )
+        eventually(
+            lambda: _ready(node, ns)["reason"] == "SecretNotFound",
+            timeout=60,
+            what="Ready False, SecretNotFound",
+        )
+
+        def creating() -> bool:
+            pod = _get(node, "pod", "ex01-receiver-0", ns)
+            waiting = pod["status"]["containerStatuses"][0]["state"].get("waiting") or {}
+            return bool(waiting.get("reason") == "ContainerCreating")
+
+        eventually(creating, timeout=90, what="the pod waiting in ContainerCreating")
+        time.sleep(5)
+        assert creating(), "the pod cannot start without its Secret"
+        assert f"Secret {ns}/smtp-users" in _ready(node, ns)["message"]
+
+        started = time.monotonic()
+        _secret(node, ns)  # nothing else changes
+        eventually(
+            lambda: _ready(node, ns)["status"] == "True",
+            timeout=180,
+            what="the pod started and the server Ready",
+        )
+        elapsed = time.monotonic() - started
+        measured(f"missing user database Secret created -> receiver pod ready: {elapsed:.1f}s")
+        pod = _get(node, "pod", "ex01-receiver-0", ns)
+        assert "mail.contoso.com" in _banner(pod["status"]["podIP"])
+        before = _get(node, "statefulset", "ex01-receiver", ns)
+
+        node.kubectl("delete", "secret", "smtp-users", "-n", ns)
+        eventually(
+            lambda: _ready(node, ns)["reason"] == "SecretNotFound",
+            timeout=20,
+            what="Ready False once the Secret is gone",
+        )
+        time.sleep(10)
+        after = _get(node, "statefulset", "ex01-receiver", ns)
+        assert after["metadata"]["uid"] == before["metadata"]["uid"]
+        assert after["metadata"]["generation"] == before["metadata"]["generation"]
+        still = _get(node, "pod", "ex01-receiver-0", ns)
+        assert still["metadata"]["uid"] == pod["metadata"]["uid"]
+        assert still["status"]["containerStatuses"][0]["ready"] is True
+        assert "mail.contoso.com" in _banner(still["status"]["podIP"])
+    finally:
+        running.stop()
