@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -42,6 +42,16 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, alias_generator=to_camel
     )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy that remembers nothing of the original: what ``functools.cached_property``
+        keeps beside the fields (parsed ranges, connector choices) was worked out from the
+        original's fields, which ``update`` may have replaced."""
+        copied = super().model_copy(update=update, deep=deep)
+        fields = type(copied).model_fields
+        for name in [n for n in copied.__dict__ if n not in fields]:
+            del copied.__dict__[name]
+        return copied
 
 
 class TlsFiles(_Frozen):

@@ -221,3 +221,33 @@ def test_only_trusted_peers_are_proxies_and_only_when_the_mode_is_on() -> None:
     assert not on.trusted_proxy(ranges.parse_address("192.0.2.1"))
     off = on.model_copy(update={"proxy_protocol": "Off"})
     assert not off.trusted_proxy(ranges.parse_address("10.1.2.3"))
+
+
+def test_a_copy_with_other_fields_chooses_and_parses_from_its_own_fields() -> None:
+    # connector_for remembers its answers and the parsed ranges are cached on the model;
+    # a copy with fields replaced (a reloaded config made that way) must not answer from
+    # what the original remembered.
+    server = specs.TransportServerSpec.model_validate(
+        {"fqdn": "ex01.contoso.com", "exposure": {"trustedProxyRanges": ["10.0.0.0/8"]}}
+    )
+    original = config.compile_server("ex01", "mail", server, [("partner", _connector())]).config
+    local, client = ranges.parse_address("192.0.2.25"), ranges.parse_address("192.0.2.7")
+    proxy = ranges.parse_address("10.1.2.3")
+    assert original.connector_for(local, 25, client) is original.connectors[0]
+    assert original.parsed_trusted_proxy_ranges[0].contains(proxy)
+    partner = original.connectors[0]
+    assert partner.parsed_ranges[0].contains(client)
+
+    emptied = original.model_copy(update={"connectors": ()})
+    assert emptied.connector_for(local, 25, client) is None
+    moved = partner.model_copy(update={"remote_ip_ranges": ("198.51.100.0/24",)})
+    assert not moved.parsed_ranges[0].contains(client)
+    elsewhere = original.model_copy(update={"connectors": (moved,)})
+    assert elsewhere.connector_for(local, 25, client) is None
+    untrusting = original.model_copy(
+        update={"trusted_proxy_ranges": (), "proxy_protocol": "Required"}
+    )
+    assert not untrusting.trusted_proxy(proxy)
+    # The original still answers from its own fields, and copies compare as their fields do.
+    assert original.connector_for(local, 25, client) is partner
+    assert original.model_copy() == original and emptied != original

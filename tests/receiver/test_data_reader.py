@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smtpgate.receiver import replies
-from smtpgate.receiver.data import DataReader
+from smtpgate.receiver.data import MAX_LINE, DataReader, _longer_line
 
 
 def _read(
@@ -106,3 +106,34 @@ def test_reading_in_blocks_follows_the_whole_message_rules(
     reader, rest = _read(stream, cuts, limit)
     assert rest is not None and rest.endswith(b"QUIT\r\n")
     assert reader.result() == _whole(stream, limit)
+
+
+def _longest_split(lines: bytes, limit: int) -> bool:
+    """What ``_longer_line`` replaced: split into lines, the longest one with its CRLF."""
+    return max(map(len, lines.split(b"\r\n"))) + 2 > limit
+
+
+# Lines of lengths around the limit, bare CRs and LFs among them, CRLF-terminated (as the
+# reader hands them over); small limits make every boundary reachable.
+_LINE = st.lists(st.sampled_from([b"a", b"\r", b"\n", b"xxxxx", b"\r\r", b"\n\n"]), max_size=12)
+
+
+@settings(max_examples=2000)
+@given(st.lists(_LINE.map(b"".join), min_size=1, max_size=8), st.integers(2, 40))
+def test_the_line_length_check_finds_exactly_the_lines_split_finds(
+    lines: list[bytes], limit: int
+) -> None:
+    joined = b"".join(line + b"\r\n" for line in lines)
+    assert _longer_line(joined, limit) == _longest_split(joined, limit)
+
+
+@pytest.mark.parametrize("length", [MAX_LINE - 2, MAX_LINE - 1, MAX_LINE, MAX_LINE + 1])
+@pytest.mark.parametrize("before", [b"", b"short\r\n", b"y" * 998 + b"\r\n"])
+def test_a_line_is_refused_from_one_octet_past_the_limit(length: int, before: bytes) -> None:
+    # MAX_LINE octets with CRLF, and one more for a stuffed dot: 999 octets of text pass.
+    stream = before + b"x" * length + b"\r\nnext\r\n.\r\n"
+    reader, rest = _read(stream, [])
+    assert rest == b""
+    refused = length + 2 > MAX_LINE + 1
+    assert reader.result()[1] == (replies.DATA_LINE_TOO_LONG if refused else None)
+    assert _longer_line(stream[:-3], MAX_LINE + 1) is refused

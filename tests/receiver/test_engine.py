@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import itertools
 import pathlib
+import time
 import types
 from typing import Any
 
@@ -20,6 +21,7 @@ from smtpgate.receiver import addresses, delivery, server
 from smtpgate.receiver.hooks import Handler
 from smtpgate.receiver.smtp import ConnectorSMTP
 
+from .conftest import FQDN
 from .helpers import Raw, internet_config_file
 
 # Set by ConnectorSMTP itself, not by the engine.
@@ -213,3 +215,118 @@ def test_the_command_loop_answers_as_aiosmtpds_own(
     theirs = _transcript(start(connectors).port(25), script)
     assert ours == theirs
     assert len(ours) > 2
+
+
+# -- the session's one inactivity timer (engine.InactivityTimer) ----------------------------
+
+IDLE = {
+    "usage": "Custom",
+    "bindings": ["0.0.0.0:25"],
+    "remoteIPRanges": ["127.0.0.0/8"],
+    "permissionGroups": ["AnonymousUsers"],
+    "tarpitIntervalSeconds": 0,
+    "connectionInactivityTimeoutSeconds": 1,
+    "connectionTimeoutSeconds": 60,
+}
+
+
+def _closed_within(raw: Raw, seconds: float) -> bool:
+    """Whether the server closes the connection within ``seconds`` (TLS or not)."""
+    raw.sock.settimeout(seconds)
+    try:
+        while raw.sock.recv(65536):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except OSError:  # reset, or the TLS layer's end without close_notify
+        return True
+
+
+def _sessions(running: Any) -> list[ConnectorSMTP]:
+    async def now() -> list[ConnectorSMTP]:
+        return list(running.runtime.sessions)
+
+    return list(running.call(now()))
+
+
+def test_commands_keep_a_session_from_going_idle_and_silence_ends_it(start: Any) -> None:
+    # The timer set at the first command fires after 1 s and must find the later ones.
+    raw = Raw(start([("Idle", IDLE)]).port(25))
+    assert raw.reply()[0] == 220
+    began = time.monotonic()
+    while time.monotonic() - began < 3:
+        assert raw.command("NOOP")[0] == 250
+        time.sleep(0.3)
+    began = time.monotonic()
+    assert _closed_within(raw, 5)
+    assert 0.6 < time.monotonic() - began < 2.5
+
+
+def test_silence_after_starttls_ends_the_session(start: Any, pki: Any) -> None:
+    raw = Raw(start([("Idle", IDLE)]).port(25))
+    raw.reply()
+    raw.command("EHLO client.example")
+    assert raw.command("STARTTLS")[0] == 220
+    raw.starttls(str(pki.ca_file), FQDN)
+    began = time.monotonic()
+    while time.monotonic() - began < 2:  # commands over TLS keep it open
+        assert raw.command("EHLO client.example")[0] == 250
+        time.sleep(0.3)
+    began = time.monotonic()
+    assert _closed_within(raw, 5)
+    assert time.monotonic() - began < 2.5
+
+
+def test_after_a_proxy_header_the_connectors_inactivity_timeout_applies(start: Any) -> None:
+    # Before the header the engine's default (300 s) runs; the connector's 1 s follows it.
+    running = start([("Idle", IDLE)], exposure={"trustedProxyRanges": ["127.0.0.1/32"]})
+    raw = Raw(running.port(25))
+    raw.send(b"PROXY TCP4 127.0.0.9 127.0.0.1 41234 25\r\n")
+    assert raw.reply()[0] == 220
+    began = time.monotonic()
+    assert _closed_within(raw, 5)
+    assert time.monotonic() - began < 2.5
+
+
+# (After STARTTLS, the TLS layer waits up to 30 s for the client's close_notify before the
+# connection is lost: not one of the ends held here.)
+@pytest.mark.parametrize("end", ["QUIT", "drop", "failed handshake"])
+def test_no_timer_of_a_session_is_left_once_it_ends(start: Any, end: str) -> None:
+    # A timer left armed would fire into a session without a transport (aiosmtpd's
+    # _timeout_cb asserts one) and keep the session alive until then.
+    running = start([("Idle", IDLE)])
+    failures: list[dict[str, Any]] = []
+    running.loop.call_soon_threadsafe(
+        running.loop.set_exception_handler, lambda loop, context: failures.append(context)
+    )
+    raw = Raw(running.port(25))
+    raw.reply()
+    raw.command("EHLO client.example")
+    (session,) = _sessions(running)
+    for _ in range(5):  # past the timeout: the timer has set itself again
+        time.sleep(0.3)
+        assert raw.command("NOOP")[0] == 250
+    # End once it has done so after the last command: the engine's _timeout_handle (which
+    # aiosmtpd's connection_lost cancels) is then not the armed one.
+    deadline = time.monotonic() + 0.9
+    while session._idle.handle is session._timeout_handle and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if end == "failed handshake":
+        assert raw.command("STARTTLS")[0] == 220
+        raw.send(b"not a TLS handshake\r\n" * 20)
+    if end == "drop":
+        raw.close()
+    else:
+        if end != "failed handshake":
+            assert raw.command("QUIT")[0] == 221
+        assert _closed_within(raw, 5)
+    deadline = time.monotonic() + 5
+    while _sessions(running) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sessions(running) == []
+    assert session.transport is None
+    handle = session._idle.handle
+    assert handle is not None and handle.cancelled()
+    time.sleep(1.5)  # past the inactivity timeout
+    assert [(c.get("message"), repr(c.get("exception"))) for c in failures] == []
