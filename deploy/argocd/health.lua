@@ -1,8 +1,9 @@
--- Argo CD health of smtpgate's ReceiveConnector, TransportServer and AcceptedDomain (Lua 5.1,
--- as Argo CD runs it; `obj` is the resource). Healthy is the operator's Ready condition True
--- for the current generation: status.observedGeneration == metadata.generation. Reasons are
--- those operator/reconcile.py writes (with readiness.py and secretrefs.py); a reason not
--- listed here (SecretNotFound, say) is Degraded. tests/gitops/test_argocd_health.py holds
+-- Argo CD health of smtpgate's ReceiveConnector, TransportServer, AcceptedDomain and
+-- TransportConfig (Lua 5.1, as Argo CD runs it; `obj` is the resource). Healthy is the
+-- operator's Ready condition True for the current generation: status.observedGeneration ==
+-- metadata.generation. Reasons are those operator/reconcile.py writes (with readiness.py
+-- and secretrefs.py) and, for a TransportConfig, operator/trust.py; a reason not listed
+-- here (SecretNotFound, say) is Degraded. tests/gitops/test_argocd_health.py holds
 -- them together.
 local hs = {}
 

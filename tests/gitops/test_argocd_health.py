@@ -21,7 +21,7 @@ from ..kube_helpers import condition, eventually, get
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "deploy" / "argocd"
 SCRIPT = (ARGOCD / "health.lua").read_text()
-KINDS = ("ReceiveConnector", "TransportServer", "AcceptedDomain")
+KINDS = ("ReceiveConnector", "TransportServer", "AcceptedDomain", "TransportConfig")
 Body = dict[str, Any]
 
 
@@ -265,6 +265,30 @@ def test_every_reason_the_operator_writes_is_classified() -> None:
 @pytest.mark.parametrize(("reason", "expected"), sorted(READY_FALSE.items()))
 def test_ready_false_reason_gives_its_health(reason: str, expected: str) -> None:
     assert health(_body(TS, _cond("Ready", False, reason)))[0] == expected
+
+
+# operator/trust.py: the Ready condition of a TransportConfig (the namespace's oldest is used).
+TRANSPORT_CONFIG = {"Resolved": "Healthy", "Duplicate": "Degraded", "InvalidSpec": "Degraded"}
+TRANSPORT_CONFIG["InvalidReference"] = "Degraded"
+
+
+def test_every_reason_a_transport_config_gets_is_classified() -> None:
+    tree = ast.parse((ROOT / "operator" / "trust.py").read_text())
+    written = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "resolve":
+            for call in ast.walk(node):
+                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "_cond":
+                    reason = call.args[1]
+                    assert isinstance(reason, ast.Constant), ast.dump(reason)
+                    written.add(reason.value)
+    assert written == set(TRANSPORT_CONFIG)
+
+
+@pytest.mark.parametrize(("reason", "expected"), sorted(TRANSPORT_CONFIG.items()))
+def test_transport_config_health_follows_its_ready_condition(reason: str, expected: str) -> None:
+    ready = _cond("Ready", expected == "Healthy", reason, "as operator/trust.py words it")
+    assert health(_body("TransportConfig", ready))[0] == expected
 
 
 def test_argocd_cm_carries_the_script_for_each_kind() -> None:
