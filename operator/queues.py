@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,31 +88,56 @@ def probe(pod: Body, timeout: float = TIMEOUT) -> Report | None:
 def condition(reports: list[Report], threshold: int, generation: int | None) -> Body:
     """QueueHealthy: False while some pod's oldest message is older than ``threshold``
     seconds, Unknown while no pod could be read, else True."""
-    read = [r for r in reports if r.error is None]
-    late = [r for r in read if r.oldest_seconds > threshold]
+    late = [r for r in reports if r.error is None and r.oldest_seconds > threshold]
+    trouble = None
     if late:
-        status, reason = "False", "QueueBacklog"
-        message = (
+        trouble = (
+            "QueueBacklog",
             "; ".join(
                 f"{r.pod}: {r.messages} messages, the oldest {r.oldest_seconds:.0f}s old"
-                for r in sorted(late, key=lambda r: r.pod)
+                for r in sorted(late, key=_pod)
             )
-            + f" (ageWarningSeconds {threshold})"
+            + f" (ageWarningSeconds {threshold})",
         )
+
+    def current(read: list[Any]) -> tuple[str, str]:
+        queued = sum(r.messages for r in read)
+        text = f"{queued} messages queued in {len(read)} pods, none older than {threshold}s"
+        return "QueueCurrent", text
+
+    return pods_condition("QueueHealthy", reports, trouble, current, generation)
+
+
+def pods_condition(
+    kind: str,
+    reports: list[Any],
+    trouble: tuple[str, str] | None,
+    current: Callable[[list[Any]], tuple[str, str]],
+    generation: int | None,
+) -> Body:
+    """A condition on what every ready pod reported (each report has ``pod`` and ``error``):
+    False with ``trouble`` (reason, message) while there is some; Unknown
+    (``<Kind>Unknown``) while no pod could be read; else True with what ``current`` says of
+    the pods read, naming those that could not be."""
+    read = [r for r in reports if r.error is None]
+    if trouble is not None:
+        status, (reason, message) = "False", trouble
     elif not read:
-        status, reason = "Unknown", "QueueUnknown"
+        status, reason = "Unknown", kind.removesuffix("Healthy") + "Unknown"
         message = "; ".join(f"{r.pod}: {r.error}" for r in reports) or "no ready pod to ask"
     else:
-        status, reason = "True", "QueueCurrent"
-        message = f"{sum(r.messages for r in read)} messages queued in {len(read)} pods"
-        message += f", none older than {threshold}s"
+        status, (reason, message) = "True", current(read)
         unread = [r for r in reports if r.error is not None]
         if unread:
             message += "; unread: " + ", ".join(sorted(r.pod for r in unread))
     return {
-        "type": "QueueHealthy",
+        "type": kind,
         "status": status,
         "reason": reason,
         "message": message[:1000],
         "observedGeneration": generation,
     }
+
+
+def _pod(report: Any) -> str:
+    return str(report.pod)

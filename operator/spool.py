@@ -127,27 +127,12 @@ def refusal(reports: list[Report]) -> tuple[str, str] | None:
 def condition(reports: list[Report], generation: int | None) -> Body:
     """SpoolHealthy: False while some pod refuses new MAIL for its spool's sake (the
     reason ``refusal`` gives), Unknown while no pod could be read, else True."""
-    read = [r for r in reports if r.error is None]
-    refused = refusal(reports)
-    if refused is not None:
-        status, (reason, message) = "False", refused
-    elif not read:
-        status, reason = "Unknown", "SpoolUnknown"
-        message = "; ".join(f"{r.pod}: {r.error}" for r in reports) or "no ready pod to ask"
-    else:
-        status, reason = "True", "SpoolHasRoom"
+
+    def current(read: list[Report]) -> tuple[str, str]:
         least = min(read, key=lambda r: (r.free_bytes is None, r.free_bytes or 0))
-        message = f"{len(read)} pods take new mail; the least room: {describe(least)}"
-        unread = [r for r in reports if r.error is not None]
-        if unread:
-            message += "; unread: " + ", ".join(sorted(r.pod for r in unread))
-    return {
-        "type": "SpoolHealthy",
-        "status": status,
-        "reason": reason,
-        "message": message[:1000],
-        "observedGeneration": generation,
-    }
+        return "SpoolHasRoom", f"{len(read)} pods take new mail; the least room: {describe(least)}"
+
+    return queues.pods_condition("SpoolHealthy", reports, refusal(reports), current, generation)
 
 
 def _pod(report: Report) -> str:
