@@ -174,8 +174,8 @@ def main() -> int:
     parser.add_argument(
         "--with-floor",
         action="store_true",
-        help="bench/floor_server.py too: the least any Python server with this durability "
-        "does per message (a bound at c=1 only)",
+        help="bench/floor_server.py too: the least any Python server on the receiver's "
+        "spool does per message (fixed replies, the same group commit, the same workers)",
     )
     parser.add_argument(
         "--smtpgate-arg", action="append", default=[], help="one more receiver argument"
@@ -316,9 +316,16 @@ def report(
         for label, *_ in scenarios:
             if (label, name) in runs:
                 rate = statistics.median(r for r, _ in runs[(label, name)])
-                theirs = runs.get((label, THEIRS))
-                versus = f" ({rate / statistics.median(r for r, _ in theirs):.2f}× Postfix)"
-                cells.append(f"{label}: {rate:.0f}/s{versus if theirs else ''}")
+                theirs = runs.get((label, THEIRS), [])
+                ratios = sorted(
+                    o[0] / t[0] for o, t in zip(runs[(label, name)], theirs, strict=False)
+                )
+                versus = (
+                    f" ({statistics.median(ratios):.2f}× Postfix: "
+                    + ", ".join(f"{r:.2f}" for r in ratios)
+                    + ")"
+                )
+                cells.append(f"{label}: {rate:.0f}/s{versus if ratios else ''}")
         print(f"\n{name}: " + "; ".join(cells))
         for label, *_ in LATENCY:
             if (label, name) in waits:

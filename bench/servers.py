@@ -268,13 +268,14 @@ def start_sink(work: pathlib.Path) -> Server:
     return Server("postfix smtp-sink (discard)", port, cgroup, stop, ["smtp-sink -c 1024"])
 
 
-def start_floor(work: pathlib.Path) -> Server:
+def start_floor(work: pathlib.Path, workers: int = WORKERS) -> Server:
     """bench/floor_server.py: the least a Python server on uvloop does per message with the
-    receiver's durability (a reference, see its docstring)."""
+    receiver's own spool (a reference, see its docstring), as many workers as the receiver."""
     port, spool = free_port(), work / "spool-floor"
     cgroup = Cgroup("floor")
+    args = [str(ROOT / "bench" / "floor_server.py"), str(port), str(spool), str(workers)]
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port), str(spool)],
+        [sys.executable, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         preexec_fn=cgroup.enter,  # noqa: PLW1509
@@ -282,20 +283,19 @@ def start_floor(work: pathlib.Path) -> Server:
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != b"ready":
         raise RuntimeError("bench/floor_server.py did not start")
-    cgroup.pids = lambda: [proc.pid]
+    cgroup.pids = lambda: _tree(proc.pid)
 
     def stop() -> None:
-        proc.terminate()
+        proc.terminate()  # it stops its workers
         proc.wait(10)
         proc.stdout.close()  # type: ignore[union-attr]
 
     settings = [
-        f"python bench/floor_server.py {port} {spool}",
-        "no policy, no header work, no log; a lone message made durable as smtpgate's spool "
-        "makes it (tmp/, sync_file_range, rename, fsync of new/), one at a time",
+        "python bench/" + " ".join(a.rsplit("/", 1)[-1] if a.endswith(".py") else a for a in args),
+        "no policy, no header work, no log, fixed replies; each message handed to the "
+        "receiver's MaildirDelivery (its group commit) before the 250",
     ]
-    name = "python floor (one commit at a time)"
-    return Server(name, port, cgroup, stop, settings, spool / "new")
+    return Server("python floor", port, cgroup, stop, settings, spool / "new")
 
 
 def start_postfix(work: pathlib.Path, **more: str) -> Server:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .enums import (
@@ -67,15 +67,33 @@ class Entry:
     access: PermissionAccess = PermissionAccess.Allow
 
 
+EFFECTIVE_KEPT = 256
+
+
 @dataclass(frozen=True)
 class Acl:
     """The resolved access list of one connector: rights granted and denied per principal."""
 
     grants: Mapping[str, Rights]
     denies: Mapping[str, Rights]
+    # effective() of the principal sets seen last (every session of a connector asks for
+    # the same few); memory only, emptied when full. Not part of the value.
+    _memo: dict[frozenset[str], Rights] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def effective(self, principals: Iterable[str]) -> Rights:
         """What a session holding ``principals`` may do: every grant, less every deny."""
+        if isinstance(principals, frozenset):
+            known = self._memo.get(principals)
+            if known is None:
+                if len(self._memo) >= EFFECTIVE_KEPT:
+                    self._memo.clear()
+                known = self._memo[principals] = self._effective(principals)
+            return known
+        return self._effective(principals)
+
+    def _effective(self, principals: Iterable[str]) -> Rights:
         held = list(principals)
         granted: set[P] = set()
         denied: set[P] = set()

@@ -3,6 +3,7 @@ route somewhere else than its domain (``%``-hack, ``!`` paths, quoted tricks, IP
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,10 +35,12 @@ class Address:
         return f"{self.local}@{self.domain}"
 
 
+@functools.lru_cache(maxsize=1024)
 def parse(text: str) -> Address | None:
     """Parse ``local@domain`` (angle brackets and a source route already removed).
 
-    None for anything that is not an address with a domain."""
+    None for anything that is not an address with a domain. Remembered for the
+    last 1,024 texts: senders and recipients repeat."""
     text = text.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]

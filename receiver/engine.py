@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -124,14 +125,59 @@ def set_up(smtp: SMTP, handler: Any, hostname: str) -> None:
     smtp._auth_callback = login_always_fail
     smtp._authenticator = None
     smtp._auth_required = False
-    smtp._auth_methods = {
-        mechanism: _AuthMechAttr(getattr(smtp if builtin else handler, name), builtin)
-        for mechanism, name, builtin in tables.auth
-    }
-    smtp._handle_hooks = {name: getattr(handler, f"handle_{name}") for name in tables.hooks}
+    smtp._auth_methods = AuthTable(smtp, handler, tables.auth)
+    smtp._handle_hooks = BoundTable(handler, "handle_", tables.hooks)
     smtp._ehlo_hook_ver = tables.ehlo_hook_ver
-    smtp._smtp_methods = {name: getattr(smtp, f"smtp_{name}") for name in tables.smtp}
+    smtp._smtp_methods = BoundTable(smtp, "smtp_", tables.smtp)
     smtp._enforce_call_limit = False
+
+
+class BoundTable(Mapping[str, Any]):
+    """A method table of aiosmtpd's (``_smtp_methods``, ``_handle_hooks``) that binds a
+    method when it is looked up, instead of binding every one on every connection."""
+
+    __slots__ = ("owner", "prefix", "names")
+
+    def __init__(self, owner: Any, prefix: str, names: tuple[str, ...]) -> None:
+        self.owner, self.prefix, self.names = owner, prefix, frozenset(names)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.names:
+            raise KeyError(name)
+        return getattr(self.owner, self.prefix + name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self.owner, self.prefix + name) if name in self.names else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.names))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class AuthTable(Mapping[str, _AuthMechAttr]):
+    """aiosmtpd's ``_auth_methods`` (mechanism to method and whether it is built in),
+    bound on lookup."""
+
+    __slots__ = ("smtp", "handler", "entries")
+
+    def __init__(self, smtp: Any, handler: Any, auth: tuple[tuple[str, str, bool], ...]) -> None:
+        self.smtp, self.handler = smtp, handler
+        self.entries = {mechanism: (name, builtin) for mechanism, name, builtin in auth}
+
+    def __getitem__(self, mechanism: str) -> _AuthMechAttr:
+        name, builtin = self.entries[mechanism]
+        return _AuthMechAttr(getattr(self.smtp if builtin else self.handler, name), builtin)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 async def serve(smtp: ConnectorSMTP) -> None:
@@ -209,12 +255,12 @@ async def _failed(smtp: ConnectorSMTP, error: Exception) -> None:
 
 
 class InactivityTimer:
-    """A session's inactivity timeout with one timer: activity only notes the time, and
-    the timer, when it fires, either closes the session (idle for the whole duration) or
-    is set again for what is left. aiosmtpd cancels its timer and makes a new one on every
-    command and every block of DATA."""
+    """A session's inactivity timeout and its connection deadline with one timer: activity
+    only notes the time, and the timer, when it fires, ends the session (idle for the whole
+    duration, or past the deadline) or is set again for what is left. aiosmtpd cancels its
+    timer and makes a new one on every command and every block of DATA."""
 
-    __slots__ = ("loop", "on_timeout", "handle", "due", "active", "duration")
+    __slots__ = ("loop", "on_timeout", "handle", "due", "active", "duration", "deadline")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_timeout: Any) -> None:
         self.loop, self.on_timeout = loop, on_timeout
@@ -222,24 +268,44 @@ class InactivityTimer:
         self.due = 0.0  # when the timer fires
         self.active = 0.0  # the last activity
         self.duration = 0.0
+        self.deadline: tuple[float, Any] | None = None  # (when, what ends the session then)
 
     def reset(self, duration: float) -> asyncio.TimerHandle:
         """Activity now: idle from here, ``duration`` at most. The timer is made again
         only when it would fire later than that (a shorter duration than before)."""
         now = self.active = self.loop.time()
         self.duration = duration
-        if self.handle is None or self.handle.cancelled() or self.due > now + duration:
-            if self.handle is not None:
-                self.handle.cancel()
-            self.due = now + duration
-            self.handle = self.loop.call_at(self.due, self._fire)
+        due = now + duration
+        if self.deadline is not None and self.deadline[0] < due:
+            due = self.deadline[0]
+        if self.handle is None or self.handle.cancelled() or self.due > due:
+            self._arm(due)
+        assert self.handle is not None
         return self.handle
 
+    def end_by(self, when: float, on_deadline: Any) -> None:
+        """The session ends at ``when`` (loop time) whatever it does: ``on_deadline``. A
+        timer not armed yet is armed by the next ``reset``, for whichever comes first."""
+        self.deadline = (when, on_deadline)
+        if self.handle is not None and not self.handle.cancelled() and self.due > when:
+            self._arm(when)
+
+    def _arm(self, due: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.due = due
+        self.handle = self.loop.call_at(due, self._fire)
+
     def _fire(self) -> None:
+        now = self.loop.time()
+        if self.deadline is not None and self.deadline[0] <= now:
+            self.deadline[1]()
+            return
         due = self.active + self.duration
-        if due > self.loop.time():  # there was activity since it was set
-            self.due = due
-            self.handle = self.loop.call_at(due, self._fire)
+        if due > now:  # there was activity since it was set
+            if self.deadline is not None and self.deadline[0] < due:
+                due = self.deadline[0]
+            self._arm(due)
             return
         self.on_timeout()
 

@@ -9,6 +9,7 @@ ms-Exch-SMTP-Accept-Authentication-Flag, ``anti-spam=bypass`` for ms-Exch-Bypass
 from __future__ import annotations
 
 import email.utils
+import time
 from collections.abc import Iterable
 
 from smtpgate.connectors.enums import Permission as P
@@ -89,6 +90,19 @@ def firewall(fields: list[bytes], rights: Iterable[P]) -> list[bytes]:
     return kept
 
 
+_DATE: list[tuple[int, str]] = [(0, "")]
+
+
+def _date() -> str:
+    """The RFC 5322 date of this second, made once a second rather than per message."""
+    second = int(time.time())
+    made, text = _DATE[0]
+    if made != second:
+        text = email.utils.formatdate(second, localtime=False)
+        _DATE[0] = (second, text)
+    return text
+
+
 def trace(
     *,
     helo: str | None,
@@ -105,7 +119,7 @@ def trace(
     """The Received header and the trust header for an accepted message."""
     held = set(rights)
     protocol = "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
-    date = email.utils.formatdate(localtime=False)
+    date = _date()
     received = (
         f"Received: from {helo or 'unknown'} ([{remote}])\r\n"
         + (f"\t(via PROXY protocol from [{via}])\r\n" if via else "")

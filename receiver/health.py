@@ -4,6 +4,7 @@ their own."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -18,6 +19,16 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once per label values: a session uses the
+    same few children every time, and ``labels`` validates and locks on every call. Label
+    values are connector names, reply codes and reasons (bounded by the config); a value
+    beyond the cache's bound only costs the lookup again."""
+    return metric.labels(*values)
+
 
 SESSIONS = Counter("smtpgate_sessions_total", "SMTP sessions opened", ["connector"])
 SESSIONS_OPEN = Gauge(

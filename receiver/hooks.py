@@ -231,7 +231,7 @@ class Handler:
         if key is not None:
             self.smtp.runtime.rates.add(key)
         state.junk_commands = 0
-        health.MESSAGES_ACCEPTED.labels(state.connector.name).inc()
-        health.BYTES_ACCEPTED.labels(state.connector.name).inc(message.size)
+        health.labelled(health.MESSAGES_ACCEPTED, state.connector.name).inc()
+        health.labelled(health.BYTES_ACCEPTED, state.connector.name).inc(message.size)
         self.smtp.plog("*", message.queue_id, f"accepted for {len(message.recipients)} recipients")
         return f"250 2.6.0 <{message.queue_id}@{state.connector.fqdn}> Queued mail for delivery"

@@ -72,7 +72,6 @@ class ConnectorSMTP(SMTP):
         self.refusal: Reply | None = None
         self._greeted = False
         self._close_after: Reply | None = None
-        self._deadline: asyncio.TimerHandle | None = None
         self._counted: tuple[str, str] | None = None
         self._proxy_peer: tuple[Any, Any] | None = None  # (peer, local) of a trusted proxy
         self._open_metric: str | None = None
@@ -136,10 +135,12 @@ class ConnectorSMTP(SMTP):
         if note:
             self.plog("*", "", note)
         if self.refusal is not None:
-            health.REFUSED_CONNECTIONS.labels(self.refusal.status or str(self.refusal.code)).inc()
+            health.labelled(
+                health.REFUSED_CONNECTIONS, self.refusal.status or str(self.refusal.code)
+            ).inc()
         elif connector is not None:
-            health.SESSIONS.labels(connector.name).inc()
-            health.SESSIONS_OPEN.labels(connector.name).inc()
+            health.labelled(health.SESSIONS, connector.name).inc()
+            health.labelled(health.SESSIONS_OPEN, connector.name).inc()
             self._open_metric = connector.name
         if connector is not None:
             self.policy = policy.Session(
@@ -155,9 +156,9 @@ class ConnectorSMTP(SMTP):
             self._timeout_duration = connector.limits.connection_inactivity_timeout_seconds
             self.data_size_limit = policy.message_size_limit(self.policy)
             self._dsn = connector.extensions.dsn
-            loop = asyncio.get_running_loop()
-            self._deadline = loop.call_later(
-                connector.limits.connection_timeout_seconds, self._connection_deadline
+            self._idle.end_by(
+                self.loop.time() + connector.limits.connection_timeout_seconds,
+                self._connection_deadline,
             )
 
     async def _proxy_header(self) -> bool:
@@ -209,7 +210,7 @@ class ConnectorSMTP(SMTP):
 
     def _refuse_proxy(self, reason: proxy.Reason, endpoint: str, detail: str) -> None:
         """Close without a banner, counted and in one log line."""
-        health.PROXY_REJECTED.labels(reason.value).inc()
+        health.labelled(health.PROXY_REJECTED, reason.value).inc()
         log.warning("PROXY protocol: closed %s without a banner (%s): %s", endpoint, reason, detail)
         if self.transport is not None:
             self.transport.close()
@@ -218,10 +219,8 @@ class ConnectorSMTP(SMTP):
         if self.transport is not None or self._original_transport is not None:
             self.plog("-", "", "Remote" if error is None else str(error))
         if self._open_metric is not None:
-            health.SESSIONS_OPEN.labels(self._open_metric).dec()
+            health.labelled(health.SESSIONS_OPEN, self._open_metric).dec()
             self._open_metric = None
-        if self._deadline is not None:
-            self._deadline.cancel()
         self._idle.cancel()
         if self._counted is not None:
             self.runtime.counters.close(*self._counted)
@@ -298,7 +297,7 @@ class ConnectorSMTP(SMTP):
             return
         assert self.policy is not None
         self.plog("*", "", "client spoke before the greeting")
-        health.SESSIONS_DROPPED.labels(self.policy.connector.name, "pregreet").inc()
+        health.labelled(health.SESSIONS_DROPPED, self.policy.connector.name, "pregreet").inc()
 
     # -- replies ------------------------------------------------------------------------
 
@@ -331,7 +330,7 @@ class ConnectorSMTP(SMTP):
             for part in line.split("\r\n"):
                 self.plog(">", part)
         if session is not None and line[:1] in ("4", "5") and line[:3] not in ("421",):
-            health.MESSAGES_REFUSED.labels(session.connector.name, line[:3]).inc()
+            health.labelled(health.MESSAGES_REFUSED, session.connector.name, line[:3]).inc()
         if self._close_after is not None or self.refusal is not None:
             self._close_after = None
             if self.transport is not None:
@@ -356,7 +355,7 @@ class ConnectorSMTP(SMTP):
         state.junk_commands += 1
         refusal = policy.junk_command(state)
         if refusal is not None:
-            health.SESSIONS_DROPPED.labels(state.connector.name, "junk-commands").inc()
+            health.labelled(health.SESSIONS_DROPPED, state.connector.name, "junk-commands").inc()
             self._close_after = refusal
         return refusal
 

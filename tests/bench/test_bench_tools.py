@@ -1,6 +1,7 @@
 """The benchmark's own tools still do what bench/ says: the in-process session meter runs
-real sessions to their 250, and the floor server makes each message durable in new/
-before its 250 (a real client, Python's smtplib, on loopback)."""
+real sessions to their 250, and the floor server, with two workers on one port, makes
+each message durable in new/ before its 250 (a real client, Python's smtplib, on
+loopback), pipelined commands after the data included."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_the_floor_server_makes_each_message_durable_before_its_250(
         port = sock.getsockname()[1]
     spool = tmp_path / "spool"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port), str(spool)],
+        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port), str(spool), "2"],
         stdout=subprocess.PIPE,
     )
     try:
@@ -47,8 +48,20 @@ def test_the_floor_server_makes_each_message_durable_before_its_250(
                 assert len(stored) == n + 1
             assert not list((spool / "tmp").iterdir())
         assert b".leading dot\r\nline 2\r\n" in b"".join(stored)
+        # The end of the data, then commands in the same packet: answered after the 250.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            reader = raw.makefile("rb")
+            assert reader.readline().startswith(b"220")
+            raw.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<u@contoso.com>\r\nDATA\r\n")
+            assert [reader.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+            raw.sendall(b"Subject: piped\r\n\r\nbody\r\n.\r\nNOOP\r\nQUIT\r\n")
+            assert [reader.readline()[:3] for _ in range(3)] == [b"250", b"250", b"221"]
+        assert len(list((spool / "new").iterdir())) == 4
+        assert b"X-Smtpgate-Envelope: from=<a@example.org>" in b"".join(
+            p.read_bytes() for p in (spool / "new").iterdir()
+        )
     finally:
-        proc.terminate()
+        proc.terminate()  # and its second worker with it
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()

@@ -251,3 +251,21 @@ def test_a_copy_with_other_fields_chooses_and_parses_from_its_own_fields() -> No
     # The original still answers from its own fields, and copies compare as their fields do.
     assert original.connector_for(local, 25, client) is partner
     assert original.model_copy() == original and emptied != original
+
+
+def test_effective_rights_are_remembered_per_principal_set_and_bounded() -> None:
+    acl = permissions.Acl(
+        grants={
+            "A": frozenset({Permission.Submit}),
+            "B": frozenset({Permission.AcceptAnyRecipient}),
+        },
+        denies={"B": frozenset({Permission.Submit})},
+    )
+    assert acl.effective(frozenset({"A"})) == {Permission.Submit}
+    assert acl.effective(frozenset({"A", "B"})) == {Permission.AcceptAnyRecipient}
+    assert acl.effective(frozenset({"A"})) == {Permission.Submit}  # not the other set's
+    assert acl.effective(["A", "B"]) == {Permission.AcceptAnyRecipient}  # not a set: worked out
+    for n in range(permissions.EFFECTIVE_KEPT * 2):
+        acl.effective(frozenset({f"user{n}"}))
+    assert len(acl._memo) <= permissions.EFFECTIVE_KEPT
+    assert acl == permissions.Acl(grants=acl.grants, denies=acl.denies)  # the memo is no part

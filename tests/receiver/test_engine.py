@@ -34,7 +34,6 @@ OWN = {
     "refusal",
     "_greeted",
     "_close_after",
-    "_deadline",
     "_counted",
     "_proxy_peer",
     "_open_metric",

@@ -97,6 +97,29 @@ def test_connection_timeout_ends_even_a_busy_session(start: Any) -> None:
     assert 250 in codes
 
 
+def test_connection_timeout_ends_a_steady_upload(start: Any) -> None:
+    # Data lines every 0.3 s keep the session from going idle (and count as no junk): only
+    # the connection's deadline ends it, at its own time, with 421.
+    running = start(_connector(connectionTimeoutSeconds=2, connectionInactivityTimeoutSeconds=1))
+    raw = _greeted(running)
+    began = time.monotonic()
+    assert raw.command("MAIL FROM:<s@example.org>")[0] == 250
+    assert raw.command("RCPT TO:<a@contoso.com>")[0] == 250
+    assert raw.command("DATA")[0] == 354
+    raw.sock.settimeout(0.3)
+    ended = None
+    while ended is None and time.monotonic() - began < 6:
+        try:
+            raw.send(b"a line of a slow message\r\n")
+            ended = raw.reply()
+        except TimeoutError:
+            continue
+        except OSError:
+            ended = (0, "")
+    assert ended == _line(replies.CONNECTION_TIMEOUT)
+    assert 1.5 < time.monotonic() - began < 3.5
+
+
 def test_protocol_errors_end_the_session(start: Any) -> None:
     raw = _greeted(start(_connector(maxProtocolErrors=2)))
     assert raw.command("BOGUS")[0] == 500
