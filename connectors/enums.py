@@ -151,3 +151,12 @@ class PermissionAccess(StrEnum):
     Allow = "Allow"
     Deny = "Deny"
     Remove = "Remove"
+
+
+class SpoolState(StrEnum):
+    """What a receiver's ``/spool`` says of its spool: whether new MAIL is taken, and if
+    not, why (the operator's ``SpoolHealthy`` condition gives the same reasons)."""
+
+    HasRoom = "SpoolHasRoom"
+    Full = "SpoolFull"
+    Unwritable = "SpoolUnwritable"

@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from smtpgate.connectors.enums import SpoolState
+
 from . import queues
 
 Body = dict[str, Any]
-# Why new MAIL is refused (the receiver's names; receiver/backpressure.py).
-FULL, UNWRITABLE = "SpoolFull", "SpoolUnwritable"
+# Why new MAIL is refused (what the receiver's /spool says).
+FULL, UNWRITABLE = SpoolState.Full.value, SpoolState.Unwritable.value
 REASONS = (FULL, UNWRITABLE)
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from smtpgate.connectors.enums import SpoolState
 from smtpgate.connectors.specs import SpoolStorage
 
 from . import health
@@ -29,7 +30,7 @@ SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 SPOOL_UNWRITABLE = Reply(451, "4.3.0", "Local error: the spool cannot be written, try again later")
 
 # Why new MAIL is refused, as /spool and the operator's condition name it.
-ROOM, FULL, UNWRITABLE = "SpoolHasRoom", "SpoolFull", "SpoolUnwritable"
+ROOM, FULL, UNWRITABLE = SpoolState.HasRoom, SpoolState.Full, SpoolState.Unwritable
 
 
 @dataclass(frozen=True)
