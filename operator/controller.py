@@ -5,10 +5,9 @@ Events map to keys: a TransportServer or anything labelled with its name (its ch
 pods) to that server; a ReceiveConnector to the server it names, before and after an edit;
 an AcceptedDomain or a TLS Secret to every server of its namespace; any other Secret, or a
 ConfigMap, to the servers that mount it (``secretrefs``; cached by its key names only). Each
-namespace also has
-one key for the statuses that belong to no server. Workers take keys only while this replica
-leads; a failure is shown in that server's status and retried with a growing backoff, and
-never holds up another server."""
+namespace also has one key for the statuses that belong to no server. Workers take keys only
+while this replica leads; a failure is shown in that server's status and retried with a
+growing backoff, and never holds up another server."""
 
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ import pathlib
 import time
 from typing import Any
 
+from smtpgate.operator import secretrefs
+
 from ..kube_helpers import Operator, apply, condition, eventually, get
 
 SERVER = """
@@ -277,3 +279,18 @@ def test_a_krb5_config_map_deleted_under_a_serving_server_leaves_its_workload_as
         timeout=10,
         what="Ready again",
     )
+
+
+def test_the_key_name_cache_keeps_no_config_map_values() -> None:
+    slim = secretrefs.slim(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "krb5", "namespace": "n", "resourceVersion": "7"},
+            "data": {"krb5.conf": "[realms] CONTOSO.COM = { kdc = kdc.contoso.com }"},
+            "binaryData": {"ca.der": "MAo="},
+        }
+    )
+    assert slim["kind"] == "ConfigMap" and slim["keys"] == ["ca.der", "krb5.conf"]
+    assert "data" not in slim and "binaryData" not in slim
+    assert "kdc.contoso.com" not in json.dumps(slim) and "MAo=" not in json.dumps(slim)
