@@ -3,11 +3,11 @@ at a time from the cache and write only what differs.
 
 Events map to keys: a TransportServer or anything labelled with its name (its children and
 pods) to that server; a ReceiveConnector to the server it names, before and after an edit;
-an AcceptedDomain or a TLS Secret to every server of its namespace; any other Secret to the
-servers that mount it (``secretrefs``; cached by its key names only). Each namespace also has
-one key for the statuses that belong to no server. Workers take keys only while this replica
-leads; a failure is shown in that server's status and retried with a growing backoff, and
-never holds up another server."""
+an AcceptedDomain or a TLS Secret to every server of its namespace; any other Secret, or a
+ConfigMap, to the servers that mount it (``secretrefs``; cached by its key names only). Each
+namespace also has one key for the statuses that belong to no server. Workers take keys only
+while this replica leads; a failure is shown in that server's status and retried with a
+growing backoff, and never holds up another server."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ MANAGED = "app.kubernetes.io/managed-by=smtpgate-operator"
 APPLIED = f"{resources.GROUP}/applied"
 INSTANCE = "app.kubernetes.io/instance"
 SECRET_KEYS = "SecretKeys"  # the cache of Secrets other than TLS ones, by key names only
+CONFIG_MAP_KEYS = "ConfigMapKeys"  # the cache of ConfigMaps (krb5.conf), by key names only
 MAX_RECHECK = 86400.0
 
 
@@ -81,18 +82,22 @@ class Controller:
                 kube.POD,
             )
         }
-        self.informers[SECRET_KEYS] = [
-            informer.Informer(
-                api,
-                kube.SECRET,
-                ns,
-                self.on_mounted_secret,
-                field_selector=secretrefs.FIELD_SELECTOR,
-                transform=secretrefs.slim,
-                name=SECRET_KEYS,
-            )
-            for ns in scopes
-        ]
+        for name, kind, selector in (
+            (SECRET_KEYS, kube.SECRET, secretrefs.FIELD_SELECTOR),
+            (CONFIG_MAP_KEYS, kube.CONFIG_MAP, ""),
+        ):
+            self.informers[name] = [
+                informer.Informer(
+                    api,
+                    kind,
+                    ns,
+                    self.on_mounted,
+                    field_selector=selector,
+                    transform=secretrefs.slim,
+                    name=name,
+                )
+                for ns in scopes
+            ]
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -170,8 +175,11 @@ class Controller:
             connectors=self._items(kube.RECEIVE_CONNECTOR, namespace),
             domains=self._items(kube.ACCEPTED_DOMAIN, namespace),
             secrets=self._items(kube.SECRET, namespace),
-            mounted_secrets=[
-                b for inf in self.informers[SECRET_KEYS] for b in inf.items(namespace)
+            mounted=[
+                b
+                for cache in (SECRET_KEYS, CONFIG_MAP_KEYS)
+                for inf in self.informers[cache]
+                for b in inf.items(namespace)
             ],
             workloads=by_server,
             pods=pods,
@@ -219,14 +227,14 @@ class Controller:
             if owner:
                 self.queue.add(Key(ns, owner))
 
-    def on_mounted_secret(self, kind: str, old: Body | None, new: Body | None) -> None:
-        """A Secret other than a TLS one: the servers that mount it (it appeared, went, or
-        its keys changed)."""
+    def on_mounted(self, kind: str, old: Body | None, new: Body | None) -> None:
+        """A Secret other than a TLS one, or a ConfigMap: the servers that mount it (it
+        appeared, went, or its keys changed)."""
         body = new or old
         assert body is not None
         ns, name = body["metadata"].get("namespace") or "", body["metadata"]["name"]
         for server in self._items(kube.TRANSPORT_SERVER, ns):
-            if name in secretrefs.names(server):
+            if name in secretrefs.names(server, kind):
                 self.queue.add(Key(ns, server["metadata"]["name"]))
 
     def enqueue_all(self, delay: float = 0.0) -> None:

@@ -42,7 +42,7 @@ class Snapshot:
     spools: dict[str, list[spool.Report]] = field(default_factory=dict)  # Maildir, StoreAndF.
     transport_configs: list[Body] = field(default_factory=list)
     referenced: dict[tuple[str, str], Body | None] = field(default_factory=dict)
-    mounted_secrets: list[Body] = field(default_factory=list)  # key names only, not TLS
+    mounted: list[Body] = field(default_factory=list)  # Secrets (not TLS), ConfigMaps: key names
 
 
 @dataclass
@@ -351,9 +351,7 @@ def plan_server(
         resources.disruption_budget(server_name, ns, server_spec, owner),
     ]
     workload = snapshot.workloads.get(server_name)
-    mounted = secretrefs.assess(
-        ns, server_spec, [*snapshot.mounted_secrets, *snapshot.secrets], workload
-    )
+    mounted = secretrefs.assess(ns, server_spec, [*snapshot.mounted, *snapshot.secrets], workload)
     if mounted.held and workload is not None:  # what serves stays as it is
         out.children.remove(workload_body)
         out.held = frozenset({(workload["kind"], workload["metadata"]["name"])})
@@ -465,11 +463,7 @@ def plan_server(
                     gen,
                 )
             ]
-            + (
-                [condition("SecretsReady", *secrets_ready, gen)]
-                if (secrets_ready := mounted.condition()) is not None
-                else []
-            )
+            + [condition(type_, *verdict, gen) for type_, verdict in mounted.conditions()]
             + (
                 [
                     condition(

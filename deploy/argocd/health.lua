@@ -3,8 +3,8 @@
 -- operator's Ready condition True for the current generation: status.observedGeneration ==
 -- metadata.generation. Reasons are those operator/reconcile.py writes (with readiness.py
 -- and secretrefs.py) and, for a TransportConfig, operator/trust.py; a reason not listed
--- here (SecretNotFound, say) is Degraded. tests/gitops/test_argocd_health.py holds
--- them together.
+-- here (SecretNotFound, ConfigMapNotFound, say) is Degraded. tests/gitops/test_argocd_health.py
+-- holds them together.
 local hs = {}
 
 -- Ready False for these is on its way: pods starting, a workload taking the new spec, the

@@ -213,16 +213,20 @@ READY_FALSE = {
     # operator/spool.py: pods up but refusing new MAIL for their spool's sake.
     "SpoolFull": "Degraded",
     "SpoolUnwritable": "Degraded",
-    # operator/secretrefs.py: a Secret the pods mount, or its key, is missing.
+    # operator/secretrefs.py: a Secret or the krb5.conf ConfigMap the pods mount, or its key,
+    # is missing.
     "SecretNotFound": "Degraded",
     "SecretKeyMissing": "Degraded",
+    "ConfigMapNotFound": "Degraded",
+    "ConfigMapKeyMissing": "Degraded",
 }
 
 
 def _reasons_written() -> set[str]:
     """Reasons in operator/reconcile.py: the third argument of condition(...), a reason
     variable's value (both branches of a choice); the reasons serving() returns
-    (operator/readiness.py); and those of a missing Secret (operator/secretrefs.py)."""
+    (operator/readiness.py); and those of a missing Secret or ConfigMap
+    (operator/secretrefs.py)."""
     from smtpgate.operator import secretrefs
 
     tree = ast.Module(

@@ -1,7 +1,8 @@
-"""A TransportServer's user database Secret on a real node: while it is missing the receiver
-pod waits in ContainerCreating and the server's Ready names the Secret; created, the kubelet
-starts the pod without anything else changing; deleted under the running pod, the pod keeps
-serving, its workload untouched, while the condition says what is wrong."""
+"""A TransportServer's user database Secret, and its krb5.conf ConfigMap, on a real node:
+while one is missing the receiver pod waits in ContainerCreating and the server's Ready names
+it; created, the kubelet starts the pod without anything else changing; deleted under the
+running pod, the pod keeps serving, its workload untouched, while the condition says what is
+wrong."""
 
 from __future__ import annotations
 
@@ -119,6 +120,105 @@ spec:
             lambda: _ready(node, ns)["reason"] == "SecretNotFound",
             timeout=20,
             what="Ready False once the Secret is gone",
+        )
+        time.sleep(10)
+        after = _get(node, "statefulset", "ex01-receiver", ns)
+        assert after["metadata"]["uid"] == before["metadata"]["uid"]
+        assert after["metadata"]["generation"] == before["metadata"]["generation"]
+        still = _get(node, "pod", "ex01-receiver-0", ns)
+        assert still["metadata"]["uid"] == pod["metadata"]["uid"]
+        assert still["status"]["containerStatuses"][0]["ready"] is True
+        assert "mail.contoso.com" in _banner(still["status"]["podIP"])
+    finally:
+        running.stop()
+
+
+def test_pods_wait_for_a_missing_krb5_config_map_and_keep_serving_when_it_goes(
+    node: NodeCluster,
+    receiver_image: str,
+    node_ns: str,
+    standins: StandIns,
+    tmp_path: pathlib.Path,
+) -> None:
+    ns = node_ns
+    running = Operator(
+        node.kubeconfig, tmp_path / "operator.log", lease_namespace=ns, namespaces=[ns]
+    )
+    running.start()
+    try:
+        node.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: ex01-keytab, namespace: {ns}}}
+stringData: {{krb5.keytab: "read only when a client sends AUTH GSSAPI"}}
+---
+apiVersion: smtpgate.io/v1alpha1
+kind: TransportServer
+metadata: {{name: ex01, namespace: {ns}}}
+spec:
+  fqdn: mail.contoso.com
+  image: {receiver_image}
+  createDefaultConnectors: false
+  exposure: {{type: ClusterIP}}
+  kerberos:
+    realm: CONTOSO.COM
+    servicePrincipals: [SMTP/mail.contoso.com]
+    keytabSecretRef: {{name: ex01-keytab, key: krb5.keytab}}
+    krb5ConfigMapRef: {{name: krb5, key: krb5.conf}}
+---
+apiVersion: smtpgate.io/v1alpha1
+kind: ReceiveConnector
+metadata: {{name: inbound, namespace: {ns}}}
+spec:
+  server: ex01
+  usage: Internet
+  bindings: ["0.0.0.0:25"]
+""",
+        )
+        eventually(
+            lambda: _ready(node, ns)["reason"] == "ConfigMapNotFound",
+            timeout=60,
+            what="Ready False, ConfigMapNotFound",
+        )
+
+        def creating() -> bool:
+            pod = _get(node, "pod", "ex01-receiver-0", ns)
+            waiting = pod["status"]["containerStatuses"][0]["state"].get("waiting") or {}
+            return bool(waiting.get("reason") == "ContainerCreating")
+
+        eventually(creating, timeout=90, what="the pod waiting in ContainerCreating")
+        time.sleep(5)
+        assert creating(), "the pod cannot start without its krb5.conf"
+        assert f"ConfigMap {ns}/krb5" in _ready(node, ns)["message"]
+
+        started = time.monotonic()
+        krb5 = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "krb5", "namespace": ns},
+            "data": {"krb5.conf": "[libdefaults]\n  default_realm = CONTOSO.COM\n"},
+        }
+        node.kubectl("apply", "-f", "-", input=json.dumps(krb5))  # nothing else changes
+        eventually(
+            lambda: _ready(node, ns)["status"] == "True",
+            timeout=180,
+            what="the pod started and the server Ready",
+        )
+        elapsed = time.monotonic() - started
+        measured(f"missing krb5.conf ConfigMap created -> receiver pod ready: {elapsed:.1f}s")
+        pod = _get(node, "pod", "ex01-receiver-0", ns)
+        assert "mail.contoso.com" in _banner(pod["status"]["podIP"])
+        before = _get(node, "statefulset", "ex01-receiver", ns)
+
+        node.kubectl("delete", "configmap", "krb5", "-n", ns)
+        eventually(
+            lambda: _ready(node, ns)["reason"] == "ConfigMapNotFound",
+            timeout=20,
+            what="Ready False once the ConfigMap is gone",
         )
         time.sleep(10)
         after = _get(node, "statefulset", "ex01-receiver", ns)

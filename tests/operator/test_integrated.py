@@ -60,6 +60,11 @@ apiVersion: v1
 kind: Secret
 metadata: {{name: users, namespace: {ns}}}
 stringData: {{ntlm: "alice:00000000000000000000000000000000"}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: krb5, namespace: {ns}}}
+data: {{krb5.conf: "[libdefaults]\\n  default_realm = CONTOSO.COM\\n"}}
 """
 
 

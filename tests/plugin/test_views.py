@@ -207,3 +207,40 @@ def test_status_shows_stale_and_failing_conditions() -> None:
         in out
     )
     assert views.status([server], [conflict], [], wide=True).splitlines()[1].startswith("NAMESPACE")
+
+
+def test_status_names_a_missing_krb5_config_map_among_what_is_not_well() -> None:
+    message = (
+        "ConfigMap mail/krb5 (spec.kerberos.krb5ConfigMapRef, the krb5.conf, key 'krb5.conf') "
+        "does not exist"
+    )
+    server = {
+        "metadata": {"name": "ex01", "namespace": "mail", "generation": 1},
+        "spec": {"role": "Mailbox", "fqdn": "ex01.contoso.com", "replicas": 1},
+        "status": {
+            "observedGeneration": 1,
+            "readyReplicas": 0,
+            "connectors": 1,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "ConfigMapNotFound",
+                    "message": message,
+                    "observedGeneration": 1,
+                },
+                {"type": "SecretsReady", "status": "True", "reason": "Found", "message": ""},
+                {
+                    "type": "ConfigMapsReady",
+                    "status": "False",
+                    "reason": "ConfigMapNotFound",
+                    "message": message,
+                    "observedGeneration": 1,
+                },
+            ],
+        },
+    }
+    out = views.status([server], [], [], wide=False)
+    assert "False (ConfigMapNotFound)" in out
+    assert f"transportserver/ex01: ConfigMapsReady False (ConfigMapNotFound): {message}" in out
+    assert "SecretsReady" not in out
