@@ -8,18 +8,27 @@ two log calls with sanitised arguments per command, looks up per-command size li
 limits that are never on here, and cancels and makes a timer per command. ``serve`` is that
 loop for our settings: the same replies in the same order, the same end of the session
 (``tests/receiver/test_engine.py`` holds the two to the same answers). ``InactivityTimer``
-keeps one timer armed and moves it on only when it fires early."""
+keeps one timer armed and moves it on only when it fires early. ``starttls`` is aiosmtpd's
+STARTTLS with the TLS layer's close bounded by ``TLS_CLOSE_GRACE`` instead of asyncio's 30 s."""
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto as sslproto
 import inspect
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import BOGUS_LIMIT, SMTP, TLSSetupException, _AuthMechAttr, login_always_fail
+from aiosmtpd.smtp import (
+    BOGUS_LIMIT,
+    SMTP,
+    TLSSetupException,
+    _AuthMechAttr,
+    login_always_fail,
+    syntax,
+)
 from aiosmtpd.smtp import __ident__ as ENGINE_IDENT
 
 from . import policy
@@ -28,6 +37,9 @@ if TYPE_CHECKING:
     from .smtp import ConnectorSMTP
 
 engine_log = logging.getLogger("mail.log")  # aiosmtpd's own logger, for its warnings
+# How long a TLS session's close waits for the client's close_notify (or its end of the
+# connection) after sending its own, before the connection is cut.
+TLS_CLOSE_GRACE = 1.0
 
 
 class EngineLimits(dict[str, int]):
@@ -235,6 +247,44 @@ async def serve(smtp: ConnectorSMTP) -> None:
             raise
         except Exception as error:
             await _failed(smtp, error)
+
+
+@syntax("STARTTLS", when="tls_context")
+async def starttls(smtp: ConnectorSMTP, arg: str | None) -> None:
+    """STARTTLS as aiosmtpd's ``smtp_STARTTLS``, but the TLS layer it makes waits at most
+    ``TLS_CLOSE_GRACE`` for the client's close_notify once the session closes (after 221,
+    421, a closing 5xx or a timeout): the reply and the server's close_notify are sent,
+    and a client that keeps the connection open without answering is cut then, not after
+    asyncio's 30 s, so its connection counts are free again."""
+    if arg:
+        await smtp.push("501 Syntax: STARTTLS")
+        return
+    if not smtp.tls_context:
+        await smtp.push("454 TLS not available")
+        return
+    await smtp.push("220 Ready to start TLS")
+    waiter = smtp.loop.create_future()
+    smtp._tls_protocol = layer = sslproto.SSLProtocol(
+        smtp.loop,
+        smtp,
+        smtp.tls_context,
+        waiter,
+        server_side=True,
+        ssl_shutdown_timeout=TLS_CLOSE_GRACE,
+    )
+    # The plain transport is kept: connection_made tells the TLS layer's call by it, and
+    # connection_lost closes it.
+    smtp._original_transport = plain = smtp.transport
+    assert plain is not None
+    plain.set_protocol(layer)
+    smtp.transport = layer._app_transport
+    layer.connection_made(plain)
+    try:
+        await waiter  # the handshake
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        raise TLSSetupException() from error
 
 
 async def _failed(smtp: ConnectorSMTP, error: Exception) -> None:

@@ -225,6 +225,7 @@ class ConnectorSMTP(SMTP):
         if self._counted is not None:
             self.runtime.counters.close(*self._counted)
             self._counted = None
+        self.runtime.sessions.discard(self)
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
@@ -275,7 +276,8 @@ class ConnectorSMTP(SMTP):
                 self.transport.close()
             raise
         finally:
-            self.runtime.sessions.discard(self)
+            if self.transport is None:  # else kept until connection_lost: stop() cuts a TLS close
+                self.runtime.sessions.discard(self)
 
     async def _commands(self) -> None:
         """The banner, then every command until the connection ends."""
@@ -413,6 +415,7 @@ class ConnectorSMTP(SMTP):
             self._handler_coroutine.cancel()
             await asyncio.sleep(0)
 
+    smtp_STARTTLS = engine.starttls  # its close bounded (engine.TLS_CLOSE_GRACE)
     smtp_NOOP = _junk(SMTP.smtp_NOOP)
     smtp_RSET = _junk(SMTP.smtp_RSET)
     smtp_HELP = _junk(SMTP.smtp_HELP)
