@@ -123,11 +123,11 @@ class Informer:
         return self._thread is not None and self._thread.is_alive()
 
     def _relist(self) -> str:
-        items, version = self.api.list(self.kind, self.namespace, self.selectors)
+        items, version = self.api.list(self.kind, self.namespace, self.selectors, self._slim)
         fresh: dict[str, dict[str, Body]] = {}
         for item in items:
             meta = item["metadata"]
-            fresh.setdefault(meta.get("namespace") or "", {})[meta["name"]] = self._slim(item)
+            fresh.setdefault(meta.get("namespace") or "", {})[meta["name"]] = item
         with self._lock:
             old_store, self._store = self._store, fresh
         for ns, objs in fresh.items():

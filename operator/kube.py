@@ -177,8 +177,15 @@ class Api:
         return body if isinstance(body, dict) else None
 
     def list(
-        self, kind: Kind, namespace: str | None, selectors: dict[str, str]
+        self,
+        kind: Kind,
+        namespace: str | None,
+        selectors: dict[str, str],
+        transform: Callable[[Body], Body] | None = None,
     ) -> tuple[list[Body], str]:
+        """Every object of ``kind``, a page of 500 at a time, and the list's version;
+        ``transform`` makes what is kept of each as its page arrives, so that a cache of
+        key names never holds a whole namespace's values at once."""
         items: list[Body] = []
         query = [(k, v) for k, v in selectors.items() if v]
         token = ""
@@ -191,10 +198,11 @@ class Api:
             )
             for item in page.get("items") or []:
                 item["apiVersion"], item["kind"] = kind.api_version, kind.kind
-                items.append(item)
+                items.append(item if transform is None else transform(item))
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 return items, page["metadata"]["resourceVersion"]
+            del page  # one page of whole objects at a time
 
     def watch(
         self, kind: Kind, namespace: str | None, selectors: dict[str, str], since: str
