@@ -3,10 +3,11 @@ receiver's own spool, for bench/receiver_throughput.py's ``--with-floor``.
 
     python bench/floor_server.py PORT SPOOL [WORKERS]
 
-One ``asyncio.Protocol`` per connection, no policy, no header work, no logging, no
-timeouts: a banner, 250 to HELO/EHLO/MAIL/RCPT, 354 to DATA, and at the end of the data
-the message handed to the receiver's ``MaildirDelivery`` (the same group commit, the same
-lone-message commit on the event loop, the same order of syncs) and 250 once it returns.
+One ``asyncio.Protocol`` per connection (no task per connection), no policy, no header
+work, no logging, no timeouts: a banner, 250 to HELO/EHLO/MAIL/RCPT, 354 to DATA, and at
+the end of the data the message handed to the receiver's ``MaildirDelivery`` (the same
+group commit, the same lone-message commit on the event loop, the same order of syncs)
+and 250 once it returns.
 WORKERS processes (the receiver's ``--workers auto``: one per core) share the port
 (SO_REUSEPORT), as the receiver's do. What the receiver spends beyond it is its session
 path; what it spends is the least any Python receiver on this spool spends here. It is a
@@ -15,6 +16,7 @@ reference for the benchmark, never a server for mail."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import socket
@@ -78,7 +80,8 @@ class Session(asyncio.Protocol):
             self.transport.write(b"250 2.6.0 Queued\r\n")
         except delivery.DeliveryError:
             self.transport.write(b"451 4.3.0 Not stored\r\n")
-        self.committing = False
+        finally:
+            self.committing = False
         self._commands()
 
     def _commands(self) -> None:
@@ -87,9 +90,9 @@ class Session(asyncio.Protocol):
             line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
             verb = line[:4].upper()
             if verb == b"MAIL":
-                self.sender, self.recipients = line[10:].decode("latin-1").strip("<>"), []
+                self.sender, self.recipients = _path(line), []
             elif verb == b"RCPT":
-                self.recipients.append(line[8:].decode("latin-1").strip("<>"))
+                self.recipients.append(_path(line))
             elif verb == b"DATA":
                 self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                 # A CRLF before the data, so that an empty message ends at its first ".".
@@ -102,6 +105,12 @@ class Session(asyncio.Protocol):
                 self.transport.close()
                 return
             self.transport.write(REPLIES.get(verb, b"502 5.5.2 Not here\r\n"))
+
+
+def _path(line: bytes) -> str:
+    """The address between the angle brackets of a MAIL or RCPT line."""
+    start = line.find(b"<") + 1
+    return line[start : line.find(b">", start)].decode("latin-1")
 
 
 async def serve(sock: socket.socket, root: str) -> None:
@@ -124,14 +133,9 @@ def listening(port: int) -> socket.socket:
 
 
 def main(port: int, root: str, workers: int) -> None:
+    """The first worker is this process; the others are forked, and each ends with it."""
     socks = [listening(port) for _ in range(workers)]  # each worker its own, as the receiver
     children = []
-    for sock in socks[1:]:
-        pid = os.fork()
-        if pid == 0:
-            uvloop.run(serve(sock, root))
-            os._exit(0)
-        children.append(pid)
 
     def stop(signum: int, frame: object) -> None:
         for child in children:
@@ -139,8 +143,25 @@ def main(port: int, root: str, workers: int) -> None:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
+    for sock in socks[1:]:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _die_with_parent()
+            uvloop.run(serve(sock, root))
+            os._exit(0)
+        children.append(pid)
     print("ready", flush=True)
     uvloop.run(serve(socks[0], root))
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when the first worker ends, however it ends (prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() == 1:  # the parent was gone before the call
+        os._exit(0)
 
 
 if __name__ == "__main__":

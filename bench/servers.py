@@ -282,6 +282,8 @@ def start_floor(work: pathlib.Path, workers: int = WORKERS) -> Server:
     )
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != b"ready":
+        proc.kill()  # its workers end with it
+        proc.wait(10)
         raise RuntimeError("bench/floor_server.py did not start")
     cgroup.pids = lambda: _tree(proc.pid)
 

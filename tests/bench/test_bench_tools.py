@@ -10,6 +10,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -52,16 +53,61 @@ def test_the_floor_server_makes_each_message_durable_before_its_250(
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             reader = raw.makefile("rb")
             assert reader.readline().startswith(b"220")
-            raw.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<u@contoso.com>\r\nDATA\r\n")
+            raw.sendall(
+                b"MAIL FROM:<a@example.org> BODY=8BITMIME\r\nRCPT TO:<u@contoso.com>\r\nDATA\r\n"
+            )
             assert [reader.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
             raw.sendall(b"Subject: piped\r\n\r\nbody\r\n.\r\nNOOP\r\nQUIT\r\n")
             assert [reader.readline()[:3] for _ in range(3)] == [b"250", b"250", b"221"]
         assert len(list((spool / "new").iterdir())) == 4
-        assert b"X-Smtpgate-Envelope: from=<a@example.org>" in b"".join(
+        assert b"X-Smtpgate-Envelope: from=<a@example.org>; to=<u@contoso.com>" in b"".join(
             p.read_bytes() for p in (spool / "new").iterdir()
         )
+        (worker,) = _children(proc.pid)
     finally:
         proc.terminate()  # and its second worker with it
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+    assert _ends(worker)
+
+
+def test_the_floor_servers_workers_end_when_it_is_killed(tmp_path: pathlib.Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(_port()), str(tmp_path), "3"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+    finally:
+        proc.kill()  # no handler runs: the workers must notice by themselves
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert all(_ends(pid) for pid in workers)
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _ends(pid: int, timeout: float = 10) -> bool:
+    """Whether process ``pid`` is gone (or a zombie nobody reaped) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
