@@ -108,3 +108,53 @@ def patch_status(controlplane: Any, kind: str, name: str, ns: str, status: dict[
         "-p",
         json.dumps({"status": status}),
     )
+
+
+def condition_is(
+    controlplane: Any, kind: str, name: str, ns: str, type_: str, status: str, reason: str
+) -> dict[str, Any]:
+    """The ``type_`` condition of an object, asserted to have ``status`` and ``reason``."""
+    cond = condition(get(controlplane, kind, name, ns), type_)
+    assert (cond["status"], cond["reason"]) == (status, reason), cond
+    return cond
+
+
+def edit_while_held(
+    controlplane: Any, ns: str, reason: str, before: dict[str, Any], server: str = "ex01"
+) -> None:
+    """Edit a server's pod template while what it mounts is missing (its Ready False for
+    ``reason``): once the edit is reconciled, the workload is still ``before`` (as it was
+    while serving), the same object with the same template, neither rolled nor deleted."""
+    edit = {"spec": {"pod": {"annotations": {"example.com/rolled": "yes"}}}}
+    controlplane.kubectl("patch", "tsrv", server, "-n", ns, "--type=merge", "-p", json.dumps(edit))
+    generation = get(controlplane, "tsrv", server, ns)["metadata"]["generation"]
+    eventually(
+        lambda: get(controlplane, "tsrv", server, ns)["status"]["observedGeneration"] == generation,
+        what="the edit reconciled",
+    )
+    time.sleep(2)  # anything the reconcile would write, written
+    after = get(controlplane, "statefulset", f"{server}-receiver", ns)
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["spec"]["template"] == before["spec"]["template"]
+    condition_is(controlplane, "tsrv", server, ns, "Ready", "False", reason)
+
+
+def held_edit_applied(controlplane: Any, ns: str, server: str = "ex01") -> None:
+    """Once what was missing is back: the edit ``edit_while_held`` made reaches the
+    workload, and the server is Ready again."""
+    eventually(
+        lambda: (
+            get(controlplane, "statefulset", f"{server}-receiver", ns)["spec"]["template"][
+                "metadata"
+            ]["annotations"].get("example.com/rolled")
+            == "yes"
+        ),
+        timeout=10,
+        what="the held edit applied",
+    )
+    eventually(
+        lambda: condition_is(controlplane, "tsrv", server, ns, "Ready", "True", "Serving"),
+        timeout=10,
+        what="Ready again",
+    )

@@ -13,7 +13,15 @@ from typing import Any
 
 from smtpgate.operator import secretrefs
 
-from ..kube_helpers import Operator, apply, condition, eventually, get
+from ..kube_helpers import (
+    Operator,
+    apply,
+    condition,
+    edit_while_held,
+    eventually,
+    get,
+    held_edit_applied,
+)
 
 SERVER = """
 apiVersion: smtpgate.io/v1alpha1
@@ -240,45 +248,11 @@ def test_a_krb5_config_map_deleted_under_a_serving_server_leaves_its_workload_as
 
     # An edit that changes the pod template, while the ConfigMap is missing: the serving
     # workload is neither rolled nor deleted.
-    controlplane.kubectl(
-        "patch",
-        "tsrv",
-        "ex01",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"pod": {"annotations": {"example.com/rolled": "yes"}}}}),
-    )
-    generation = get(controlplane, "tsrv", "ex01", ns)["metadata"]["generation"]
-    eventually(
-        lambda: get(controlplane, "tsrv", "ex01", ns)["status"]["observedGeneration"] == generation,
-        what="the edit reconciled",
-    )
-    time.sleep(2)  # anything the reconcile would write, written
-    after = get(controlplane, "statefulset", "ex01-receiver", ns)
-    assert after["metadata"]["uid"] == before["metadata"]["uid"]
-    assert after["metadata"]["generation"] == before["metadata"]["generation"]
-    assert after["spec"]["template"] == before["spec"]["template"]
-    _is(_cond(controlplane, "tsrv", "ex01", ns, "Ready"), "False", "ConfigMapNotFound")
+    edit_while_held(controlplane, ns, "ConfigMapNotFound", before)
 
     # The ConfigMap back: the edit that waited reaches the workload, Ready again.
     _config_map(controlplane, ns, **{"krb5.conf": KRB5_CONF})
-    eventually(
-        lambda: (
-            get(controlplane, "statefulset", "ex01-receiver", ns)["spec"]["template"]["metadata"][
-                "annotations"
-            ].get("example.com/rolled")
-            == "yes"
-        ),
-        timeout=10,
-        what="the held edit applied",
-    )
-    eventually(
-        lambda: _is(_cond(controlplane, "tsrv", "ex01", ns, "Ready"), "True", "Serving"),
-        timeout=10,
-        what="Ready again",
-    )
+    held_edit_applied(controlplane, ns)
 
 
 def test_the_key_name_cache_keeps_no_config_map_values() -> None:

@@ -13,7 +13,15 @@ from typing import Any
 
 from smtpgate.operator import secretrefs
 
-from ..kube_helpers import Operator, apply, condition, eventually, get
+from ..kube_helpers import (
+    Operator,
+    apply,
+    condition,
+    edit_while_held,
+    eventually,
+    get,
+    held_edit_applied,
+)
 
 SERVER = """
 apiVersion: smtpgate.io/v1alpha1
@@ -267,27 +275,7 @@ def test_a_secret_deleted_under_a_serving_server_leaves_its_workload_as_it_is(
 
     # An edit that changes the pod template, while the Secret is missing: the serving
     # workload is neither rolled nor deleted.
-    controlplane.kubectl(
-        "patch",
-        "tsrv",
-        "ex01",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"pod": {"annotations": {"example.com/rolled": "yes"}}}}),
-    )
-    generation = get(controlplane, "tsrv", "ex01", ns)["metadata"]["generation"]
-    eventually(
-        lambda: get(controlplane, "tsrv", "ex01", ns)["status"]["observedGeneration"] == generation,
-        what="the edit reconciled",
-    )
-    time.sleep(2)  # anything the reconcile would write, written
-    after = get(controlplane, "statefulset", "ex01-receiver", ns)
-    assert after["metadata"]["uid"] == before["metadata"]["uid"]
-    assert after["metadata"]["generation"] == before["metadata"]["generation"]
-    assert after["spec"]["template"] == before["spec"]["template"]
-    _is(_cond(controlplane, "tsrv", "ex01", ns, "Ready"), "False", "SecretNotFound")
+    edit_while_held(controlplane, ns, "SecretNotFound", before)
 
     # The key removed instead: still held, the condition says which key.
     _secret(controlplane, ns, "smtp-users", other=USERS)
@@ -304,21 +292,7 @@ def test_a_secret_deleted_under_a_serving_server_leaves_its_workload_as_it_is(
 
     # The Secret back as it was: the edit that waited reaches the workload, Ready again.
     _secret(controlplane, ns, "smtp-users", auth=USERS)
-    eventually(
-        lambda: (
-            get(controlplane, "statefulset", "ex01-receiver", ns)["spec"]["template"]["metadata"][
-                "annotations"
-            ].get("example.com/rolled")
-            == "yes"
-        ),
-        timeout=10,
-        what="the held edit applied",
-    )
-    eventually(
-        lambda: _is(_cond(controlplane, "tsrv", "ex01", ns, "Ready"), "True", "Serving"),
-        timeout=10,
-        what="Ready again",
-    )
+    held_edit_applied(controlplane, ns)
 
 
 def test_the_key_name_cache_keeps_no_secret_values() -> None:
