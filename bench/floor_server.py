@@ -23,7 +23,7 @@ import socket
 import sys
 
 import uvloop
-from smtpgate.receiver import delivery
+from smtpgate.receiver import delivery, server
 
 END = b"\r\n.\r\n"
 REPLIES = {
@@ -117,24 +117,17 @@ async def serve(sock: socket.socket, root: str) -> None:
     spool = delivery.MaildirDelivery(root)
     # As the receiver sets it: a lone session commits on the loop, without the committer.
     spool.alone = lambda: len(Session.open) <= 1
-    server = await asyncio.get_running_loop().create_server(lambda: Session(spool), sock=sock)
-    async with server:
-        await server.serve_forever()
-
-
-def listening(port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+    listener = await asyncio.get_running_loop().create_server(lambda: Session(spool), sock=sock)
+    async with listener:
+        await listener.serve_forever()
 
 
 def main(port: int, root: str, workers: int) -> None:
     """The first worker is this process; the others are forked, and each ends with it."""
-    socks = [listening(port) for _ in range(workers)]  # each worker its own, as the receiver
+    # Each worker its own socket on the port, made as the receiver's workers make theirs.
+    socks = [
+        server._listening_socket("127.0.0.1", port, 4, reuse_port=True) for _ in range(workers)
+    ]
     children = []
 
     def stop(signum: int, frame: object) -> None:
