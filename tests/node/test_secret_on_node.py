@@ -29,16 +29,6 @@ def _ready(node: NodeCluster, ns: str) -> dict[str, Any]:
     return condition(_get(node, "tsrv", "ex01", ns), "Ready")
 
 
-def _secret(node: NodeCluster, ns: str) -> None:
-    body = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "smtp-users", "namespace": ns},
-        "stringData": {"auth": USERS},
-    }
-    node.kubectl("apply", "-f", "-", input=json.dumps(body))
-
-
 def _banner(host: str) -> str:
     client = Raw(25, host=host, source="0.0.0.0")
     try:
@@ -49,33 +39,16 @@ def _banner(host: str) -> str:
         client.close()
 
 
-def test_pods_wait_for_a_missing_secret_and_keep_serving_when_it_goes(
-    node: NodeCluster,
-    receiver_image: str,
-    node_ns: str,
-    standins: StandIns,
-    tmp_path: pathlib.Path,
-) -> None:
-    ns = node_ns
-    running = Operator(
-        node.kubeconfig, tmp_path / "operator.log", lease_namespace=ns, namespaces=[ns]
-    )
-    running.start()
-    try:
-        node.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=f"""
+SERVER = """
 apiVersion: smtpgate.io/v1alpha1
 kind: TransportServer
 metadata: {{name: ex01, namespace: {ns}}}
 spec:
   fqdn: mail.contoso.com
-  image: {receiver_image}
+  image: {image}
   createDefaultConnectors: false
   exposure: {{type: ClusterIP}}
-  userDatabaseSecretRef: {{name: smtp-users, key: auth}}
+{mounts}
 ---
 apiVersion: smtpgate.io/v1alpha1
 kind: ReceiveConnector
@@ -84,12 +57,24 @@ spec:
   server: ex01
   usage: Internet
   bindings: ["0.0.0.0:25"]
-""",
-        )
+"""
+
+
+def _waits_then_keeps_serving(
+    node: NodeCluster, ns: str, log: pathlib.Path, manifest: str, missing: dict[str, Any]
+) -> float:
+    """Apply ``manifest`` (a server whose pods mount ``missing``, not there yet): Ready names
+    it and the pod waits in ContainerCreating; ``missing`` created, nothing else changed, the
+    pod starts and serves (the seconds this took are returned); deleted again, the pod keeps
+    serving, its workload untouched, while Ready names it."""
+    kind, name = missing["kind"], missing["metadata"]["name"]
+    reason = f"{kind}NotFound"
+    running = Operator(node.kubeconfig, log, lease_namespace=ns, namespaces=[ns])
+    running.start()
+    try:
+        node.kubectl("apply", "-f", "-", input=manifest)
         eventually(
-            lambda: _ready(node, ns)["reason"] == "SecretNotFound",
-            timeout=60,
-            what="Ready False, SecretNotFound",
+            lambda: _ready(node, ns)["reason"] == reason, timeout=60, what=f"Ready False, {reason}"
         )
 
         def creating() -> bool:
@@ -99,27 +84,26 @@ spec:
 
         eventually(creating, timeout=90, what="the pod waiting in ContainerCreating")
         time.sleep(5)
-        assert creating(), "the pod cannot start without its Secret"
-        assert f"Secret {ns}/smtp-users" in _ready(node, ns)["message"]
+        assert creating(), f"the pod cannot start without its {kind}"
+        assert f"{kind} {ns}/{name}" in _ready(node, ns)["message"]
 
         started = time.monotonic()
-        _secret(node, ns)  # nothing else changes
+        node.kubectl("apply", "-f", "-", input=json.dumps(missing))  # nothing else changes
         eventually(
             lambda: _ready(node, ns)["status"] == "True",
             timeout=180,
             what="the pod started and the server Ready",
         )
         elapsed = time.monotonic() - started
-        measured(f"missing user database Secret created -> receiver pod ready: {elapsed:.1f}s")
         pod = _get(node, "pod", "ex01-receiver-0", ns)
         assert "mail.contoso.com" in _banner(pod["status"]["podIP"])
         before = _get(node, "statefulset", "ex01-receiver", ns)
 
-        node.kubectl("delete", "secret", "smtp-users", "-n", ns)
+        node.kubectl("delete", kind.lower(), name, "-n", ns)
         eventually(
-            lambda: _ready(node, ns)["reason"] == "SecretNotFound",
+            lambda: _ready(node, ns)["reason"] == reason,
             timeout=20,
-            what="Ready False once the Secret is gone",
+            what=f"Ready False once the {kind} is gone",
         )
         time.sleep(10)
         after = _get(node, "statefulset", "ex01-receiver", ns)
@@ -129,8 +113,29 @@ spec:
         assert still["metadata"]["uid"] == pod["metadata"]["uid"]
         assert still["status"]["containerStatuses"][0]["ready"] is True
         assert "mail.contoso.com" in _banner(still["status"]["podIP"])
+        return elapsed
     finally:
         running.stop()
+
+
+def test_pods_wait_for_a_missing_secret_and_keep_serving_when_it_goes(
+    node: NodeCluster,
+    receiver_image: str,
+    node_ns: str,
+    standins: StandIns,
+    tmp_path: pathlib.Path,
+) -> None:
+    ns = node_ns
+    mounts = "  userDatabaseSecretRef: {name: smtp-users, key: auth}"
+    users = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "smtp-users", "namespace": ns},
+        "stringData": {"auth": USERS},
+    }
+    manifest = SERVER.format(ns=ns, image=receiver_image, mounts=mounts)
+    elapsed = _waits_then_keeps_serving(node, ns, tmp_path / "operator.log", manifest, users)
+    measured(f"missing user database Secret created -> receiver pod ready: {elapsed:.1f}s")
 
 
 def test_pods_wait_for_a_missing_krb5_config_map_and_keep_serving_when_it_goes(
@@ -141,92 +146,23 @@ def test_pods_wait_for_a_missing_krb5_config_map_and_keep_serving_when_it_goes(
     tmp_path: pathlib.Path,
 ) -> None:
     ns = node_ns
-    running = Operator(
-        node.kubeconfig, tmp_path / "operator.log", lease_namespace=ns, namespaces=[ns]
-    )
-    running.start()
-    try:
-        node.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=f"""
+    mounts = """  kerberos:
+    realm: CONTOSO.COM
+    servicePrincipals: [SMTP/mail.contoso.com]
+    keytabSecretRef: {name: ex01-keytab, key: krb5.keytab}
+    krb5ConfigMapRef: {name: krb5, key: krb5.conf}"""
+    keytab = f"""
 apiVersion: v1
 kind: Secret
 metadata: {{name: ex01-keytab, namespace: {ns}}}
 stringData: {{krb5.keytab: "read only when a client sends AUTH GSSAPI"}}
----
-apiVersion: smtpgate.io/v1alpha1
-kind: TransportServer
-metadata: {{name: ex01, namespace: {ns}}}
-spec:
-  fqdn: mail.contoso.com
-  image: {receiver_image}
-  createDefaultConnectors: false
-  exposure: {{type: ClusterIP}}
-  kerberos:
-    realm: CONTOSO.COM
-    servicePrincipals: [SMTP/mail.contoso.com]
-    keytabSecretRef: {{name: ex01-keytab, key: krb5.keytab}}
-    krb5ConfigMapRef: {{name: krb5, key: krb5.conf}}
----
-apiVersion: smtpgate.io/v1alpha1
-kind: ReceiveConnector
-metadata: {{name: inbound, namespace: {ns}}}
-spec:
-  server: ex01
-  usage: Internet
-  bindings: ["0.0.0.0:25"]
-""",
-        )
-        eventually(
-            lambda: _ready(node, ns)["reason"] == "ConfigMapNotFound",
-            timeout=60,
-            what="Ready False, ConfigMapNotFound",
-        )
-
-        def creating() -> bool:
-            pod = _get(node, "pod", "ex01-receiver-0", ns)
-            waiting = pod["status"]["containerStatuses"][0]["state"].get("waiting") or {}
-            return bool(waiting.get("reason") == "ContainerCreating")
-
-        eventually(creating, timeout=90, what="the pod waiting in ContainerCreating")
-        time.sleep(5)
-        assert creating(), "the pod cannot start without its krb5.conf"
-        assert f"ConfigMap {ns}/krb5" in _ready(node, ns)["message"]
-
-        started = time.monotonic()
-        krb5 = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "krb5", "namespace": ns},
-            "data": {"krb5.conf": "[libdefaults]\n  default_realm = CONTOSO.COM\n"},
-        }
-        node.kubectl("apply", "-f", "-", input=json.dumps(krb5))  # nothing else changes
-        eventually(
-            lambda: _ready(node, ns)["status"] == "True",
-            timeout=180,
-            what="the pod started and the server Ready",
-        )
-        elapsed = time.monotonic() - started
-        measured(f"missing krb5.conf ConfigMap created -> receiver pod ready: {elapsed:.1f}s")
-        pod = _get(node, "pod", "ex01-receiver-0", ns)
-        assert "mail.contoso.com" in _banner(pod["status"]["podIP"])
-        before = _get(node, "statefulset", "ex01-receiver", ns)
-
-        node.kubectl("delete", "configmap", "krb5", "-n", ns)
-        eventually(
-            lambda: _ready(node, ns)["reason"] == "ConfigMapNotFound",
-            timeout=20,
-            what="Ready False once the ConfigMap is gone",
-        )
-        time.sleep(10)
-        after = _get(node, "statefulset", "ex01-receiver", ns)
-        assert after["metadata"]["uid"] == before["metadata"]["uid"]
-        assert after["metadata"]["generation"] == before["metadata"]["generation"]
-        still = _get(node, "pod", "ex01-receiver-0", ns)
-        assert still["metadata"]["uid"] == pod["metadata"]["uid"]
-        assert still["status"]["containerStatuses"][0]["ready"] is True
-        assert "mail.contoso.com" in _banner(still["status"]["podIP"])
-    finally:
-        running.stop()
+---"""
+    krb5 = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "krb5", "namespace": ns},
+        "data": {"krb5.conf": "[libdefaults]\n  default_realm = CONTOSO.COM\n"},
+    }
+    manifest = keytab + SERVER.format(ns=ns, image=receiver_image, mounts=mounts)
+    elapsed = _waits_then_keeps_serving(node, ns, tmp_path / "operator.log", manifest, krb5)
+    measured(f"missing krb5.conf ConfigMap created -> receiver pod ready: {elapsed:.1f}s")
