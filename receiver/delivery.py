@@ -124,13 +124,14 @@ class MaildirDelivery:
 
     Group commit: one committer thread takes every message waiting at that moment, writes
     them all into tmp/ and makes the whole group durable at once. With ``sync="filesystem"``
-    (the default on Linux) on a filesystem whose journal commits in order (ext4, XFS:
-    ``ordered``), that takes one journal commit: each file's data is written to the device
-    (``sync_file_range(2)``, which commits nothing), the files are renamed into new/, and
-    one fsync of new/ commits the journal, whose commit record is written only after a
-    cache flush, so the renames reach stable storage together with, never before, the
-    data and allocations that preceded them. On other filesystems, the group's data is
-    synced first (``syncfs(2)``), then renamed and new/ fsynced: two commits.
+    (the default on Linux) on a filesystem whose journal commits in order (XFS, and ext4
+    with a journal in ordered data mode: ``orders_data``), that takes one journal commit:
+    each file's data is written to the device (``sync_file_range(2)``, which commits
+    nothing), the files are renamed into new/, and one fsync of new/ commits the journal,
+    whose commit record is written only after a cache flush, so the renames reach stable
+    storage together with, never before, the data and allocations that preceded them. On
+    other filesystems (ext4 without a journal among them), the group's data is synced
+    first (``syncfs(2)``), then renamed and new/ fsynced: two commits.
     ``sync="file"`` (for filesystems whose syncfs does not reach stable storage, such as
     some network filesystems) fsyncs each file, then renames and fsyncs new/. In every
     mode a name in new/ never holds less than the whole message, after a crash too, and
@@ -159,8 +160,9 @@ class MaildirDelivery:
         for sub in ("tmp", "new", "cur"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if ordered is None:
-            ordered = filesystem_type(self.root) in ORDERED_FILESYSTEMS
-        # One journal commit per group (see above): "filesystem" sync on ext4 or XFS.
+            ordered = orders_data(self.root)
+        # One journal commit per group (see above): "filesystem" sync on XFS, or ext4
+        # with a journal that orders data.
         self.ordered = self.sync == "filesystem" and ordered and _sync_file_range is not None
         self._clear_stale()
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
@@ -442,8 +444,11 @@ def _fsync_filesystem(path: pathlib.Path) -> None:
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 # Filesystems whose journal commits in order, so that a commit that makes a rename durable
 # also makes durable every allocation and size change made before it, after a cache flush
-# that covers the data written before it.
+# that covers the data written before it: XFS always, ext4 only with a journal in
+# data=ordered or data=journal mode (``orders_data``).
 ORDERED_FILESYSTEMS = frozenset({"ext4", "xfs"})
+# ext4's data modes whose journal commits a rename only after the data written before it.
+EXT4_ORDERED_MODES = frozenset({"data=ordered", "data=journal"})
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -470,21 +475,56 @@ def _write_back(fds: list[int]) -> None:
                 raise OSError(errno, os.strerror(errno))
 
 
-def filesystem_type(path: pathlib.Path) -> str:
-    """The type of the filesystem ``path`` is on (the longest mount point above it in
-    /proc/self/mountinfo), or "" where that cannot be read."""
+@dataclass(frozen=True)
+class Mount:
+    """The filesystem a path is on, from /proc/self/mountinfo."""
+
+    point: str
+    type: str
+    device: str  # major:minor
+
+
+def mount_of(path: pathlib.Path, proc: pathlib.Path = pathlib.Path("/proc")) -> Mount | None:
+    """The filesystem ``path`` is on (the longest mount point above it), or None where
+    that cannot be read."""
     try:
-        mounts = pathlib.Path("/proc/self/mountinfo").read_text().splitlines()
+        mounts = (proc / "self" / "mountinfo").read_text().splitlines()
     except OSError:
-        return ""
-    where, found = os.path.realpath(path), ("", "")
+        return None
+    where, found = os.path.realpath(path), None
     for line in mounts:
         fields, _, rest = line.partition(" - ")
-        point = fields.split()[4].replace("\\040", " ")
+        parts = fields.split()
+        point = parts[4].replace("\\040", " ")
         inside = where == point or where.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(found[0]):
-            found = (point, rest.split()[0])
-    return found[1]
+        if inside and (found is None or len(point) >= len(found.point)):
+            found = Mount(point, rest.split()[0], parts[2])
+    return found
+
+
+def orders_data(
+    path: pathlib.Path,
+    proc: pathlib.Path = pathlib.Path("/proc"),
+    sys_root: pathlib.Path = pathlib.Path("/sys"),
+) -> bool:
+    """Whether the filesystem ``path`` is on commits a rename only together with the data
+    and allocations written before it (see ``ORDERED_FILESYSTEMS``): XFS, and ext4 whose
+    options in /proc/fs/ext4/<device>/options name a journal's ordered or journal data
+    mode. ext4 made without a journal (its options name no data mode) or mounted
+    ``data=writeback`` does not: a crash could leave a renamed name with no data behind
+    it. Anything that cannot be read counts as not ordered (two commits, safe anywhere)."""
+    mount = mount_of(path, proc)
+    if mount is None or mount.type not in ORDERED_FILESYSTEMS:
+        return False
+    if mount.type != "ext4":
+        return True
+    try:
+        # /proc/fs/ext4 names the device as the kernel does (vda, sda1, dm-0, loop0).
+        name = os.path.basename(os.readlink(sys_root / "dev" / "block" / mount.device))
+        options = (proc / "fs" / "ext4" / name / "options").read_text().split()
+    except OSError:
+        return False
+    return not EXT4_ORDERED_MODES.isdisjoint(options)
 
 
 def from_next_hop(

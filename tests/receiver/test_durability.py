@@ -3,6 +3,7 @@ count what the clients saw acknowledged against what the spool holds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import random
@@ -21,6 +22,7 @@ from smtpgate.receiver import delivery
 
 from .conftest import free_port
 from .helpers import internet_config_file, start_process
+from .volumes import ext4_volume
 
 
 def _start(
@@ -166,11 +168,25 @@ def _trace_order(
 @pytest.mark.skipif(
     STRACE is None, reason="needs strace (apt-get install strace; make test installs it)"
 )
-@pytest.mark.parametrize("sync", ["filesystem", "file"])
+@pytest.mark.parametrize(
+    ("sync", "where"),
+    [("filesystem", "here"), ("filesystem", "ext4-journal"), ("file", "here")],
+    ids=["filesystem", "filesystem-on-ext4-journal", "file"],
+)
 @pytest.mark.parametrize("big", [False, True], ids=["small", "spilled"])
 def test_the_250_follows_data_sync_rename_and_directory_sync(
-    tmp_path: pathlib.Path, sync: str, big: bool
+    tmp_path: pathlib.Path, sync: str, where: str, big: bool
 ) -> None:
+    """Here: the test's own folder, whatever filesystem it is on; ext4-journal: an ext4
+    with a journal made for the test, where the group commit is one journal commit."""
+    with contextlib.ExitStack() as stack:
+        if where == "ext4-journal":
+            tmp_path = stack.enter_context(ext4_volume(tmp_path / "volume"))
+            assert delivery.orders_data(tmp_path)
+        _trace_one_message(tmp_path, sync, big)
+
+
+def _trace_one_message(tmp_path: pathlib.Path, sync: str, big: bool) -> None:
     assert STRACE is not None
     port, trace_file = free_port(), tmp_path / "trace"
     wrap = (STRACE, "-f", "-y", "-qq", "-e", f"trace={SYSCALLS}", "-o", str(trace_file))
@@ -194,7 +210,7 @@ def test_the_250_follows_data_sync_rename_and_directory_sync(
                 proc.kill()
             assert proc.stdout is not None
             proc.stdout.close()
-    ordered = delivery.filesystem_type(tmp_path) in delivery.ORDERED_FILESYSTEMS
+    ordered = delivery.orders_data(tmp_path)
     trace = trace_file.read_text()
     order, commits = _trace_order(trace, tmp_path / "spool", queue_id, big, sync, ordered)
     expected = ["data", "rename", "directory", "250"]

@@ -1,0 +1,96 @@
+"""Where the spool's group commit may take one journal commit (``delivery.orders_data``):
+only where the filesystem's journal commits a rename together with the data written
+before it. On filesystems made for the test: ext4 with a journal in data=ordered or
+data=journal mode does; ext4 made without a journal, or mounted data=writeback, does not,
+and there the spool makes the data durable before the renames (two commits)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+
+import pytest
+from smtpgate.receiver import delivery
+
+from .volumes import ext4_volume
+
+
+def _spool_three(root: pathlib.Path) -> delivery.MaildirDelivery:
+    spool = delivery.MaildirDelivery(root)
+    messages = [
+        delivery.Message(
+            queue_id=delivery.new_queue_id(),
+            connector="Internet",
+            mail_from="s@example.org",
+            recipients=("u@contoso.com",),
+            content=b"Subject: %d\r\n\r\nbody\r\n" % n,
+        )
+        for n in range(3)
+    ]
+
+    async def run() -> None:
+        await asyncio.gather(*(spool.deliver(m) for m in messages))
+
+    try:
+        asyncio.run(run())
+    finally:
+        spool.close()
+    assert len(list((root / "new").iterdir())) == 3
+    return spool
+
+
+@pytest.mark.parametrize(
+    ("mkfs", "options", "ordered"),
+    [
+        ((), None, True),
+        ((), "data=journal", True),
+        (("-O", "^has_journal"), None, False),
+        ((), "data=writeback", False),
+    ],
+    ids=["journal-ordered", "journal-data", "no-journal", "journal-writeback"],
+)
+def test_one_commit_only_where_the_journal_orders_data(
+    tmp_path: pathlib.Path, mkfs: tuple[str, ...], options: str | None, ordered: bool
+) -> None:
+    with ext4_volume(tmp_path / "volume", *mkfs, options=options) as volume:
+        assert delivery.orders_data(volume / "spool") is ordered
+        assert _spool_three(volume / "spool").ordered is ordered
+
+
+def _proc(tmp_path: pathlib.Path, fstype: str, options: str | None) -> tuple[pathlib.Path, ...]:
+    """A /proc and a /sys that say: the spool is on ``fstype`` on device 254:0 (vdz), whose
+    ext4 options are ``options`` (None: no options file)."""
+    proc, sys_root = tmp_path / "proc", tmp_path / "sys"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_text(
+        f"22 1 254:0 / / rw,relatime - {fstype} /dev/vdz rw\n30 22 0:21 / /proc rw - proc proc rw\n"
+    )
+    (sys_root / "dev" / "block").mkdir(parents=True)
+    os.symlink("../../devices/virtual/block/vdz", sys_root / "dev" / "block" / "254:0")
+    if options is not None:
+        (proc / "fs" / "ext4" / "vdz").mkdir(parents=True)
+        (proc / "fs" / "ext4" / "vdz" / "options").write_text(options)
+    return proc, sys_root
+
+
+@pytest.mark.parametrize(
+    ("fstype", "options", "ordered"),
+    [
+        ("ext4", "rw\nbarrier\ndata=ordered\n", True),
+        ("ext4", "rw\ndata=journal\n", True),
+        ("ext4", "rw\ndata=writeback\n", False),
+        ("ext4", "rw\nbarrier\ndelalloc\n", False),  # made without a journal
+        ("ext4", None, False),  # its options cannot be read
+        ("xfs", None, True),
+        ("btrfs", None, False),
+        ("tmpfs", None, False),
+    ],
+)
+def test_orders_data_reads_the_mount_and_its_ext4_options(
+    tmp_path: pathlib.Path, fstype: str, options: str | None, ordered: bool
+) -> None:
+    proc, sys_root = _proc(tmp_path, fstype, options)
+    assert delivery.orders_data(pathlib.Path("/var/spool"), proc, sys_root) is ordered
+    assert delivery.orders_data(pathlib.Path("/proc/1"), proc, sys_root) is False
+    assert delivery.orders_data(pathlib.Path("/"), tmp_path / "no-proc", sys_root) is False
