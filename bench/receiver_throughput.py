@@ -4,8 +4,9 @@
 
 The load client is Postfix's smtp-source (it stops at the first reply that is not what it
 expects, so every message of a run was accepted). Servers (bench/servers.py, each in a
-cpuacct cgroup of its own, both spooling on the same filesystem, neither logging a line per
-message to a file; the configuration of both is printed first): smtpgate's receiver with a
+cpuacct cgroup of its own, both spooling on the same filesystem, an ext4 with a journal made
+for the run (``--spool-in`` names another), neither logging a line per message to a file;
+the configuration of both is printed first): smtpgate's receiver with a
 full Internet connector policy in maildir mode (durable before 250), and Postfix's smtpd
 with its queue (cleanup fsyncs the queue file before 250) delivering to the discard
 transport, with in_flow_delay = 0. ``--with-reference`` adds smtpgate in relay mode and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import pathlib
 import shutil
@@ -191,6 +193,12 @@ def main() -> int:
         help="also run the receiver from another copy of its source (a folder holding "
         "smtpgate/receiver and smtpgate/connectors, e.g. from git archive), interleaved",
     )
+    parser.add_argument(
+        "--spool-in",
+        metavar="DIR",
+        help="keep every server's spool and queue in a folder under DIR (on its filesystem) "
+        "instead of on an ext4 made for the run (servers.spool_volume)",
+    )
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if shutil.which(tool) is None:
@@ -200,7 +208,24 @@ def main() -> int:
     n1 = 300 if args.quick else args.messages
     rounds = 1 if args.quick else args.rounds
     scenarios = [s for s in SCENARIOS if not args.only or args.only in s[0]]
-    work = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-bench-"))
+    if args.spool_in:
+        volume: contextlib.AbstractContextManager[pathlib.Path] = contextlib.nullcontext(
+            pathlib.Path(args.spool_in)
+        )
+    else:
+        volume = servers.spool_volume()
+    with volume as where:
+        return run(args, where, n1, rounds, scenarios)
+
+
+def run(
+    args: argparse.Namespace,
+    where: pathlib.Path,
+    n1: int,
+    rounds: int,
+    scenarios: list[tuple[str, int, int, bool]],
+) -> int:
+    work = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-bench-", dir=where))
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     waits: dict[tuple[str, str], list[float]] = {}
     started: list[servers.Server] = []
