@@ -1,16 +1,20 @@
 """The benchmark's own tools still do what bench/ says: the in-process session meter runs
 real sessions to their 250, and the floor server, with two workers on one port, makes
 each message durable in new/ before its 250 (a real client, Python's smtplib, on
-loopback), pipelined commands after the data included."""
+loopback), pipelined commands after the data included; the servers spool on an ext4 made
+for the run."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import smtplib
 import socket
 import subprocess
 import sys
 import time
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -111,3 +115,21 @@ def _ends(pid: int, timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_the_spool_volume_is_an_ext4_whose_journal_orders_data_and_goes_afterwards() -> None:
+    """bench/servers.spool_volume: every server's spool on an ext4 made for the run."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a loop device")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import servers
+    from smtpgate.receiver import delivery
+
+    with servers.spool_volume("1G") as volume:
+        mount = delivery.mount_of(volume)
+        assert mount is not None and mount.point == str(volume) and mount.type == "ext4"
+        assert delivery.orders_data(volume)
+        assert "journal orders data" in servers.filesystem(volume)
+        (volume / "written").write_text("x")
+    assert not volume.exists()
+    assert delivery.mount_of(volume) is None or delivery.mount_of(volume).point != str(volume)
