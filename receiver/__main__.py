@@ -160,13 +160,13 @@ def _queue_report(runtime: server.Runtime) -> dict[str, float] | None:
 
 
 def _spool_report(runtime: server.Runtime) -> dict[str, Any] | None:
-    """The spool guard's last look for /spool; None unless the next hop spools (Maildir,
-    StoreAndForward)."""
+    """The spool guard's last look for /spool, and how the spool commits; None unless the
+    next hop spools (Maildir, StoreAndForward)."""
     spool = runtime.delivery
     if isinstance(spool, queue.QueuedDelivery):
         spool = spool.spool
     if isinstance(spool, delivery.MaildirDelivery):
-        return spool.guard.report()
+        return {**spool.guard.report(), "groupCommit": spool.group_commit}
     return None
 
 

@@ -216,6 +216,14 @@ class MaildirDelivery:
     def _name(self, queue_id: str) -> str:
         return f"{time.time_ns()}.{queue_id}.{self._host}"
 
+    @property
+    def group_commit(self) -> str:
+        """How a group is made durable, for ``/spool``: ``OneJournalCommit`` (where the
+        journal orders data), ``SyncfsThenDirectory``, or ``FsyncEachFile``."""
+        if self.ordered:
+            return "OneJournalCommit"
+        return "SyncfsThenDirectory" if self.sync == "filesystem" else "FsyncEachFile"
+
     async def deliver(self, message: Message) -> None:
         done = asyncio.get_running_loop().create_future()
         pending = _Pending(message, done)

@@ -2,7 +2,8 @@
 only where the filesystem's journal commits a rename together with the data written
 before it. On filesystems made for the test: ext4 with a journal in data=ordered or
 data=journal mode does; ext4 made without a journal, or mounted data=writeback, does not,
-and there the spool makes the data durable before the renames (two commits)."""
+and there the spool makes the data durable before the renames (two commits). The
+receiver's /spool says which."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pathlib
 import pytest
 from smtpgate.receiver import delivery
 
+from .test_spool_health import receiver, send, spool_config, spool_report, stop
 from .volumes import ext4_volume
 
 
@@ -94,3 +96,25 @@ def test_orders_data_reads_the_mount_and_its_ext4_options(
     assert delivery.orders_data(pathlib.Path("/var/spool"), proc, sys_root) is ordered
     assert delivery.orders_data(pathlib.Path("/proc/1"), proc, sys_root) is False
     assert delivery.orders_data(pathlib.Path("/"), tmp_path / "no-proc", sys_root) is False
+
+
+@pytest.mark.parametrize(
+    ("mkfs", "sync", "commit"),
+    [
+        ((), "Filesystem", "OneJournalCommit"),
+        (("-O", "^has_journal"), "Filesystem", "SyncfsThenDirectory"),
+        ((), "File", "FsyncEachFile"),
+    ],
+)
+def test_the_receiver_says_on_its_spool_port_how_it_commits(
+    tmp_path: pathlib.Path, mkfs: tuple[str, ...], sync: str, commit: str
+) -> None:
+    """/spool names the way the receiver makes a group durable on the volume it has."""
+    with ext4_volume(tmp_path / "volume", *mkfs) as volume:
+        cfg = spool_config(tmp_path, sync=sync)
+        proc, port, health = receiver(tmp_path, volume / "spool", cfg)
+        try:
+            assert send(port)
+            assert spool_report(health)["groupCommit"] == commit
+        finally:
+            stop(proc)
