@@ -86,12 +86,16 @@ class KerberosSpec(_Spec):
         "the organisation's other servers know this one when it authenticates to them.",
     )
     keytab_secret_ref: KeyRef = Field(
-        description="The Secret key holding the keytab with the service principals' keys."
+        description="The Secret key holding the keytab with the service principals' keys. "
+        "While the Secret or its key is missing, the server's SecretsReady and Ready are "
+        "False (SecretNotFound, SecretKeyMissing) and its new pods wait for it."
     )
     krb5_config_map_ref: KeyRef | None = Field(
         None,
         description="A ConfigMap key holding krb5.conf (realms, KDCs, clock skew); the "
-        "receivers use it as KRB5_CONFIG. Without it, the image's defaults.",
+        "receivers use it as KRB5_CONFIG. Without it, the image's defaults. While the "
+        "ConfigMap or its key is missing, the server's ConfigMapsReady and Ready are False "
+        "(ConfigMapNotFound, ConfigMapKeyMissing) and its new pods wait for it.",
     )
 
     def principals(self) -> tuple[str, ...]:

@@ -75,11 +75,12 @@ def test_connections_on_a_connector_are_limited(start: Any) -> None:
     assert extra.closed()
 
 
-def test_inactivity_timeout_closes_an_idle_session(start: Any) -> None:
+def test_inactivity_timeout_closes_an_idle_session_without_a_reply(start: Any) -> None:
     running = start(_connector(connectionTimeoutSeconds=30, connectionInactivityTimeoutSeconds=1))
     raw = _greeted(running)
     raw.sock.settimeout(5)
     assert raw.closed()
+    assert raw.buffer == b""  # nothing before the close (the README: "without a reply")
 
 
 def test_connection_timeout_ends_even_a_busy_session(start: Any) -> None:
