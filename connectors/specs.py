@@ -677,6 +677,12 @@ class NextHop(_Spec):
             lambda s: s.queue is None or s.mode == "StoreAndForward",
             "queue",
         ),
+        Rule(
+            f"!{_MAILDIR} || !has(self.tls)",
+            "tls is for Smtp and Lmtp next hops; a Maildir next hop only spools",
+            lambda s: s.type != "Maildir" or s.tls is None,
+            "tls",
+        ),
     )
 
     type: str = Field(
@@ -701,6 +707,17 @@ class NextHop(_Spec):
     queue: QueueSettings | None = Field(
         None, description="Retries, expiry and alerting of the StoreAndForward queue."
     )
+    tls: str | None = Field(
+        None,
+        pattern="^(Off|Opportunistic|Required)$",
+        description="Smtp and Lmtp: STARTTLS to the next hop. Opportunistic (the default): "
+        "encrypted whenever the next hop offers STARTTLS, else in the clear; a handshake that "
+        "fails sends the message in the clear on a new connection. Required: never in the "
+        "clear; a next hop that offers no STARTTLS, or whose handshake fails, gets nothing "
+        "(451 4.7.4 or 4.7.5 to the client in Relay mode; the queue tries again in "
+        "StoreAndForward). Off: always in the clear. The next hop's certificate is not "
+        "checked (encryption against eavesdropping, not authentication of the next hop).",
+    )
     path: SpoolPath = Field(
         "/var/spool/smtpgate",
         description="Spool folder in the pod (Maildir, StoreAndForward): an absolute path, "
@@ -716,15 +733,22 @@ class NextHop(_Spec):
         pattern="^(Filesystem|File)$",
         description=(
             "How the Maildir spool makes a group of messages durable before 250: Filesystem "
-            "(one syncfs of the spool volume per group) or File (an fsync per message file, "
-            "for volumes whose syncfs does not reach stable storage, such as some network "
-            "filesystems)."
+            "(one journal commit per group on XFS, or on ext4 with a journal in ordered or "
+            "journal data mode; elsewhere one syncfs of the spool volume per group) or File "
+            "(an fsync per message file, for volumes whose syncfs does not reach stable "
+            "storage, such as some network filesystems)."
         ),
     )
 
     @property
     def store_and_forward(self) -> bool:
         return self.mode == "StoreAndForward"
+
+    @property
+    def tls_mode(self) -> str:
+        """STARTTLS to an Smtp or Lmtp next hop: Off, Opportunistic (the default) or
+        Required."""
+        return self.tls or "Opportunistic"
 
     @property
     def spooled(self) -> bool:

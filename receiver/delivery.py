@@ -556,4 +556,10 @@ def from_next_hop(
         raise ValueError(f"a {next_hop.type} next hop needs host and port")
     from .relay import RelayDelivery  # relay builds on this module
 
-    return RelayDelivery(next_hop.host, next_hop.port, lmtp=next_hop.type == "Lmtp", helo=helo)
+    return RelayDelivery(
+        next_hop.host,
+        next_hop.port,
+        lmtp=next_hop.type == "Lmtp",
+        helo=helo,
+        tls=next_hop.tls_mode,
+    )

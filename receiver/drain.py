@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=QueueSettings().expiration_seconds,
         help="return messages older than this to their senders (the server's setting)",
     )
+    parser.add_argument(
+        "--tls",
+        default="Opportunistic",
+        choices=("Off", "Opportunistic", "Required"),
+        help="STARTTLS to the next hop, as the server's nextHop.tls",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     before = len(spoolfile.names(root))
     log.info("draining %d messages from %s to %s", before, root, args.next_hop)
-    relay = RelayDelivery(host, port, lmtp=lmtp, helo=args.helo)
+    relay = RelayDelivery(host, port, lmtp=lmtp, helo=args.helo, tls=args.tls)
     left = drain(root, relay, settings, args.helo, args.wait)
     if left:
         log.error("%s still holds %d message(s) after %gs (see state/)", root, left, args.wait)

@@ -326,7 +326,11 @@ class QueuedDelivery:
         sync = spool_sync or next_hop.sync.lower()
         self.spool = delivery.MaildirDelivery(root, sync=sync, guard=guard)
         self.relay = RelayDelivery(
-            next_hop.host, next_hop.port, lmtp=next_hop.type == "Lmtp", helo=helo
+            next_hop.host,
+            next_hop.port,
+            lmtp=next_hop.type == "Lmtp",
+            helo=helo,
+            tls=next_hop.tls_mode,
         )
         self.runner = QueueRunner(
             root, self.relay, next_hop.queue_settings, helo or socket.getfqdn(), scan_seconds

@@ -18,7 +18,9 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import smtplib
+import ssl
 import threading
 import time
 
@@ -50,8 +52,11 @@ class RelayDelivery:
         idle_seconds: float = 20,
         concurrency: int = 32,
         spill_dir: str | None = None,
+        tls: str = "Opportunistic",
     ) -> None:
-        self.host, self.port, self.lmtp = host, port, lmtp
+        if tls not in TLS_MODES:
+            raise ValueError(f"unknown TLS mode {tls!r}: one of {', '.join(TLS_MODES)}")
+        self.host, self.port, self.lmtp, self.tls = host, port, lmtp, tls
         self.spill_dir = spill_dir
         self.helo, self.timeout, self.idle_seconds = helo, timeout, idle_seconds
         self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, "relay")
@@ -79,16 +84,12 @@ class RelayDelivery:
                 return self._attempt_each(client, message, kept=True)
             except _Gone:
                 self._drop_kept()
-        factory = smtplib.LMTP if self.lmtp else smtplib.SMTP
-        client = factory(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
-        return self._attempt_each(client, message, kept=False)
+        return self._attempt_each(self._connect(), message, kept=False)
 
     def _attempt_each(
         self, client: smtplib.SMTP, message: Message, kept: bool
     ) -> list[tuple[int, str]]:
         try:
-            if not kept:
-                client.ehlo_or_helo_if_needed()
             answers, clean = self._each(client, message, kept)
         except BaseException:
             client.close()
@@ -196,16 +197,50 @@ class RelayDelivery:
                 return
             except _Gone:
                 self._drop_kept()  # the next hop went away: the others are gone too
+        self._attempt(self._connect(), message, kept=False)
+
+    def _connect(self) -> smtplib.SMTP:
+        """A new connection to the next hop, greeted (EHLO, or LHLO), and encrypted as
+        ``tls`` says: with STARTTLS where the next hop offers it (Opportunistic, Required),
+        greeted again after the handshake as RFC 3207 asks. An Opportunistic handshake that
+        fails leaves the connection unusable: a new one goes in the clear. Required raises
+        ``TlsRefused`` (451) rather than send anything in the clear."""
+        client = self._open()
+        try:
+            client.ehlo_or_helo_if_needed()
+            if self.tls == "Off":
+                return client
+            if not client.has_extn("starttls"):
+                if self.tls == "Required":
+                    raise TlsRefused(
+                        f"4.7.4 next hop {self.host}:{self.port} offers no STARTTLS, "
+                        "and nextHop.tls is Required"
+                    )
+                return client
+            try:
+                client.starttls(context=_tls_context())
+                client.ehlo()
+            except (ssl.SSLError, smtplib.SMTPException, OSError) as err:
+                if self.tls == "Required":
+                    raise TlsRefused(
+                        f"4.7.5 STARTTLS to next hop {self.host}:{self.port} failed: {err}"
+                    ) from err
+                client.close()
+                client = self._open()
+                client.ehlo_or_helo_if_needed()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _open(self) -> smtplib.SMTP:
         factory = smtplib.LMTP if self.lmtp else smtplib.SMTP
-        client = factory(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
-        self._attempt(client, message, kept=False)
+        return factory(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
 
     def _attempt(self, client: smtplib.SMTP, message: Message, kept: bool) -> None:
         """One try on ``client``: kept for the next message when it ends in a clean state,
         closed otherwise (without QUIT, which could wait as long as the failure did)."""
         try:
-            if not kept:
-                client.ehlo_or_helo_if_needed()
             self._transaction(client, message, kept)
         except _Clean:
             self._keep(client)
@@ -340,6 +375,31 @@ class RelayDelivery:
             idle, self._idle = self._idle, []
         for client, _ in idle:
             _quit(client)
+
+
+TLS_MODES = ("Off", "Opportunistic", "Required")
+
+
+class TlsRefused(smtplib.SMTPResponseException):
+    """Nothing was sent: nextHop.tls is Required and the next hop cannot be reached
+    encrypted (it offers no STARTTLS, or the handshake failed). Temporary (451)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(451, text.encode())
+        self.text = text
+
+    def __str__(self) -> str:  # the queue's record of the try: the reason, as it reads
+        return self.text
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The client side of STARTTLS to a next hop: TLS 1.2 or later, the next hop's
+    certificate not checked (nextHop.tls encrypts; it does not authenticate the next hop)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _before_data(code: int, text: bytes, stage: str) -> tuple[int, bytes]:

@@ -16,8 +16,9 @@ from smtpgate.receiver import delivery, relay
 
 
 @contextlib.contextmanager
-def serving(handler: Any, lmtp: bool = False) -> Iterator[int]:
-    """Serve ``handler`` on a free loopback port, yielded; closed on exit."""
+def serving(handler: Any, lmtp: bool = False, **engine: Any) -> Iterator[int]:
+    """Serve ``handler`` on a free loopback port, yielded; closed on exit. ``engine``:
+    aiosmtpd's SMTP settings (e.g. ``tls_context``, ``require_starttls``)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -25,7 +26,7 @@ def serving(handler: Any, lmtp: bool = False) -> Iterator[int]:
     sock.bind(("127.0.0.1", 0))
     protocol = LMTP if lmtp else SMTP
     server = asyncio.run_coroutine_threadsafe(
-        loop.create_server(lambda: protocol(handler), sock=sock), loop
+        loop.create_server(lambda: protocol(handler, **engine), sock=sock), loop
     ).result()
     try:
         yield sock.getsockname()[1]

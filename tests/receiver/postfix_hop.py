@@ -36,7 +36,10 @@ def available() -> str | None:
 
 
 class PostfixHop:
-    def __init__(self, work: pathlib.Path, deferred: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, work: pathlib.Path, deferred: tuple[str, ...] = (), settings: str = ""
+    ) -> None:
+        """``settings``: main.cf lines on top of the hop's own (e.g. its TLS)."""
         self.work = work
         self.conf = work / "postfix"
         self.sink = work / "sink"
@@ -72,6 +75,7 @@ smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 maillog_file = {work}/postfix.log
 maillog_file_prefixes = {work}
+{settings}
 """)
         master = pathlib.Path("/etc/postfix/master.cf").read_text()
         master = re.sub(
