@@ -160,3 +160,12 @@ class SpoolState(StrEnum):
     HasRoom = "SpoolHasRoom"
     Full = "SpoolFull"
     Unwritable = "SpoolUnwritable"
+
+
+class NextHopTls(StrEnum):
+    """STARTTLS from the relay to an Smtp or Lmtp next hop: never, whenever the next hop
+    offers it (in the clear otherwise), or always (nothing in the clear)."""
+
+    Off = "Off"
+    Opportunistic = "Opportunistic"
+    Required = "Required"

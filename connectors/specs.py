@@ -15,6 +15,7 @@ from .enums import (
     AcceptedDomainType,
     AuthMechanism,
     MessageRateSource,
+    NextHopTls,
     Permission,
     PermissionAccess,
     PermissionGroup,
@@ -707,9 +708,8 @@ class NextHop(_Spec):
     queue: QueueSettings | None = Field(
         None, description="Retries, expiry and alerting of the StoreAndForward queue."
     )
-    tls: str | None = Field(
+    tls: NextHopTls | None = Field(
         None,
-        pattern="^(Off|Opportunistic|Required)$",
         description="Smtp and Lmtp: STARTTLS to the next hop. Opportunistic (the default): "
         "encrypted whenever the next hop offers STARTTLS, else in the clear; a handshake that "
         "fails sends the message in the clear on a new connection. Required: never in the "
@@ -745,10 +745,10 @@ class NextHop(_Spec):
         return self.mode == "StoreAndForward"
 
     @property
-    def tls_mode(self) -> str:
+    def tls_mode(self) -> NextHopTls:
         """STARTTLS to an Smtp or Lmtp next hop: Off, Opportunistic (the default) or
         Required."""
-        return self.tls or "Opportunistic"
+        return self.tls or NextHopTls.Opportunistic
 
     @property
     def spooled(self) -> bool:

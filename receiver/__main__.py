@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--spool-sync",
         choices=("filesystem", "file"),
         help="how a maildir group commit reaches stable storage (overrides the config's "
-        "nextHop.sync): filesystem (one syncfs) or file (an fsync per message file)",
+        "nextHop.sync): filesystem (one journal commit where the journal orders data, "
+        "else one syncfs) or file (an fsync per message file)",
     )
     parser.add_argument("--listen-v4", help="listen here for 0.0.0.0 bindings (tests, demo)")
     parser.add_argument("--listen-v6", help="listen here for [::] bindings (tests, demo)")

@@ -488,7 +488,7 @@ class Mount:
     """The filesystem a path is on, from /proc/self/mountinfo."""
 
     point: str
-    type: str
+    fstype: str
     device: str  # major:minor
 
 
@@ -503,11 +503,28 @@ def mount_of(path: pathlib.Path, proc: pathlib.Path = pathlib.Path("/proc")) -> 
     for line in mounts:
         fields, _, rest = line.partition(" - ")
         parts = fields.split()
-        point = parts[4].replace("\\040", " ")
+        point = _ESCAPED.sub(lambda m: chr(int(m[1], 8)), parts[4])  # space, tab, \\, ...
         inside = where == point or where.startswith(point.rstrip("/") + "/")
         if inside and (found is None or len(point) >= len(found.point)):
             found = Mount(point, rest.split()[0], parts[2])
     return found
+
+
+_ESCAPED = re.compile(r"\\([0-7]{3})")  # mountinfo's octal escapes
+
+
+def _on(path: pathlib.Path, mount: Mount) -> bool:
+    """Whether ``path`` (or, not made yet, the nearest folder above it) is on ``mount``'s
+    device: a mount point listed longest may still be hidden by a later mount above it."""
+    where = pathlib.Path(os.path.realpath(path))
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        device = os.stat(where).st_dev
+    except OSError:
+        return False
+    major, _, minor = mount.device.partition(":")
+    return device == os.makedev(int(major), int(minor))
 
 
 def orders_data(
@@ -522,9 +539,9 @@ def orders_data(
     ``data=writeback`` does not: a crash could leave a renamed name with no data behind
     it. Anything that cannot be read counts as not ordered (two commits, safe anywhere)."""
     mount = mount_of(path, proc)
-    if mount is None or mount.type not in ORDERED_FILESYSTEMS:
+    if mount is None or mount.fstype not in ORDERED_FILESYSTEMS or not _on(path, mount):
         return False
-    if mount.type != "ext4":
+    if mount.fstype != "ext4":
         return True
     try:
         # /proc/fs/ext4 names the device as the kernel does (vda, sda1, dm-0, loop0).

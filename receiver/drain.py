@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.parse
 
+from smtpgate.connectors.enums import NextHopTls
 from smtpgate.connectors.specs import QueueSettings
 
 from . import spoolfile
@@ -38,9 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tls",
-        default="Opportunistic",
-        choices=("Off", "Opportunistic", "Required"),
-        help="STARTTLS to the next hop, as the server's nextHop.tls",
+        default=NextHopTls.Opportunistic.value,
+        choices=[mode.value for mode in NextHopTls],
+        help="STARTTLS to the next hop: give the server's nextHop.tls",
     )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     before = len(spoolfile.names(root))
     log.info("draining %d messages from %s to %s", before, root, args.next_hop)
-    relay = RelayDelivery(host, port, lmtp=lmtp, helo=args.helo, tls=args.tls)
+    relay = RelayDelivery(host, port, lmtp=lmtp, helo=args.helo, tls=NextHopTls(args.tls))
     left = drain(root, relay, settings, args.helo, args.wait)
     if left:
         log.error("%s still holds %d message(s) after %gs (see state/)", root, left, args.wait)

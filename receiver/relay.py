@@ -23,6 +23,9 @@ import smtplib
 import ssl
 import threading
 import time
+import weakref
+
+from smtpgate.connectors.enums import NextHopTls
 
 from . import spill
 from .delivery import DeliveryError, Message
@@ -52,17 +55,18 @@ class RelayDelivery:
         idle_seconds: float = 20,
         concurrency: int = 32,
         spill_dir: str | None = None,
-        tls: str = "Opportunistic",
+        tls: NextHopTls = NextHopTls.Opportunistic,
     ) -> None:
-        if tls not in TLS_MODES:
-            raise ValueError(f"unknown TLS mode {tls!r}: one of {', '.join(TLS_MODES)}")
-        self.host, self.port, self.lmtp, self.tls = host, port, lmtp, tls
+        self.host, self.port, self.lmtp, self.tls = host, port, lmtp, NextHopTls(tls)
         self.spill_dir = spill_dir
         self.helo, self.timeout, self.idle_seconds = helo, timeout, idle_seconds
         self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, "relay")
         self._idle: list[tuple[smtplib.SMTP, float]] = []
         self._lock = threading.Lock()
         self._closed = False
+        # Connections in the clear after a failed handshake (Opportunistic): not kept, so
+        # the next message tries STARTTLS again.
+        self._plain: weakref.WeakSet[smtplib.SMTP] = weakref.WeakSet()
         self._features: frozenset[str] | None = None  # the next hop's, at its last EHLO
         self._delivered = Delivered()
 
@@ -202,16 +206,18 @@ class RelayDelivery:
     def _connect(self) -> smtplib.SMTP:
         """A new connection to the next hop, greeted (EHLO, or LHLO), and encrypted as
         ``tls`` says: with STARTTLS where the next hop offers it (Opportunistic, Required),
-        greeted again after the handshake as RFC 3207 asks. An Opportunistic handshake that
-        fails leaves the connection unusable: a new one goes in the clear. Required raises
+        greeted again after the handshake as RFC 3207 asks. When the handshake or that
+        greeting fails, Opportunistic goes on in the clear on a new connection (which is
+        not kept for later messages, so the next one tries TLS again) and Required raises
         ``TlsRefused`` (451) rather than send anything in the clear."""
         client = self._open()
         try:
             client.ehlo_or_helo_if_needed()
-            if self.tls == "Off":
+            if self.tls is NextHopTls.Off:
                 return client
             if not client.has_extn("starttls"):
-                if self.tls == "Required":
+                if self.tls is NextHopTls.Required:
+                    _quit(client)
                     raise TlsRefused(
                         f"4.7.4 next hop {self.host}:{self.port} offers no STARTTLS, "
                         "and nextHop.tls is Required"
@@ -219,15 +225,17 @@ class RelayDelivery:
                 return client
             try:
                 client.starttls(context=_tls_context())
-                client.ehlo()
+                client.ehlo_or_helo_if_needed()  # raises unless the next hop greets back
             except (ssl.SSLError, smtplib.SMTPException, OSError) as err:
-                if self.tls == "Required":
+                if self.tls is NextHopTls.Required:
                     raise TlsRefused(
-                        f"4.7.5 STARTTLS to next hop {self.host}:{self.port} failed: {err}"
+                        f"4.7.5 STARTTLS to next hop {self.host}:{self.port} failed: "
+                        f"{_failure(err)}"
                     ) from err
                 client.close()
                 client = self._open()
                 client.ehlo_or_helo_if_needed()
+                self._plain.add(client)
         except BaseException:
             client.close()
             raise
@@ -365,7 +373,9 @@ class RelayDelivery:
 
     def _keep(self, client: smtplib.SMTP) -> None:
         with self._lock:
-            if not self._closed and self.idle_seconds > 0:
+            if client in self._plain:  # in the clear after a failed handshake
+                self._plain.discard(client)
+            elif not self._closed and self.idle_seconds > 0:
                 self._idle.append((client, time.monotonic()))
                 return
         _quit(client)
@@ -375,9 +385,6 @@ class RelayDelivery:
             idle, self._idle = self._idle, []
         for client, _ in idle:
             _quit(client)
-
-
-TLS_MODES = ("Off", "Opportunistic", "Required")
 
 
 class TlsRefused(smtplib.SMTPResponseException):
@@ -390,6 +397,12 @@ class TlsRefused(smtplib.SMTPResponseException):
 
     def __str__(self) -> str:  # the queue's record of the try: the reason, as it reads
         return self.text
+
+
+def _failure(err: BaseException) -> str:
+    if isinstance(err, smtplib.SMTPResponseException):
+        return f"{err.smtp_code} {one_line(err.smtp_error)}"
+    return one_line(str(err))
 
 
 @functools.cache

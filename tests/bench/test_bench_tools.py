@@ -127,7 +127,7 @@ def test_the_spool_volume_is_an_ext4_whose_journal_orders_data_and_goes_afterwar
 
     with servers.spool_volume("1G") as volume:
         mount = delivery.mount_of(volume)
-        assert mount is not None and mount.point == str(volume) and mount.type == "ext4"
+        assert mount is not None and mount.point == str(volume) and mount.fstype == "ext4"
         assert delivery.orders_data(volume)
         assert "journal orders data" in servers.filesystem(volume)
         (volume / "written").write_text("x")

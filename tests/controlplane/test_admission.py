@@ -84,6 +84,8 @@ INVALID: list[tuple[str, dict[str, Any], str | None]] = [
     (TS, {"nextHop": {"mode": "StoreAndForward"}}, None),  # a Maildir next hop only spools
     (TS, {"nextHop": {"type": "Smtp", "host": "r.contoso.com", "port": 25, "mode": "Later"}}, None),
     (TS, {"nextHop": {"type": "Smtp", "host": "r.contoso.com", "port": 25, "queue": {}}}, None),
+    (TS, {"nextHop": {"tls": "Required"}}, None),  # a Maildir next hop only spools
+    (TS, {"nextHop": {"type": "Smtp", "host": "r.contoso.com", "port": 25, "tls": "Maybe"}}, None),
     (
         TS,
         {
@@ -181,6 +183,12 @@ VALID: list[tuple[str, dict[str, Any], str | None]] = [
     (TS, {"fqdn": ".".join(["a" * 63] * 3 + ["a" * 61])}, None),  # 253 characters
     (TS, {"nextHop": {"type": "Smtp", "host": "relay.contoso.com", "port": 25}}, None),
     (TS, {"nextHop": {"type": "Lmtp", "host": "2001:db8::25", "port": 24}}, None),
+    (
+        TS,
+        {"nextHop": {"type": "Smtp", "host": "r.contoso.com", "port": 25, "tls": "Required"}},
+        None,
+    ),
+    (TS, {"nextHop": {"type": "Lmtp", "host": "dovecot", "port": 24, "tls": "Off"}}, None),
     (TS, {"nextHop": {"type": "Maildir", "path": "/var/spool/mail", "sync": "File"}}, None),
     (TS, {"userDatabaseSecretRef": {"name": "users.db", "key": "htpasswd"}}, None),
     (TS, {"image": "registry.example:5000/smtpgate/receiver:1.0"}, None),

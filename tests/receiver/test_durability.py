@@ -122,7 +122,7 @@ COMMITS = re.compile(r"^\d+ +(fsync|fdatasync|syncfs)\(")  # each may commit the
 
 def _data_step(sync: str, ordered: bool, tmp: str, name: str) -> str:
     """How the spool makes a message's data safe before its rename: an fsync of its file
-    ("file"); on a filesystem whose journal commits in order (ext4, XFS), its data written
+    ("file"); where the journal orders data (``delivery.orders_data``), its data written
     to the device and waited for, which commits nothing (the directory's sync then commits
     data and name at once); elsewhere a syncfs."""
     if sync == "file":
@@ -170,19 +170,26 @@ def _trace_order(
 )
 @pytest.mark.parametrize(
     ("sync", "where"),
-    [("filesystem", "here"), ("filesystem", "ext4-journal"), ("file", "here")],
-    ids=["filesystem", "filesystem-on-ext4-journal", "file"],
+    [
+        ("filesystem", "ext4-journal"),
+        ("filesystem", "ext4-no-journal"),
+        ("filesystem", "here"),
+        ("file", "here"),
+    ],
+    ids=["filesystem-on-ext4-journal", "filesystem-on-ext4-no-journal", "filesystem", "file"],
 )
 @pytest.mark.parametrize("big", [False, True], ids=["small", "spilled"])
 def test_the_250_follows_data_sync_rename_and_directory_sync(
     tmp_path: pathlib.Path, sync: str, where: str, big: bool
 ) -> None:
     """Here: the test's own folder, whatever filesystem it is on; ext4-journal: an ext4
-    with a journal made for the test, where the group commit is one journal commit."""
+    with a journal made for the test, where the group commit is one journal commit;
+    ext4-no-journal: one made without, where the data is synced before the renames."""
     with contextlib.ExitStack() as stack:
-        if where == "ext4-journal":
-            tmp_path = stack.enter_context(ext4_volume(tmp_path / "volume"))
-            assert delivery.orders_data(tmp_path)
+        if where != "here":
+            mkfs = ("-O", "^has_journal") if where == "ext4-no-journal" else ()
+            tmp_path = stack.enter_context(ext4_volume(tmp_path / "volume", *mkfs))
+            assert delivery.orders_data(tmp_path) is (where == "ext4-journal")
         _trace_one_message(tmp_path, sync, big)
 
 

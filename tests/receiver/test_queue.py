@@ -371,22 +371,7 @@ def test_the_spool_of_a_receiver_gone_for_good_drains_with_the_drain_command(
     proc.send_signal(signal.SIGKILL)  # the pod is gone; its claim stays
     _stop(proc)
     hop.start()
-    drained = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smtpgate.receiver.drain",
-            "--spool",
-            str(tmp_path / "spool"),
-            "--next-hop",
-            f"smtp://127.0.0.1:{hop.port}",
-            "--wait",
-            "60",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    drained = _drain(tmp_path / "spool", hop, "--wait", "60")
     assert drained.returncode == 0, drained.stderr
     assert "drained 20 messages" in drained.stderr or "draining 20 messages" in drained.stderr
     delivered = _ids(hop.wait_delivered(20, 30))
@@ -402,22 +387,42 @@ def test_the_drain_command_says_when_messages_are_left(
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.sendmail(SENDER, ["user@contoso.com"], _message("<left@gone.test>"))
     _stop(proc)
-    drained = subprocess.run(
+    drained = _drain(tmp_path / "spool", hop, "--wait", "3")
+    assert drained.returncode == 1
+    assert "still holds 1 message(s)" in drained.stderr
+    hop.start()  # for the fixture's stop
+
+
+def test_the_drain_command_with_tls_required_sends_nothing_to_a_next_hop_without_starttls(
+    tmp_path: pathlib.Path, hop: postfix_hop.PostfixHop
+) -> None:
+    hop.stop()  # the receiver's own queue must not deliver it first
+    port = free_port()
+    proc = _receiver(tmp_path, hop, port)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail(SENDER, ["user@contoso.com"], _message("<clear@gone.test>"))
+    proc.send_signal(signal.SIGKILL)
+    _stop(proc)
+    hop.start()
+    drained = _drain(tmp_path / "spool", hop, "--tls", "Required", "--wait", "3")
+    assert drained.returncode == 1, drained.stderr
+    assert "offers no STARTTLS, and nextHop.tls is Required" in drained.stderr
+    assert hop.wait_delivered(1, 2) == []
+
+
+def _drain(spool: pathlib.Path, hop: postfix_hop.PostfixHop, *extra: str) -> Any:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "smtpgate.receiver.drain",
             "--spool",
-            str(tmp_path / "spool"),
+            str(spool),
             "--next-hop",
             f"smtp://127.0.0.1:{hop.port}",
-            "--wait",
-            "3",
+            *extra,
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
-    assert drained.returncode == 1
-    assert "still holds 1 message(s)" in drained.stderr
-    hop.start()  # for the fixture's stop

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from smtpgate.connectors import specs
+from smtpgate.connectors.enums import NextHopTls
 from smtpgate.receiver import delivery, relay
 
 from . import hops, postfix_hop
@@ -24,10 +25,28 @@ from .conftest import Pki
 
 
 class Recorder:
-    """Takes every message, noting whether its session was encrypted."""
+    """Takes every message, noting whether its session was encrypted; counts greetings;
+    with ``refuse_greeting_on_tls``, answers EHLO and HELO after STARTTLS with 554."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse_greeting_on_tls: bool = False) -> None:
         self.encrypted: list[bool] = []
+        self.greetings = 0
+        self.refuse = refuse_greeting_on_tls
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.greetings += 1
+        if self.refuse and session.ssl is not None:
+            return ["554 5.7.0 not after TLS"]
+        session.host_name = hostname
+        return responses
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+        if self.refuse and session.ssl is not None:
+            return "554 5.7.0 not after TLS"
+        session.host_name = hostname
+        return f"250 {server.hostname}"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.encrypted.append(session.ssl is not None)
@@ -44,10 +63,17 @@ def _message() -> delivery.Message:
     )
 
 
-def _deliver(port: int, tls: str, lmtp: bool = False) -> None:
-    sender = relay.RelayDelivery("127.0.0.1", port, lmtp=lmtp, helo="mail.contoso.com", tls=tls)
+def _deliver(port: int, tls: str, lmtp: bool = False, messages: int = 1) -> None:
+    sender = relay.RelayDelivery(
+        "127.0.0.1", port, lmtp=lmtp, helo="mail.contoso.com", tls=NextHopTls(tls)
+    )
+
+    async def send() -> None:
+        for _ in range(messages):
+            await sender.deliver(_message())
+
     try:
-        asyncio.run(sender.deliver(_message()))
+        asyncio.run(send())
     finally:
         sender.close()
 
@@ -96,13 +122,37 @@ def test_opportunistic_sends_in_the_clear_on_a_new_connection_after_a_failed_han
     assert refused.value.text.startswith("4.7.5 STARTTLS to next hop 127.0.0.1:")
 
 
+def test_a_connection_in_the_clear_after_a_failed_handshake_is_not_kept(pki: Pki) -> None:
+    """Each message tries STARTTLS again: two greetings per message (the failed try and
+    the connection in the clear), where a kept connection would need none."""
+    hop = Recorder()
+    with hops.serving(hop, tls_context=_server_context(pki, client_certificate=True)) as port:
+        _deliver(port, "Opportunistic", messages=3)
+    assert hop.encrypted == [False] * 3
+    assert hop.greetings == 6
+
+
+def test_a_next_hop_that_will_not_greet_after_starttls_gets_the_message_in_the_clear_or_451(
+    pki: Pki,
+) -> None:
+    hop = Recorder(refuse_greeting_on_tls=True)
+    with hops.serving(hop, tls_context=_server_context(pki)) as port:
+        _deliver(port, "Opportunistic")
+        with pytest.raises(delivery.DeliveryError) as refused:
+            _deliver(port, "Required")
+    assert hop.encrypted == [False]
+    assert refused.value.code == 451
+    assert refused.value.text.startswith("4.7.5 STARTTLS to next hop 127.0.0.1:")
+    assert "554 5.7.0 not after TLS" in refused.value.text
+
+
 def test_required_sends_nothing_in_the_clear() -> None:
     hop = Recorder()
     with hops.serving(hop) as port:
         with pytest.raises(delivery.DeliveryError) as refused:
             _deliver(port, "Required")
         # The queue's try: an exception, so the message stays queued and is tried again.
-        sender = relay.RelayDelivery("127.0.0.1", port, tls="Required")
+        sender = relay.RelayDelivery("127.0.0.1", port, tls=NextHopTls.Required)
         try:
             with pytest.raises(smtplib.SMTPResponseException) as queued:
                 sender.attempt(_message())

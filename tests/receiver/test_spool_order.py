@@ -60,16 +60,28 @@ def test_one_commit_only_where_the_journal_orders_data(
         assert _spool_three(volume / "spool").ordered is ordered
 
 
-def _proc(tmp_path: pathlib.Path, fstype: str, options: str | None) -> tuple[pathlib.Path, ...]:
-    """A /proc and a /sys that say: the spool is on ``fstype`` on device 254:0 (vdz), whose
-    ext4 options are ``options`` (None: no options file)."""
+def _device(path: pathlib.Path) -> str:
+    device = os.stat(path).st_dev
+    return f"{os.major(device)}:{os.minor(device)}"
+
+
+def _proc(
+    tmp_path: pathlib.Path, fstype: str, options: str | None, point: str = "/", device: str = ""
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """A /proc and a /sys that say: ``point`` is a mount of ``fstype`` on ``device`` (by
+    default the test folder's own), named vdz, whose ext4 options are ``options`` (None:
+    no options file)."""
+    device = device or _device(tmp_path)
     proc, sys_root = tmp_path / "proc", tmp_path / "sys"
     (proc / "self").mkdir(parents=True)
+    escaped = point.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
     (proc / "self" / "mountinfo").write_text(
-        f"22 1 254:0 / / rw,relatime - {fstype} /dev/vdz rw\n30 22 0:21 / /proc rw - proc proc rw\n"
+        "21 1 0:99 / / rw - rootfs rootfs rw\n"
+        f"22 21 {device} / {escaped} rw,relatime - {fstype} /dev/vdz rw\n"
+        "30 21 0:21 / /proc rw - proc proc rw\n"
     )
     (sys_root / "dev" / "block").mkdir(parents=True)
-    os.symlink("../../devices/virtual/block/vdz", sys_root / "dev" / "block" / "254:0")
+    os.symlink("../../devices/virtual/block/vdz", sys_root / "dev" / "block" / device)
     if options is not None:
         (proc / "fs" / "ext4" / "vdz").mkdir(parents=True)
         (proc / "fs" / "ext4" / "vdz" / "options").write_text(options)
@@ -93,9 +105,27 @@ def test_orders_data_reads_the_mount_and_its_ext4_options(
     tmp_path: pathlib.Path, fstype: str, options: str | None, ordered: bool
 ) -> None:
     proc, sys_root = _proc(tmp_path, fstype, options)
-    assert delivery.orders_data(pathlib.Path("/var/spool"), proc, sys_root) is ordered
+    spool = tmp_path / "spool" / "not-made-yet"
+    assert delivery.orders_data(spool, proc, sys_root) is ordered
     assert delivery.orders_data(pathlib.Path("/proc/1"), proc, sys_root) is False
-    assert delivery.orders_data(pathlib.Path("/"), tmp_path / "no-proc", sys_root) is False
+    assert delivery.orders_data(spool, tmp_path / "no-proc", sys_root) is False
+
+
+def test_a_mount_point_with_a_space_tab_or_backslash_is_found(tmp_path: pathlib.Path) -> None:
+    folder = tmp_path / "sp ool\tx\\y"
+    folder.mkdir()
+    proc, sys_root = _proc(tmp_path, "ext4", "data=ordered\n", point=str(folder))
+    found = delivery.mount_of(folder / "new", proc)
+    assert found is not None and found.point == str(folder) and found.fstype == "ext4"
+    assert delivery.orders_data(folder / "new", proc, sys_root)
+
+
+def test_a_listed_mount_whose_device_the_path_is_not_on_does_not_count(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A mount hidden by a later one above it is still listed: the device decides."""
+    proc, sys_root = _proc(tmp_path, "ext4", "data=ordered\n", device="7:77")
+    assert delivery.orders_data(tmp_path / "spool", proc, sys_root) is False
 
 
 @pytest.mark.parametrize(

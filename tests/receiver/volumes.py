@@ -7,6 +7,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -33,9 +34,20 @@ def ext4_volume(
         [*mount, str(image), str(path)], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
+        image.unlink(missing_ok=True)
         pytest.skip(f"cannot mount an ext4 on a loop device: {done.stderr.strip()}")
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], capture_output=True, check=False)
+        unmount(path)
         image.unlink(missing_ok=True)
+
+
+def unmount(path: pathlib.Path) -> None:
+    """Unmount ``path``, waiting a little for what still uses it (a process the test
+    stopped, still ending); then detached lazily, so no mount or loop device stays."""
+    for _ in range(20):
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.25)
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
