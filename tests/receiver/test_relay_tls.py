@@ -109,17 +109,25 @@ def test_opportunistic_goes_in_the_clear_where_none_is_offered() -> None:
     assert hop.encrypted == [False]
 
 
-def test_opportunistic_sends_in_the_clear_on_a_new_connection_after_a_failed_handshake(
-    pki: Pki,
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [("handshake", ""), ("greeting", "554 5.7.0 not after TLS")],
+    ids=["the-handshake-fails", "no-greeting-after-the-handshake"],
+)
+def test_a_failed_starttls_sends_in_the_clear_on_a_new_connection_or_gets_451(
+    pki: Pki, failure: str, said: str
 ) -> None:
-    hop = Recorder()
-    with hops.serving(hop, tls_context=_server_context(pki, client_certificate=True)) as port:
+    """Opportunistic: in the clear on a new connection; Required: 451 4.7.5, nothing sent."""
+    hop = Recorder(refuse_greeting_on_tls=failure == "greeting")
+    context = _server_context(pki, client_certificate=failure == "handshake")
+    with hops.serving(hop, tls_context=context) as port:
         _deliver(port, "Opportunistic")
         with pytest.raises(delivery.DeliveryError) as refused:
             _deliver(port, "Required")
     assert hop.encrypted == [False]
     assert refused.value.code == 451
     assert refused.value.text.startswith("4.7.5 STARTTLS to next hop 127.0.0.1:")
+    assert said in refused.value.text
 
 
 def test_a_connection_in_the_clear_after_a_failed_handshake_is_not_kept(pki: Pki) -> None:
@@ -130,20 +138,6 @@ def test_a_connection_in_the_clear_after_a_failed_handshake_is_not_kept(pki: Pki
         _deliver(port, "Opportunistic", messages=3)
     assert hop.encrypted == [False] * 3
     assert hop.greetings == 6
-
-
-def test_a_next_hop_that_will_not_greet_after_starttls_gets_the_message_in_the_clear_or_451(
-    pki: Pki,
-) -> None:
-    hop = Recorder(refuse_greeting_on_tls=True)
-    with hops.serving(hop, tls_context=_server_context(pki)) as port:
-        _deliver(port, "Opportunistic")
-        with pytest.raises(delivery.DeliveryError) as refused:
-            _deliver(port, "Required")
-    assert hop.encrypted == [False]
-    assert refused.value.code == 451
-    assert refused.value.text.startswith("4.7.5 STARTTLS to next hop 127.0.0.1:")
-    assert "554 5.7.0 not after TLS" in refused.value.text
 
 
 def test_required_sends_nothing_in_the_clear() -> None:
