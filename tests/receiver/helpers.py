@@ -98,6 +98,23 @@ class Raw:
         self.sock.close()
 
 
+def openssl_starttls(port: int, ca_file: pathlib.Path, *extra: str) -> list[str]:
+    """openssl s_client doing STARTTLS with the receiver on ``port``, the chain verified
+    against ``ca_file`` (a failed verification ends it), with ``extra`` arguments."""
+    return [
+        "openssl",
+        "s_client",
+        "-starttls",
+        "smtp",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-CAfile",
+        str(ca_file),
+        "-verify_return_error",
+        *extra,
+    ]
+
+
 def expected(reply: Reply) -> tuple[int, str]:
     """What ``Raw.reply`` reads for ``reply``."""
     return reply.code, reply.line()[4:]

@@ -10,7 +10,7 @@ import pytest
 from smtpgate.receiver import replies
 
 from .conftest import FQDN
-from .helpers import Raw
+from .helpers import Raw, openssl_starttls
 
 
 def _line(reply: replies.Reply) -> tuple[int, str]:
@@ -30,22 +30,15 @@ def _internet(**extra: Any) -> list[tuple[str, dict[str, Any]]]:
 def test_openssl_starttls_gets_the_configured_certificate(start: Any, pki: Any) -> None:
     running = start(_internet())
     done = subprocess.run(
-        [
-            "openssl",
-            "s_client",
-            "-starttls",
-            "smtp",
-            "-connect",
-            f"127.0.0.1:{running.port(25)}",
-            "-CAfile",
-            str(pki.ca_file),
-            "-verify_return_error",
+        openssl_starttls(
+            running.port(25),
+            pki.ca_file,
             "-verify_hostname",
             FQDN,
             "-name",
             "client.example",
             "-brief",
-        ],
+        ),
         input=b"QUIT\r\n",
         capture_output=True,
         timeout=30,

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from smtpgate.receiver import engine, replies
 
 from .conftest import FQDN
-from .helpers import Raw
+from .helpers import Raw, openssl_starttls
 
 # What "promptly" means here: the grace, and room for a busy machine.
 PROMPT = engine.TLS_CLOSE_GRACE + 1.5
@@ -70,6 +70,14 @@ def _seconds_until_no_open_session(connector: str, began: float) -> float:
     return time.monotonic() - began
 
 
+def _freed_within(running: Any, connector: str, source: str, seconds: float) -> None:
+    """From now, the session leaves the open-sessions gauge and ``source`` gets a
+    connection again, each within ``seconds``."""
+    began = time.monotonic()
+    assert _seconds_until_no_open_session(connector, began) < seconds
+    assert _seconds_until_accepted(running, source, began) < seconds
+
+
 def test_client_idling_after_quit_on_tls_frees_its_source_slot_within_the_grace(
     start: Any, pki: Any
 ) -> None:
@@ -77,11 +85,8 @@ def test_client_idling_after_quit_on_tls_frees_its_source_slot_within_the_grace(
     lingering = _over_tls(running, pki, "127.0.0.21")
     assert _open_sessions("TlsQuit") == 1
     assert lingering.command("QUIT")[0] == 221
-    began = time.monotonic()
     # The client neither answers close_notify nor closes; it holds the TCP connection.
-    gone = _seconds_until_no_open_session("TlsQuit", began)
-    assert gone < PROMPT
-    assert _seconds_until_accepted(running, "127.0.0.21", began) < PROMPT
+    _freed_within(running, "TlsQuit", "127.0.0.21", PROMPT)
     assert running.runtime.counters.by_source.get(("TlsQuit", "127.0.0.21"), 0) <= 1
     # It got the server's close_notify, then the end of the connection.
     lingering.sock.settimeout(1)
@@ -98,9 +103,7 @@ def test_client_idling_after_421_on_tls_frees_its_source_slot_within_the_grace(
         replies.TOO_MANY_ERRORS.code,
         replies.TOO_MANY_ERRORS.line()[4:],
     )
-    began = time.monotonic()
-    assert _seconds_until_no_open_session("TlsErrors", began) < PROMPT
-    assert _seconds_until_accepted(running, "127.0.0.22", began) < PROMPT
+    _freed_within(running, "TlsErrors", "127.0.0.22", PROMPT)
 
 
 def test_client_idling_after_the_inactivity_timeout_on_tls_frees_its_slot_within_the_grace(
@@ -108,10 +111,8 @@ def test_client_idling_after_the_inactivity_timeout_on_tls_frees_its_slot_within
 ) -> None:
     running = start(_connector("TlsIdle", connectionInactivityTimeoutSeconds=1))
     _over_tls(running, pki, "127.0.0.23")  # then silent, the connection kept open
-    began = time.monotonic()
     # Closed at the timeout (1 s), free again within the grace after it.
-    assert _seconds_until_no_open_session("TlsIdle", began) < 1 + PROMPT
-    assert _seconds_until_accepted(running, "127.0.0.23", began) < 1 + PROMPT
+    _freed_within(running, "TlsIdle", "127.0.0.23", 1 + PROMPT)
 
 
 def test_client_idling_after_the_connection_timeout_on_tls_frees_its_slot_within_the_grace(
@@ -131,9 +132,7 @@ def test_client_idling_after_the_connection_timeout_on_tls_frees_its_slot_within
         except TimeoutError:
             assert raw.command("NOOP")[0] == 250
     assert code == replies.CONNECTION_TIMEOUT.code
-    began = time.monotonic()
-    assert _seconds_until_no_open_session("TlsDeadline", began) < PROMPT
-    assert _seconds_until_accepted(running, "127.0.0.26", began) < PROMPT
+    _freed_within(running, "TlsDeadline", "127.0.0.26", PROMPT)
 
 
 def test_client_answering_close_notify_gets_all_of_221_and_a_clean_close(
@@ -162,18 +161,7 @@ def test_openssl_s_client_kept_open_gets_221_and_ends_cleanly(start: Any, pki: A
     close_notify, so it is the well-behaved client and ends at once with exit code 0."""
     running = start(_connector("TlsOpenssl"))
     client = subprocess.Popen(
-        [
-            "openssl",
-            "s_client",
-            "-starttls",
-            "smtp",
-            "-connect",
-            f"127.0.0.1:{running.port(25)}",
-            "-CAfile",
-            str(pki.ca_file),
-            "-verify_return_error",
-            "-quiet",
-        ],
+        openssl_starttls(running.port(25), pki.ca_file, "-quiet"),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
