@@ -23,7 +23,6 @@ import smtplib
 import ssl
 import threading
 import time
-import weakref
 
 from smtpgate.connectors.enums import NextHopTls
 
@@ -64,9 +63,6 @@ class RelayDelivery:
         self._idle: list[tuple[smtplib.SMTP, float]] = []
         self._lock = threading.Lock()
         self._closed = False
-        # Connections in the clear after a failed handshake (Opportunistic): not kept, so
-        # the next message tries STARTTLS again.
-        self._plain: weakref.WeakSet[smtplib.SMTP] = weakref.WeakSet()
         self._features: frozenset[str] | None = None  # the next hop's, at its last EHLO
         self._delivered = Delivered()
 
@@ -235,7 +231,6 @@ class RelayDelivery:
                 client.close()
                 client = self._open()
                 client.ehlo_or_helo_if_needed()
-                self._plain.add(client)
         except BaseException:
             client.close()
             raise
@@ -372,10 +367,15 @@ class RelayDelivery:
         return found
 
     def _keep(self, client: smtplib.SMTP) -> None:
+        # A connection in the clear to a next hop that offers STARTTLS is one whose
+        # handshake failed (Opportunistic): not kept, so the next message tries again.
+        fell_back = (
+            self.tls is not NextHopTls.Off
+            and client.has_extn("starttls")
+            and not isinstance(client.sock, ssl.SSLSocket)
+        )
         with self._lock:
-            if client in self._plain:  # in the clear after a failed handshake
-                self._plain.discard(client)
-            elif not self._closed and self.idle_seconds > 0:
+            if not fell_back and not self._closed and self.idle_seconds > 0:
                 self._idle.append((client, time.monotonic()))
                 return
         _quit(client)
@@ -393,10 +393,9 @@ class TlsRefused(smtplib.SMTPResponseException):
 
     def __init__(self, text: str) -> None:
         super().__init__(451, text.encode())
-        self.text = text
 
     def __str__(self) -> str:  # the queue's record of the try: the reason, as it reads
-        return self.text
+        return str(self.smtp_error.decode())
 
 
 def _failure(err: BaseException) -> str:
