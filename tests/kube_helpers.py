@@ -33,6 +33,24 @@ def eventually(check: Callable[[], Any], timeout: float = 45, what: str = "condi
     raise AssertionError(f"timed out waiting for {what}: {last}")
 
 
+def create_pod(controlplane: Any, pod: dict[str, Any]) -> None:
+    """Create a pod object (nothing runs it: its status is the test's to write). The
+    ServiceAccount admission plugin wants the namespace's default ServiceAccount, which the
+    controller manager makes a moment after the namespace, and later still on a busy
+    machine: it is made here when it is not there yet."""
+    ns = pod["metadata"]["namespace"]
+    made = controlplane.kubectl("create", "serviceaccount", "default", "-n", ns, check=False)
+    assert made.returncode == 0 or "already exists" in made.stderr, made.stderr
+
+    def applied() -> bool:
+        done = controlplane.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False)
+        if done.returncode != 0:
+            raise AssertionError(done.stderr)
+        return True
+
+    eventually(applied, what=f"the pod {pod['metadata']['name']}")
+
+
 def get(controlplane: Any, kind: str, name: str, namespace: str) -> dict[str, Any]:
     done = controlplane.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
     if done.returncode != 0:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from smtpgate.operator import queues
 
-from ..kube_helpers import apply, condition, eventually, get
+from ..kube_helpers import apply, condition, create_pod, eventually, get
 from ..receiver.conftest import free_port
 from ..receiver.test_queue import queue_config
 
@@ -92,17 +92,7 @@ def test_queue_healthy_turns_false_while_a_pods_queue_is_old_and_true_once_it_dr
         pod = json.loads(json.dumps(POD))
         pod["metadata"]["namespace"] = ns
         pod["spec"]["containers"][0]["ports"] = [{"name": "health", "containerPort": health}]
-        # Admission wants the namespace's default ServiceAccount, which comes a moment
-        # after the namespace.
-        eventually(
-            lambda: (
-                controlplane.kubectl(
-                    "apply", "-f", "-", input=json.dumps(pod), check=False
-                ).returncode
-                == 0
-            ),
-            what="the pod object",
-        )
+        create_pod(controlplane, pod)
         status = {
             "status": {
                 "podIP": "127.0.0.1",

@@ -14,7 +14,7 @@ import pytest
 from smtpgate.operator import spool
 from smtpgate.receiver.backpressure import SPOOL_FULL
 
-from ..kube_helpers import apply, condition, eventually, get
+from ..kube_helpers import apply, condition, create_pod, eventually, get
 from ..receiver import test_spool_health as volume_helpers
 from ..receiver.helpers import expected
 from ..receiver.test_spool_health import MIB, fill, mail, receiver, send, small_volume, stop
@@ -46,13 +46,7 @@ def _stand_in_pod(controlplane: Any, ns: str, health: int) -> None:
     pod = json.loads(json.dumps(POD))
     pod["metadata"]["namespace"] = ns
     pod["spec"]["containers"][0]["ports"] = [{"name": "health", "containerPort": health}]
-    eventually(  # admission wants the namespace's default ServiceAccount, which comes late
-        lambda: (
-            controlplane.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False).returncode
-            == 0
-        ),
-        what="the pod object",
-    )
+    create_pod(controlplane, pod)
     status = {
         "status": {
             "podIP": "127.0.0.1",
