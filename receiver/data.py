@@ -95,16 +95,14 @@ class DataReader:
             return
         if not lines:
             return
-        # One split serves both checks: the longest line (with its CRLF, one octet more is
-        # a stuffed dot's), and, the CRLFs taken out, a CR or LF left is a bare one (one
-        # pass, where counting CRLF, CR and LF apart took three).
-        parts = lines.split(b"\r\n")
-        if max(map(len, parts)) + 2 > MAX_LINE + 1:
+        if _longer_line(lines, MAX_LINE + 1):
             self.line_too_long = True
             return
         if b"\x00" in lines:
             self.nul = True
-        text = b"".join(parts)
+        # Without its CRLFs, a CR or LF left is a bare one (one pass, where counting CRLF,
+        # CR and LF apart took three).
+        text = b"".join(lines.split(b"\r\n"))
         if b"\r" in text or b"\n" in text:
             self.bare = True
         if self.nul or self.bare:
@@ -115,3 +113,16 @@ class DataReader:
         content = lines.replace(b"\r\n.", b"\r\n")
         self.sink(content[1:] if content[:1] == b"." else content)
 
+
+def _longer_line(lines: bytes, limit: int) -> bool:
+    """True when one of ``lines`` (CRLF-terminated, as ``split(b"\\r\\n")`` cuts them) is
+    longer than ``limit`` octets with its CRLF. From the start of a line, the last CRLF
+    that ends within ``limit`` octets starts the next line to look at; none there means
+    the line is longer. One search per ``limit`` octets rather than an object per line."""
+    start, end = 0, len(lines)
+    while end - start > limit:
+        crlf = lines.rfind(b"\r\n", start, start + limit)
+        if crlf < 0:
+            return True
+        start = crlf + 2
+    return False

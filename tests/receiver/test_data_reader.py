@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smtpgate.receiver import replies
-from smtpgate.receiver.data import END, MAX_LINE, DataReader
+from smtpgate.receiver.data import END, MAX_LINE, DataReader, _longer_line
 
 
 def _read(
@@ -130,6 +130,25 @@ def test_a_dot_in_one_block_does_not_end_data_without_its_line_ending() -> None:
     assert rest is None and not reader.done
 
 
+def _longest_split(lines: bytes, limit: int) -> bool:
+    """What ``_longer_line`` replaced: split into lines, the longest one with its CRLF."""
+    return max(map(len, lines.split(b"\r\n"))) + 2 > limit
+
+
+# Lines of lengths around the limit, bare CRs and LFs among them, CRLF-terminated (as the
+# reader hands them over); small limits make every boundary reachable.
+_LINE = st.lists(st.sampled_from([b"a", b"\r", b"\n", b"xxxxx", b"\r\r", b"\n\n"]), max_size=12)
+
+
+@settings(max_examples=2000)
+@given(st.lists(_LINE.map(b"".join), min_size=1, max_size=8), st.integers(2, 40))
+def test_the_line_length_check_finds_exactly_the_lines_split_finds(
+    lines: list[bytes], limit: int
+) -> None:
+    joined = b"".join(line + b"\r\n" for line in lines)
+    assert _longer_line(joined, limit) == _longest_split(joined, limit)
+
+
 @pytest.mark.parametrize("length", [MAX_LINE - 2, MAX_LINE - 1, MAX_LINE, MAX_LINE + 1])
 @pytest.mark.parametrize("before", [b"", b"short\r\n", b"y" * 998 + b"\r\n"])
 def test_a_line_is_refused_from_one_octet_past_the_limit(length: int, before: bytes) -> None:
@@ -139,3 +158,4 @@ def test_a_line_is_refused_from_one_octet_past_the_limit(length: int, before: by
     assert rest == b""
     refused = length + 2 > MAX_LINE + 1
     assert reader.result()[1] == (replies.DATA_LINE_TOO_LONG if refused else None)
+    assert _longer_line(stream[:-3], MAX_LINE + 1) is refused
