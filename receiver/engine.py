@@ -199,7 +199,7 @@ async def serve(smtp: ConnectorSMTP) -> None:
     bogus_budget = BOGUS_LIMIT
     reader = smtp._reader
     methods = smtp._smtp_methods
-    while smtp.transport is not None:
+    while smtp.transport is not None and not smtp.ended:
         try:
             line: bytes = (await reader.readuntil()).rstrip(b"\r\n")
             if not line:
@@ -247,6 +247,20 @@ async def serve(smtp: ConnectorSMTP) -> None:
             raise
         except Exception as error:
             await _failed(smtp, error)
+
+
+@syntax("QUIT")
+async def quit(smtp: ConnectorSMTP, arg: str | None) -> None:
+    """QUIT as aiosmtpd's ``smtp_QUIT`` answers it (no handler hook here), but the command
+    loop then ends as any coroutine does: aiosmtpd cancels the session's own task, and the
+    cancellation unwinds every frame of it once more."""
+    if arg:
+        await smtp.push("501 Syntax: QUIT")
+        return
+    await smtp.push("221 Bye")
+    if smtp.transport is not None:
+        smtp.transport.close()
+    smtp.ended = True
 
 
 @syntax("STARTTLS", when="tls_context")

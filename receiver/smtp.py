@@ -77,6 +77,7 @@ class ConnectorSMTP(SMTP):
         self._open_metric: str | None = None
         self.intake: intake.Intake | None = None
         self._arg: str | None = None  # the last MAIL or RCPT argument
+        self.ended = False  # after QUIT: the command loop reads no more
         self.plog = protocol_log.SessionLog(None, "-", "-", "-", "-")
         engine.set_up(self, hooks.Handler(self), runtime.config.fqdn)
         self._idle = engine.InactivityTimer(self.loop, self._timeout_cb)
@@ -416,6 +417,7 @@ class ConnectorSMTP(SMTP):
             await asyncio.sleep(0)
 
     smtp_STARTTLS = engine.starttls  # its close bounded (engine.TLS_CLOSE_GRACE)
+    smtp_QUIT = engine.quit  # the session's loop ends without cancelling its own task
     smtp_NOOP = _junk(SMTP.smtp_NOOP)
     smtp_RSET = _junk(SMTP.smtp_RSET)
     smtp_HELP = _junk(SMTP.smtp_HELP)

@@ -6,6 +6,7 @@ compare against stock aiosmtpd, so an aiosmtpd upgrade that changes either fails
 from __future__ import annotations
 
 import asyncio
+import csv
 import inspect
 import itertools
 import pathlib
@@ -19,6 +20,7 @@ from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
 from smtpgate.receiver import addresses, delivery, server
 from smtpgate.receiver.hooks import Handler
+from smtpgate.receiver.protocol_log import ProtocolLog
 from smtpgate.receiver.smtp import ConnectorSMTP
 
 from .conftest import FQDN
@@ -41,6 +43,7 @@ OWN = {
     "_arg",
     "plog",
     "_idle",
+    "ended",
 }
 
 
@@ -329,3 +332,29 @@ def test_no_timer_of_a_session_is_left_once_it_ends(start: Any, end: str) -> Non
     assert handle is not None and handle.cancelled()
     time.sleep(1.5)  # past the inactivity timeout
     assert [(c.get("message"), repr(c.get("exception"))) for c in failures] == []
+
+
+# -- QUIT ------------------------------------------------------------------------------------
+
+
+def test_commands_pipelined_behind_quit_are_neither_read_nor_answered(
+    start: Any, tmp_path: pathlib.Path
+) -> None:
+    log_file = tmp_path / "RECV.LOG"
+    plog = ProtocolLog(str(log_file))
+    running = start([("Loop", {**IDLE, "protocolLoggingLevel": "Verbose"})], protocol_log=plog)
+    raw = Raw(running.port(25))
+    assert raw.reply()[0] == 220
+    raw.send(b"EHLO client.example\r\n")
+    assert raw.reply()[0] == 250
+    raw.send(b"QUIT\r\nNOOP\r\nRSET\r\nMAIL FROM:<a@example.org>\r\n")
+    assert raw.reply() == (221, "Bye")
+    raw.sock.settimeout(5)
+    rest = b""
+    while chunk := raw.sock.recv(65536):
+        rest += chunk
+    assert raw.buffer + rest == b""
+    running.stop()
+    plog.close()
+    rows = list(csv.reader(log_file.read_text().splitlines()[5:]))
+    assert [row[7] for row in rows if row[6] == "<"] == ["EHLO client.example", "QUIT"]
