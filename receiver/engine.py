@@ -193,12 +193,17 @@ class AuthTable(Mapping[str, _AuthMechAttr]):
 
 
 async def serve(smtp: ConnectorSMTP) -> None:
-    """The command loop after the banner, until the connection ends: aiosmtpd's, for an
-    engine set up by ``set_up`` (no SMTPUTF8, no STARTTLS requirement, no call limits;
-    ``LineGuard`` refuses over-long lines before the engine sees them)."""
+    """The command loop after the banner, until the connection ends or QUIT: aiosmtpd's,
+    for an engine set up by ``set_up`` (no SMTPUTF8, no STARTTLS requirement, no call
+    limits). ``LineGuard`` refuses a line longer than its command allows, and every line
+    it lets through fits the engine's limits (``EngineLimits``: the reader's buffer, which
+    ``LineGuard`` enforces), so the engine's own length check is not made again. Commands
+    are found in a table of the class's methods made once (``commands``), not bound on
+    every lookup."""
     bogus_budget = BOGUS_LIMIT
     reader = smtp._reader
-    methods = smtp._smtp_methods
+    table = commands(type(smtp))
+    idle = smtp._idle
     while smtp.transport is not None and not smtp.ended:
         try:
             line: bytes = (await reader.readuntil()).rstrip(b"\r\n")
@@ -218,18 +223,10 @@ async def serve(smtp: ConnectorSMTP) -> None:
                 except UnicodeDecodeError:
                     await smtp.push("500 Error: strict ASCII mode")
                     continue
-            limit = (
-                smtp.command_size_limits[command]
-                if smtp.session.extended_smtp
-                else smtp.command_size_limit
-            )
-            if len(line) > limit:
-                await smtp.push("500 Command line too long")
-                continue
             if not smtp._tls_handshake_okay and command != "QUIT":
                 await smtp.push("554 Command refused due to lack of security")
                 continue
-            method = methods.get(command)
+            method = table.get(command)
             if method is None:
                 engine_log.warning("%r unrecognised: %s", smtp.session.peer, command)
                 bogus_budget -= 1
@@ -240,13 +237,28 @@ async def serve(smtp: ConnectorSMTP) -> None:
                     continue
                 await smtp.push(f'500 Error: command "{command}" not recognized')
                 continue
-            smtp._reset_timeout()
-            await method(arg)
+            # One timer for the session, moved on only when it fires (InactivityTimer).
+            smtp._timeout_handle = idle.reset(smtp._timeout_duration)
+            await method(smtp, arg)
         except (asyncio.CancelledError, ConnectionResetError):
             smtp._writer.close()
             raise
         except Exception as error:
             await _failed(smtp, error)
+
+
+_COMMANDS: dict[type, dict[str, Any]] = {}
+
+
+def commands(engine: type) -> dict[str, Any]:
+    """``engine``'s ``smtp_<COMMAND>`` methods by command, unbound: aiosmtpd's
+    ``_smtp_methods``, made once per class."""
+    table = _COMMANDS.get(engine)
+    if table is None:
+        table = _COMMANDS[engine] = {
+            name[5:]: getattr(engine, name) for name in dir(engine) if name.startswith("smtp_")
+        }
+    return table
 
 
 @syntax("QUIT")

@@ -23,6 +23,7 @@ from smtpgate.connectors.ranges import IPAddress, parse_address
 
 from . import (
     addresses,
+    commands,
     delivery,
     engine,
     health,
@@ -311,7 +312,7 @@ class ConnectorSMTP(SMTP):
             self._greeted = True
             if session is not None and line.startswith("220 "):
                 line = session.connector.banner
-        if session is not None:
+        if session is not None and line[:1] not in ("2", "3"):  # a success counts for nothing
             code = int(line[:3]) if line[:3].isdigit() else 0
             if policy.counts_as_protocol_error(code):
                 session.protocol_errors += 1
@@ -325,8 +326,8 @@ class ConnectorSMTP(SMTP):
                 delay = policy.tarpit_seconds(session, Reply(code, "", "", closing))
                 if delay:
                     await asyncio.sleep(delay)
-            if not session.connector.extensions.enhanced_status_codes:
-                line = replies.strip_enhanced(line)
+        if session is not None and not session.connector.extensions.enhanced_status_codes:
+            line = replies.strip_enhanced(line)
         self._writer.write(line.encode("ascii") + b"\r\n")  # as aiosmtpd's push, unlogged
         await self._writer.drain()
         if self.plog.log is not None:
@@ -422,11 +423,9 @@ class ConnectorSMTP(SMTP):
     smtp_RSET = _junk(SMTP.smtp_RSET)
     smtp_HELP = _junk(SMTP.smtp_HELP)
     smtp_VRFY = _junk(SMTP.smtp_VRFY)
-    smtp_MAIL = _junk(SMTP.smtp_MAIL)
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        self._arg = arg
-        await super().smtp_RCPT(arg)
+    smtp_EHLO = commands.ehlo  # EHLO, MAIL and RCPT without layers our settings leave idle
+    smtp_MAIL = commands.mail
+    smtp_RCPT = commands.rcpt
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:

@@ -1,0 +1,138 @@
+"""EHLO, MAIL and RCPT as aiosmtpd's ``smtp_EHLO``, ``smtp_MAIL`` and ``smtp_RCPT`` answer
+them for the receiver's settings, without the layers those settings leave idle.
+
+aiosmtpd's methods await a coroutine to ask whether HELO is needed and another whether
+AUTH is (never required here), find the handler's hook by name on every call, log each
+sender and recipient at INFO (a level the receiver never enables for ``mail.log``), and
+build an EHLO keyword list that ``hooks.Handler.handle_EHLO`` replaces whole. These do
+the same checks in the same order and give the same replies; the hooks decide as before.
+``tests/receiver/test_commands.py`` holds them to aiosmtpd's own answers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiosmtpd.smtp import syntax
+
+if TYPE_CHECKING:
+    from .smtp import ConnectorSMTP
+
+
+@syntax("EHLO hostname")
+async def ehlo(smtp: ConnectorSMTP, hostname: str | None) -> None:
+    if not hostname:
+        await smtp.push("501 Syntax: EHLO hostname")
+        return
+    smtp._set_rset_state()
+    session = smtp.session
+    assert session is not None
+    session.extended_smtp = True
+    handler = smtp.event_handler
+    for reply in await handler.handle_EHLO(smtp, session, smtp.envelope, hostname, []):
+        await smtp.push(reply)
+
+
+@syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+async def mail(smtp: ConnectorSMTP, arg: str | None) -> None:
+    smtp._arg = arg  # the command's argument as sent (for its parameters' case)
+    refusal = smtp.junk()
+    if refusal is not None:
+        await smtp.push(refusal.line())
+        return
+    session, envelope = smtp.session, smtp.envelope
+    assert session is not None and envelope is not None
+    if not session.host_name:
+        await smtp.push("503 Error: send HELO first")
+        return
+    syntaxerr = "501 Syntax: MAIL FROM: <address>"
+    if session.extended_smtp:
+        syntaxerr += " [SP <mail-parameters>]"
+    path = _after_keyword("FROM:", arg)
+    if path is None:
+        await smtp.push(syntaxerr)
+        return
+    address, addrparams = smtp._getaddr(path)
+    if address is None:
+        await smtp.push("553 5.1.3 Error: malformed address")
+        return
+    if not address or (not session.extended_smtp and addrparams):
+        await smtp.push(syntaxerr)
+        return
+    if envelope.mail_from:
+        await smtp.push("503 Error: nested MAIL command")
+        return
+    assert addrparams is not None
+    mail_options = addrparams.upper().split()
+    params = smtp._getparams(mail_options)
+    if params is None:
+        await smtp.push(syntaxerr)
+        return
+    if params.pop("BODY", "7BIT") not in ("7BIT", "8BITMIME"):
+        await smtp.push("501 Error: BODY can only be one of 7BIT, 8BITMIME")
+        return
+    smtputf8 = params.pop("SMTPUTF8", False)
+    if not isinstance(smtputf8, bool):
+        await smtp.push("501 Error: SMTPUTF8 takes no arguments")
+        return
+    if smtputf8:  # never enabled here
+        await smtp.push("501 Error: SMTPUTF8 disabled")
+        return
+    envelope.smtp_utf8 = False
+    size = params.pop("SIZE", None)
+    if size:
+        if isinstance(size, bool) or not size.isdigit():
+            await smtp.push(syntaxerr)
+            return
+        if smtp.data_size_limit and int(size) > smtp.data_size_limit:
+            await smtp.push("552 Error: message size exceeds fixed maximum message size")
+            return
+    if params:
+        await smtp.push("555 MAIL FROM parameters not recognized or not implemented")
+        return
+    handler = smtp.event_handler
+    await smtp.push(await handler.handle_MAIL(smtp, session, envelope, address, mail_options))
+
+
+@syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+async def rcpt(smtp: ConnectorSMTP, arg: str | None) -> None:
+    smtp._arg = arg
+    session, envelope = smtp.session, smtp.envelope
+    assert session is not None and envelope is not None
+    if not session.host_name:
+        await smtp.push("503 Error: send HELO first")
+        return
+    if not envelope.mail_from:
+        await smtp.push("503 Error: need MAIL command")
+        return
+    syntaxerr = "501 Syntax: RCPT TO: <address>"
+    if session.extended_smtp:
+        syntaxerr += " [SP <mail-parameters>]"
+    path = _after_keyword("TO:", arg)
+    if path is None:
+        await smtp.push(syntaxerr)
+        return
+    address, params = smtp._getaddr(path)
+    if address is None:
+        await smtp.push("553 5.1.3 Error: malformed address")
+        return
+    if not address or (not session.extended_smtp and params):
+        await smtp.push(syntaxerr)
+        return
+    assert params is not None
+    rcpt_options = params.upper().split()
+    found = smtp._getparams(rcpt_options)
+    if found is None:
+        await smtp.push(syntaxerr)
+        return
+    if found:
+        await smtp.push("555 RCPT TO parameters not recognized or not implemented")
+        return
+    handler = smtp.event_handler
+    await smtp.push(await handler.handle_RCPT(smtp, session, envelope, address, rcpt_options))
+
+
+def _after_keyword(keyword: str, arg: str | None) -> str | None:
+    """What follows ``FROM:`` or ``TO:`` (any case), stripped; None without it."""
+    if arg is None or arg[: len(keyword)].upper() != keyword:
+        return None
+    return arg[len(keyword) :].strip()
