@@ -42,8 +42,13 @@ SCRIPTS = [
     [b"EHLO c", b"RCPT TO:<b@contoso.com>", OK, b"RCPT", b"RCPT TO", b"RCPT TO:", b"RCPT FROM:<x>"],
     [b"EHLO c", OK, b"rcpt to:<b@contoso.com>", b"RCPT TO:<postmaster>", b"RCPT TO:<b@>"],
     [b"EHLO c", OK, b"RCPT TO:<b@contoso.com> X=Y", b"RCPT TO:<b@contoso.com> NOTIFY=NEVER"],
-    [b"EHLO c", OK, b"RCPT TO:<b@contoso.com> ORCPT=rfc822;b@contoso.com", b"RCPT TO:b@contoso.com"],
-    [b"EHLO c", OK, b"RCPT TO:<nobody@elsewhere.example>", b"RCPT TO:<\"q x\"@contoso.com>"],
+    [
+        b"EHLO c",
+        OK,
+        b"RCPT TO:<b@contoso.com> ORCPT=rfc822;b@contoso.com",
+        b"RCPT TO:b@contoso.com",
+    ],
+    [b"EHLO c", OK, b"RCPT TO:<nobody@elsewhere.example>", b'RCPT TO:<"q x"@contoso.com>'],
     [b"EHLO c", b"EHLO d", b"HELO e", b"EHLO f", b"MAIL FROM:<a@example.org>", b"EHLO g", OK],
 ]
 
