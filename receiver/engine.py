@@ -388,3 +388,9 @@ class InactivityTimer:
     def cancel(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
+
+    def release(self) -> None:
+        """Cancelled for good: what it would have called is forgotten (it is the session's
+        own method, and so a reference back to the session)."""
+        self.cancel()
+        self.on_timeout = self.deadline = None

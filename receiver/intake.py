@@ -94,7 +94,9 @@ class Intake:
 
     def discard(self) -> None:
         """Forget the message (unless it was handed on); its spill file goes too."""
+        self.reader.sink = _nowhere  # it was this object's: no cycle left to outlive it
         if self._handed:
+            self.body = bytearray()  # the message has its own copy
             return
         self.body = bytearray()
         spilled, self.spilled = self.spilled, None
@@ -163,3 +165,7 @@ class Intake:
             log.warning("message %s: cannot spill to a file: %s", self.queue_id, err)
             self.problem = replies.DELIVERY_DEFERRED
             self.discard()
+
+
+def _nowhere(lines: bytes) -> None:
+    """Where a discarded message's data goes."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import inspect
 import itertools
 import pathlib
@@ -20,6 +21,7 @@ from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
 from smtpgate.receiver import addresses, delivery, server
 from smtpgate.receiver.hooks import Handler
+from smtpgate.receiver.intake import Intake
 from smtpgate.receiver.protocol_log import ProtocolLog
 from smtpgate.receiver.smtp import ConnectorSMTP
 
@@ -358,3 +360,58 @@ def test_commands_pipelined_behind_quit_are_neither_read_nor_answered(
     plog.close()
     rows = list(csv.reader(log_file.read_text().splitlines()[5:]))
     assert [row[7] for row in rows if row[6] == "<"] == ["EHLO client.example", "QUIT"]
+
+
+# -- a finished session is freed at once -----------------------------------------------------
+
+
+def _sent_message(raw: Raw) -> None:
+    assert raw.command("MAIL FROM:<a@example.org>")[0] == 250
+    assert raw.command("RCPT TO:<b@contoso.com>")[0] == 250
+    assert raw.command("DATA")[0] == 354
+    raw.send(b"Subject: s\r\n\r\nbody\r\n.\r\n")
+    assert raw.reply()[0] == 250
+
+
+@pytest.mark.parametrize("end", ["QUIT", "QUIT after STARTTLS", "drop in DATA", "drop at once"])
+def test_a_finished_session_leaves_nothing_for_the_collector(
+    start: Any, pki: Any, end: str
+) -> None:
+    # Its objects are freed by their reference counts as it ends: none is part of a cycle
+    # that only the collector's next pass would find.
+    running = start([("Idle", {**IDLE, "connectionInactivityTimeoutSeconds": 30})])
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            raw = Raw(running.port(25))
+            assert raw.reply()[0] == 220
+            if end != "drop at once":
+                assert raw.command("EHLO client.example")[0] == 250
+            if end == "QUIT after STARTTLS":
+                assert raw.command("STARTTLS")[0] == 220
+                raw.starttls(str(pki.ca_file), FQDN)
+                assert raw.command("EHLO client.example")[0] == 250
+            if end.startswith("QUIT"):
+                _sent_message(raw)
+                assert raw.command("QUIT")[0] == 221
+                assert _closed_within(raw, 5)
+            elif end == "drop in DATA":
+                assert raw.command("MAIL FROM:<a@example.org>")[0] == 250
+                assert raw.command("RCPT TO:<b@contoso.com>")[0] == 250
+                assert raw.command("DATA")[0] == 354
+                raw.send(b"Subject: s\r\n\r\npart of a body\r\n")
+            raw.close()
+        deadline = time.monotonic() + 5
+        while _sessions(running) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _sessions(running) == []
+        time.sleep(0.2)  # the last connection_lost
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, (ConnectorSMTP, Intake))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
