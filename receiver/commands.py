@@ -1,12 +1,12 @@
-"""EHLO, MAIL and RCPT as aiosmtpd's ``smtp_EHLO``, ``smtp_MAIL`` and ``smtp_RCPT`` answer
-them for the receiver's settings, without the layers those settings leave idle.
+"""EHLO, MAIL and RCPT as aiosmtpd answers them, without layers our settings leave idle.
 
-aiosmtpd's methods await a coroutine to ask whether HELO is needed and another whether
-AUTH is (never required here), find the handler's hook by name on every call, log each
-sender and recipient at INFO (a level the receiver never enables for ``mail.log``), and
-build an EHLO keyword list that ``hooks.Handler.handle_EHLO`` replaces whole. These do
-the same checks in the same order and give the same replies; the hooks decide as before.
-``tests/receiver/test_commands.py`` holds them to aiosmtpd's own answers."""
+For the receiver's settings these give the replies of aiosmtpd's ``smtp_EHLO``,
+``smtp_MAIL`` and ``smtp_RCPT``. Those await a coroutine to ask whether HELO is needed
+and another whether AUTH is (never required here), find the handler's hook by name on
+every call, log each sender and recipient at INFO (a level the receiver never enables
+for ``mail.log``), and build an EHLO keyword list that ``hooks.Handler.handle_EHLO``
+replaces whole. These make the same checks in the same order; the hooks decide as
+before. ``tests/receiver/test_commands.py`` holds them to aiosmtpd's own answers."""
 
 from __future__ import annotations
 
@@ -44,24 +44,15 @@ async def mail(smtp: ConnectorSMTP, arg: str | None) -> None:
     if not session.host_name:
         await smtp.push("503 Error: send HELO first")
         return
-    syntaxerr = "501 Syntax: MAIL FROM: <address>"
-    if session.extended_smtp:
-        syntaxerr += " [SP <mail-parameters>]"
-    path = _after_keyword("FROM:", arg)
-    if path is None:
-        await smtp.push(syntaxerr)
+    syntaxerr = _syntax_error("MAIL FROM:", session.extended_smtp)
+    found = _path(smtp, "FROM:", arg, syntaxerr)
+    if isinstance(found, str):
+        await smtp.push(found)
         return
-    address, addrparams = smtp._getaddr(path)
-    if address is None:
-        await smtp.push("553 5.1.3 Error: malformed address")
-        return
-    if not address or (not session.extended_smtp and addrparams):
-        await smtp.push(syntaxerr)
-        return
+    address, addrparams = found
     if envelope.mail_from:
         await smtp.push("503 Error: nested MAIL command")
         return
-    assert addrparams is not None
     mail_options = addrparams.upper().split()
     params = smtp._getparams(mail_options)
     if params is None:
@@ -104,35 +95,41 @@ async def rcpt(smtp: ConnectorSMTP, arg: str | None) -> None:
     if not envelope.mail_from:
         await smtp.push("503 Error: need MAIL command")
         return
-    syntaxerr = "501 Syntax: RCPT TO: <address>"
-    if session.extended_smtp:
-        syntaxerr += " [SP <mail-parameters>]"
-    path = _after_keyword("TO:", arg)
-    if path is None:
+    syntaxerr = _syntax_error("RCPT TO:", session.extended_smtp)
+    found = _path(smtp, "TO:", arg, syntaxerr)
+    if isinstance(found, str):
+        await smtp.push(found)
+        return
+    address, addrparams = found
+    rcpt_options = addrparams.upper().split()
+    params = smtp._getparams(rcpt_options)
+    if params is None:
         await smtp.push(syntaxerr)
         return
-    address, params = smtp._getaddr(path)
-    if address is None:
-        await smtp.push("553 5.1.3 Error: malformed address")
-        return
-    if not address or (not session.extended_smtp and params):
-        await smtp.push(syntaxerr)
-        return
-    assert params is not None
-    rcpt_options = params.upper().split()
-    found = smtp._getparams(rcpt_options)
-    if found is None:
-        await smtp.push(syntaxerr)
-        return
-    if found:
+    if params:
         await smtp.push("555 RCPT TO parameters not recognized or not implemented")
         return
     handler = smtp.event_handler
     await smtp.push(await handler.handle_RCPT(smtp, session, envelope, address, rcpt_options))
 
 
-def _after_keyword(keyword: str, arg: str | None) -> str | None:
-    """What follows ``FROM:`` or ``TO:`` (any case), stripped; None without it."""
+def _syntax_error(command: str, extended: bool) -> str:
+    text = f"501 Syntax: {command} <address>"
+    return text + " [SP <mail-parameters>]" if extended else text
+
+
+def _path(
+    smtp: ConnectorSMTP, keyword: str, arg: str | None, syntaxerr: str
+) -> tuple[str, str] | str:
+    """The address after ``FROM:`` or ``TO:`` (any case) and its parameters, or the reply
+    that refuses them."""
     if arg is None or arg[: len(keyword)].upper() != keyword:
-        return None
-    return arg[len(keyword) :].strip()
+        return syntaxerr
+    address, params = smtp._getaddr(arg[len(keyword) :].strip())
+    if address is None:
+        return "553 5.1.3 Error: malformed address"
+    assert smtp.session is not None
+    if not address or (not smtp.session.extended_smtp and params):
+        return syntaxerr
+    assert params is not None
+    return address, params

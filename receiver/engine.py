@@ -43,8 +43,9 @@ TLS_CLOSE_GRACE = 1.0
 
 
 class EngineLimits(dict[str, int]):
-    """aiosmtpd's per-command size limits, kept above ``LineGuard``'s: every command may
-    have a line as long as the reader's buffer, and EHLO's additions are dropped."""
+    """aiosmtpd's per-command size limits, as ``serve`` checks them after ``LineGuard``:
+    a line as long as the reader's default buffer (AUTH and X-EXPS: a GSSAPI or NTLM
+    initial response), and EHLO's additions are dropped."""
 
     def __missing__(self, key: str) -> int:
         if key in ("AUTH", "X-EXPS"):  # a GSSAPI or NTLM initial response (RFC 4954 4)
@@ -195,11 +196,9 @@ class AuthTable(Mapping[str, _AuthMechAttr]):
 async def serve(smtp: ConnectorSMTP) -> None:
     """The command loop after the banner, until the connection ends or QUIT: aiosmtpd's,
     for an engine set up by ``set_up`` (no SMTPUTF8, no STARTTLS requirement, no call
-    limits). ``LineGuard`` refuses a line longer than its command allows, and every line
-    it lets through fits the engine's limits (``EngineLimits``: the reader's buffer, which
-    ``LineGuard`` enforces), so the engine's own length check is not made again. Commands
-    are found in a table of the class's methods made once (``commands``), not bound on
-    every lookup."""
+    limits). Commands are found in a table of the class's methods made once
+    (``commands``), not bound on every lookup; the engine's own length limits are looked
+    up only for a line longer than the shortest of them."""
     bogus_budget = BOGUS_LIMIT
     reader = smtp._reader
     table = commands(type(smtp))
@@ -222,6 +221,16 @@ async def serve(smtp: ConnectorSMTP) -> None:
                     arg = str(arg_bytes.strip(), encoding="ascii", errors="strict")
                 except UnicodeDecodeError:
                     await smtp.push("500 Error: strict ASCII mode")
+                    continue
+            # Every command's limit is 512 or more: a shorter line is within all of them.
+            if len(line) > smtp.command_size_limit:
+                limit = (
+                    smtp.command_size_limits[command]
+                    if smtp.session.extended_smtp
+                    else smtp.command_size_limit
+                )
+                if len(line) > limit:
+                    await smtp.push("500 Command line too long")
                     continue
             if not smtp._tls_handshake_okay and command != "QUIT":
                 await smtp.push("554 Command refused due to lack of security")

@@ -218,6 +218,8 @@ class ConnectorSMTP(SMTP):
             self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.event_handler is None:  # released (_release): it was told already
+            return
         if self.transport is not None or self._original_transport is not None:
             self.plog("-", "", "Remote" if error is None else str(error))
         if self._open_metric is not None:

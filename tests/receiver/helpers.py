@@ -98,6 +98,34 @@ class Raw:
         self.sock.close()
 
 
+# A connector for command-by-command comparisons: anyone on loopback, no tarpit, and
+# room for every protocol error a script makes.
+LOOP = {
+    "usage": "Custom",
+    "bindings": ["0.0.0.0:25"],
+    "remoteIPRanges": ["127.0.0.0/8"],
+    "permissionGroups": ["AnonymousUsers"],
+    "maxProtocolErrors": 100,
+    "tarpitIntervalSeconds": 0,
+}
+
+
+def transcript(port: int, script: list[bytes]) -> list[object]:
+    """The replies to ``script``'s command lines, one at a time after the banner ("closed"
+    where the server ended the session)."""
+    raw = Raw(port)
+    seen: list[object] = [raw.reply()]
+    for line in script:
+        try:
+            raw.send(line + b"\r\n")
+            seen.append(raw.reply())
+        except (ConnectionError, OSError):
+            seen.append("closed")
+            break
+    raw.close()
+    return seen
+
+
 def openssl_starttls(port: int, ca_file: pathlib.Path, *extra: str) -> list[str]:
     """openssl s_client doing STARTTLS with the receiver on ``port``, the chain verified
     against ``ca_file`` (a failed verification ends it), with ``extra`` arguments."""

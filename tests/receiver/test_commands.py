@@ -12,16 +12,8 @@ from aiosmtpd.smtp import SMTP
 from smtpgate.receiver import commands, engine
 from smtpgate.receiver.smtp import ConnectorSMTP, _junk
 
-from .helpers import Raw
+from .helpers import LOOP, transcript
 
-LOOP = {
-    "usage": "Custom",
-    "bindings": ["0.0.0.0:25"],
-    "remoteIPRanges": ["127.0.0.0/8"],
-    "permissionGroups": ["AnonymousUsers"],
-    "maxProtocolErrors": 100,
-    "tarpitIntervalSeconds": 0,
-}
 CONNECTORS = {
     "dsn": LOOP,
     "small-no-dsn": {**LOOP, "maxMessageSize": 2000, "deliveryStatusNotificationEnabled": False},
@@ -53,20 +45,6 @@ SCRIPTS = [
 ]
 
 
-def _transcript(port: int, script: list[bytes]) -> list[object]:
-    raw = Raw(port)
-    seen: list[object] = [raw.reply()]
-    for line in script:
-        try:
-            raw.send(line + b"\r\n")
-            seen.append(raw.reply())
-        except (ConnectionError, OSError):
-            seen.append("closed")
-            break
-    raw.close()
-    return seen
-
-
 async def _stock_rcpt(self: ConnectorSMTP, arg: str | None) -> None:
     self._arg = arg  # as the receiver's hooks read it
     await SMTP.smtp_RCPT(self, arg)
@@ -82,9 +60,14 @@ def test_the_commands_are_the_receivers_own() -> None:
         commands.mail,
         commands.rcpt,
     )
-    for ours, theirs in ((commands.ehlo, "smtp_EHLO"), (commands.mail, "smtp_MAIL")):
-        # HELP reads these
-        assert ours.__smtp_syntax__ == getattr(SMTP, theirs).__smtp_syntax__  # type: ignore[attr-defined]
+    pairs = (
+        (commands.ehlo, "smtp_EHLO"),
+        (commands.mail, "smtp_MAIL"),
+        (commands.rcpt, "smtp_RCPT"),
+    )
+    for ours, theirs in pairs:  # what HELP shows
+        for name in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+            assert getattr(ours, name) == getattr(getattr(SMTP, theirs), name)
 
 
 @pytest.mark.parametrize("connector", sorted(CONNECTORS))
@@ -93,12 +76,12 @@ def test_ehlo_mail_and_rcpt_answer_as_aiosmtpds_own(
     start: Any, monkeypatch: pytest.MonkeyPatch, script: list[bytes], connector: str
 ) -> None:
     connectors = [("Loop", CONNECTORS[connector])]
-    ours = _transcript(start(connectors).port(25), script)
+    ours = transcript(start(connectors).port(25), script)
 
     monkeypatch.setattr(engine, "_COMMANDS", {})  # the command table is made once per class
     monkeypatch.setattr(ConnectorSMTP, "smtp_EHLO", SMTP.smtp_EHLO)
     monkeypatch.setattr(ConnectorSMTP, "smtp_MAIL", _junk(SMTP.smtp_MAIL))
     monkeypatch.setattr(ConnectorSMTP, "smtp_RCPT", _stock_rcpt)
-    theirs = _transcript(start(connectors).port(25), script)
+    theirs = transcript(start(connectors).port(25), script)
     assert ours == theirs
     assert len(ours) == len(script) + 1
