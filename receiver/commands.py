@@ -10,7 +10,8 @@ before. ``tests/receiver/test_commands.py`` holds them to aiosmtpd's own answers
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import syntax
 
@@ -32,13 +33,25 @@ async def ehlo(smtp: ConnectorSMTP, hostname: str | None) -> None:
         await smtp.push(reply)
 
 
+def counted(command: Any) -> Any:
+    """``command`` (an ``smtp_*`` method) counted as a junk command (``ConnectorSMTP.junk``;
+    the count starts again when a message is accepted)."""
+
+    @functools.wraps(command)
+    async def junk(smtp: ConnectorSMTP, arg: str | None) -> None:
+        smtp._arg = arg  # the command's argument as sent (for its parameters' case)
+        refusal = smtp.junk()
+        if refusal is not None:
+            await smtp.push(refusal.line())
+            return
+        await command(smtp, arg)
+
+    return junk
+
+
+@counted
 @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
 async def mail(smtp: ConnectorSMTP, arg: str | None) -> None:
-    smtp._arg = arg  # the command's argument as sent (for its parameters' case)
-    refusal = smtp.junk()
-    if refusal is not None:
-        await smtp.push(refusal.line())
-        return
     session, envelope = smtp.session, smtp.envelope
     assert session is not None and envelope is not None
     if not session.host_name:

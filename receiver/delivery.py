@@ -329,7 +329,7 @@ class MaildirDelivery:
                     os.rename(tmp, final)
                 self._sync_new()
                 if self.on_commit is not None:
-                    self.on_commit([final[len(self._new) :] for _, _, final, _ in staged])
+                    self.on_commit([os.path.basename(final) for _, _, final, _ in staged])
         except OSError as err:
             for pending, tmp, final, _ in staged:
                 pending.error = err

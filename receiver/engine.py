@@ -89,7 +89,7 @@ def method_tables(engine: type, handler: type) -> MethodTables:
     else:
         raise RuntimeError("the EHLO hook must take five arguments")
     return MethodTables(
-        smtp=tuple(m.replace("smtp_", "") for m in dir(engine) if m.startswith("smtp_")),
+        smtp=tuple(commands(engine)),
         hooks=hooks,
         auth=tuple(auth),
         ehlo_hook_ver=version,
@@ -202,7 +202,6 @@ async def serve(smtp: ConnectorSMTP) -> None:
     bogus_budget = BOGUS_LIMIT
     reader = smtp._reader
     table = commands(type(smtp))
-    idle = smtp._idle
     while smtp.transport is not None and not smtp.ended:
         try:
             line: bytes = (await reader.readuntil()).rstrip(b"\r\n")
@@ -246,8 +245,7 @@ async def serve(smtp: ConnectorSMTP) -> None:
                     continue
                 await smtp.push(f'500 Error: command "{command}" not recognized')
                 continue
-            # One timer for the session, moved on only when it fires (InactivityTimer).
-            smtp._timeout_handle = idle.reset(smtp._timeout_duration)
+            smtp._reset_timeout()
             await method(smtp, arg)
         except (asyncio.CancelledError, ConnectionResetError):
             smtp._writer.close()
@@ -272,9 +270,9 @@ def commands(engine: type) -> dict[str, Any]:
 
 @syntax("QUIT")
 async def quit(smtp: ConnectorSMTP, arg: str | None) -> None:
-    """QUIT as aiosmtpd's ``smtp_QUIT`` answers it (no handler hook here), but the command
-    loop then ends as any coroutine does: aiosmtpd cancels the session's own task, and the
-    cancellation unwinds every frame of it once more."""
+    """QUIT as aiosmtpd's ``smtp_QUIT`` answers it (no handler hook here); then the command
+    loop ends (``ended``) and returns. aiosmtpd cancels the session's own task instead, and
+    the cancellation unwinds every frame of it once more."""
     if arg:
         await smtp.push("501 Syntax: QUIT")
         return

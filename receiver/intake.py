@@ -95,10 +95,9 @@ class Intake:
     def discard(self) -> None:
         """Forget the message (unless it was handed on); its spill file goes too."""
         self.reader.sink = _nowhere  # it was this object's: no cycle left to outlive it
+        self.body = bytearray()  # a message handed on has its own copy
         if self._handed:
-            self.body = bytearray()  # the message has its own copy
             return
-        self.body = bytearray()
         spilled, self.spilled = self.spilled, None
         if spilled is not None:
             spill.writers().submit(spilled.discard)  # after any write in flight

@@ -8,7 +8,6 @@ are ``hooks.Handler``'s."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -44,21 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EXCH50_MAX = 1 << 20
-
-
-def _junk(command: Any) -> Any:
-    """``command`` (an aiosmtpd ``smtp_*`` method) counted as a junk command."""
-
-    @functools.wraps(command)
-    async def counted(self: ConnectorSMTP, arg: str | None) -> None:
-        self._arg = arg  # the command's argument as sent (for its parameters' case)
-        refusal = self.junk()
-        if refusal is not None:
-            await self.push(refusal.line())
-            return
-        await command(self, arg)
-
-    return counted
 
 
 class ConnectorSMTP(SMTP):
@@ -436,10 +420,10 @@ class ConnectorSMTP(SMTP):
 
     smtp_STARTTLS = engine.starttls  # its close bounded (engine.TLS_CLOSE_GRACE)
     smtp_QUIT = engine.quit  # the session's loop ends without cancelling its own task
-    smtp_NOOP = _junk(SMTP.smtp_NOOP)
-    smtp_RSET = _junk(SMTP.smtp_RSET)
-    smtp_HELP = _junk(SMTP.smtp_HELP)
-    smtp_VRFY = _junk(SMTP.smtp_VRFY)
+    smtp_NOOP = commands.counted(SMTP.smtp_NOOP)
+    smtp_RSET = commands.counted(SMTP.smtp_RSET)
+    smtp_HELP = commands.counted(SMTP.smtp_HELP)
+    smtp_VRFY = commands.counted(SMTP.smtp_VRFY)
     smtp_EHLO = commands.ehlo  # EHLO, MAIL and RCPT without layers our settings leave idle
     smtp_MAIL = commands.mail
     smtp_RCPT = commands.rcpt

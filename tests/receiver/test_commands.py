@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP
 from smtpgate.receiver import commands, engine
-from smtpgate.receiver.smtp import ConnectorSMTP, _junk
+from smtpgate.receiver.smtp import ConnectorSMTP
 
 from .helpers import LOOP, transcript
 
@@ -80,7 +80,7 @@ def test_ehlo_mail_and_rcpt_answer_as_aiosmtpds_own(
 
     monkeypatch.setattr(engine, "_COMMANDS", {})  # the command table is made once per class
     monkeypatch.setattr(ConnectorSMTP, "smtp_EHLO", SMTP.smtp_EHLO)
-    monkeypatch.setattr(ConnectorSMTP, "smtp_MAIL", _junk(SMTP.smtp_MAIL))
+    monkeypatch.setattr(ConnectorSMTP, "smtp_MAIL", commands.counted(SMTP.smtp_MAIL))
     monkeypatch.setattr(ConnectorSMTP, "smtp_RCPT", _stock_rcpt)
     theirs = transcript(start(connectors).port(25), script)
     assert ours == theirs
