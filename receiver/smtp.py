@@ -215,7 +215,9 @@ class ConnectorSMTP(SMTP):
             self._counted = None
         self.runtime.sessions.discard(self)
         super().connection_lost(error)
-        if self._handler_coroutine is None or self._handler_coroutine.done():
+        task = self._handler_coroutine
+        assert task is not None  # made in connection_made (aiosmtpd asserts it too)
+        if task.done():
             self._release()
 
     def _release(self) -> None:

@@ -308,6 +308,11 @@ def test_no_timer_of_a_session_is_left_once_it_ends(start: Any, end: str) -> Non
     assert session.transport is None
     handle = session._idle.handle
     assert handle is not None and handle.cancelled()
+
+    async def lost_again() -> None:  # a released session has been told already
+        session.connection_lost(None)
+
+    running.call(lost_again())
     time.sleep(1.5)  # past the inactivity timeout
     assert [(c.get("message"), repr(c.get("exception"))) for c in failures] == []
 
