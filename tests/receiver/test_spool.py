@@ -217,3 +217,20 @@ def test_the_receivers_loop_lets_the_committer_have_the_gil_within_its_switch_in
         assert server.SWITCH_INTERVAL <= 0.0005
     finally:
         sys.setswitchinterval(before)
+
+
+def test_a_message_written_short_is_written_on_to_its_end(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A regular file takes a whole writev here; a short one (a signal, a nearly full disk)
+    # is made by writing only the envelope and returning its length.
+    def short(fd: int, parts: tuple[bytes, ...]) -> int:
+        return os.write(fd, parts[0])
+
+    monkeypatch.setattr(delivery.os, "writev", short)
+    spool = delivery.MaildirDelivery(tmp_path)
+    message = _message(1, size=70_000)
+    assert _deliver_all(spool, [message]) == [None]
+    (stored,) = [p.read_bytes() for p in (tmp_path / "new").iterdir()]
+    assert stored.endswith(b"\r\n" + message.content)
+    assert stored.startswith(b"X-Smtpgate-Envelope: from=<s1@example.org>")
