@@ -15,8 +15,11 @@ turn, the order rotating; the table gives the median of the rounds and their spr
 and server CPU seconds per 1000 messages (the cgroup's, so Postfix's short-lived processes
 and its queue manager and discard delivery count too).
 
-Latency: a Python client (uvloop) measures the time from the final ``.`` to the 250, one
-message per connection, at 1 and 50 sessions; p50 and p99 over all rounds.
+Latency: a Python client (uvloop) times every step of a session, from sending it to its
+reply (from the connection to the banner, HELO, MAIL, RCPT, DATA, the final ``.`` to the
+250, QUIT), one message per connection, at 1 and 50 sessions: p50 and p99 of the final
+``.`` to the 250 over all rounds, and at 1 session a table of each step's median for
+every server side by side: where a c=1 session spends its time.
 
 Needs Debian's postfix package (make postfix installs it).
 """
@@ -100,11 +103,31 @@ def measure(
     return n / seconds, cpu * 1000 / n
 
 
-async def _latency(port: int, sessions: int, messages: int) -> list[float]:
-    """Seconds from the final '.' to the 250, one message per connection."""
+STEPS = (
+    "connect, banner",
+    "HELO",
+    "MAIL",
+    "RCPT",
+    "DATA",
+    "final '.' to 250",
+    "QUIT",
+)
+COMMANDS = (
+    b"HELO client.example\r\n",
+    b"MAIL FROM:<sender@example.org>\r\n",
+    b"RCPT TO:<user@contoso.com>\r\n",
+    b"DATA\r\n",
+)
+
+
+async def _latency(port: int, sessions: int, messages: int) -> dict[str, list[float]]:
+    """Seconds each step of a session takes, from sending it to its reply (the connection
+    to the banner), one message per connection; ``STEPS`` names them. The message's 12
+    lines go first, then the clock starts and the final ``.`` goes."""
     body = b"Subject: latency\r\nFrom: <sender@example.org>\r\n\r\n" + (b"x" * 78 + b"\r\n") * 12
-    samples: list[float] = []
+    steps: dict[str, list[float]] = {step: [] for step in STEPS}
     left = [messages]
+    clock = time.perf_counter
 
     async def reply(reader: asyncio.StreamReader) -> bytes:
         while True:
@@ -112,44 +135,49 @@ async def _latency(port: int, sessions: int, messages: int) -> list[float]:
             if line[3:4] != b"-":
                 return line
 
+    def took(step: str, began: float) -> float:
+        now = clock()
+        steps[step].append(now - began)
+        return now
+
     async def session() -> None:
         while left[0] > 0:
             left[0] -= 1
+            began = clock()
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             await reply(reader)
-            for command in (
-                b"HELO client.example\r\n",
-                b"MAIL FROM:<sender@example.org>\r\n",
-                b"RCPT TO:<user@contoso.com>\r\n",
-                b"DATA\r\n",
-            ):
+            began = took(STEPS[0], began)
+            for step, command in zip(STEPS[1:], COMMANDS, strict=False):
                 writer.write(command)
                 await reply(reader)
+                began = took(step, began)
             writer.write(body)
-            began = time.perf_counter()
+            began = clock()
             writer.write(b".\r\n")
             answer = await reply(reader)
-            samples.append(time.perf_counter() - began)
+            began = took(STEPS[5], began)
             if not answer.startswith(b"250"):
                 raise RuntimeError(f"refused: {answer!r}")
             writer.write(b"QUIT\r\n")
             await reply(reader)
+            took(STEPS[6], began)
             writer.close()
 
     await asyncio.gather(*(session() for _ in range(sessions)))
-    return samples
+    return steps
 
 
-def latency(server: servers.Server, sessions: int, messages: int) -> list[float]:
+def latency(server: servers.Server, sessions: int, messages: int) -> dict[str, list[float]]:
+    """Every step's times (``_latency``), once the messages are all in the spool."""
     import uvloop
 
     spooled = count(server.spool)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        samples = runner.run(_latency(server.port, sessions, messages))
+        steps = runner.run(_latency(server.port, sessions, messages))
     wait_drained(server)
     if server.spool is not None and count(server.spool) - spooled != messages:
         raise RuntimeError(f"{server.name}: not every acknowledged message is in the spool")
-    return samples
+    return steps
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -228,6 +256,7 @@ def run(
     work = pathlib.Path(tempfile.mkdtemp(prefix="smtpgate-bench-", dir=where))
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     waits: dict[tuple[str, str], list[float]] = {}
+    alone: dict[str, dict[str, list[float]]] = {}  # server: step: times, at c=1
     started: list[servers.Server] = []
     try:
         extra = tuple(args.smtpgate_arg)
@@ -275,8 +304,12 @@ def run(
             for label, sessions, messages in LATENCY:
                 messages = messages // 3 if args.quick else messages
                 for server in (s for s in order if s.spool is not None or s.name == THEIRS):
-                    samples = latency(server, sessions, messages)
+                    steps = latency(server, sessions, messages)
+                    samples = steps[STEPS[5]]
                     waits.setdefault((label, server.name), []).extend(samples)
+                    if sessions == 1:
+                        for step, times in steps.items():
+                            alone.setdefault(server.name, {}).setdefault(step, []).extend(times)
                     print(
                         f"  round {round_ + 1} {server.name:30} latency {label:5}"
                         f" p50 {percentile(samples, 0.5) * 1000:6.2f} ms"
@@ -288,6 +321,7 @@ def run(
             server.close()
         shutil.rmtree(work, ignore_errors=True)
     report(running, scenarios, runs, waits, rounds, n1)
+    report_steps(alone)
     return 0
 
 
@@ -371,6 +405,22 @@ def report(
                     f"| {percentile(theirs, 0.5) * 1000:.2f} ms "
                     f"| {percentile(theirs, 0.99) * 1000:.2f} ms |"
                 )
+
+
+def report_steps(alone: dict[str, dict[str, list[float]]]) -> None:
+    """Where a c=1 session spends its time: each step's median, from sending it to its
+    reply, for every server side by side (the same client for all)."""
+    if not alone:
+        return
+    names = list(alone)
+    print("\nat c=1, each step from sending it to its reply, p50 in µs (all rounds):\n")
+    print("| step | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for step in STEPS:
+        cells = [f"{percentile(alone[name][step], 0.5) * 1e6:.0f}" for name in names]
+        print(f"| {step} | " + " | ".join(cells) + " |")
+    totals = [sum(percentile(alone[name][step], 0.5) for step in STEPS) * 1e6 for name in names]
+    print("| sum | " + " | ".join(f"{total:.0f}" for total in totals) + " |")
 
 
 if __name__ == "__main__":

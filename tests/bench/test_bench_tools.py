@@ -1,11 +1,13 @@
 """The benchmark's own tools still do what bench/ says: the in-process session meter runs
 real sessions to their 250, and the floor server, with two workers on one port, makes
 each message durable in new/ before its 250 (a real client, Python's smtplib, on
-loopback), pipelined commands after the data included; the servers spool on an ext4 made
-for the run."""
+loopback), pipelined commands after the data included; the throughput bench's latency
+client times every step of every session; the servers spool on an ext4 made for the
+run."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import smtplib
@@ -34,16 +36,9 @@ def test_session_cpu_runs_sessions_to_their_250() -> None:
 def test_the_floor_server_makes_each_message_durable_before_its_250(
     tmp_path: pathlib.Path,
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    spool = tmp_path / "spool"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port), str(spool), "2"],
-        stdout=subprocess.PIPE,
-    )
+    port, spool = _port(), tmp_path / "spool"
+    proc = _floor(port, spool)
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             client.ehlo("client.example")
             for n in range(3):
@@ -91,6 +86,46 @@ def test_the_floor_servers_workers_end_when_it_is_killed(tmp_path: pathlib.Path)
         if proc.stdout is not None:
             proc.stdout.close()
     assert all(_ends(pid) for pid in workers)
+
+
+def test_the_latency_client_times_every_step_of_every_session(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/receiver_throughput.py's latency client: each step of each session, from the
+    connection to QUIT's reply, and the table of their medians."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import receiver_throughput as bench
+
+    port, spool = _port(), tmp_path / "spool"
+    proc = _floor(port, spool)
+    try:
+        began = time.perf_counter()
+        steps = asyncio.run(bench._latency(port, 2, 6))
+        wall = time.perf_counter() - began
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert list(steps) == list(bench.STEPS)
+    assert all(len(times) == 6 and min(times) > 0 for times in steps.values())
+    assert sum(map(sum, steps.values())) <= 2 * wall  # two sessions at a time
+    assert len(list((spool / "new").iterdir())) == 6
+    bench.report_steps({"floor": steps, "again": steps})
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line[:2] == "| "]
+    assert [row[0][2:] for row in rows] == ["step", *bench.STEPS, "sum"]
+    median = sorted(steps["HELO"])[3]  # percentile(0.5) of six
+    assert rows[2][1:] == [f"{median * 1e6:.0f}", f"{median * 1e6:.0f} |"]
+
+
+def _floor(port: int, spool: pathlib.Path) -> subprocess.Popen[bytes]:
+    """bench/floor_server.py with two workers on ``port``, ready."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port), str(spool), "2"],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    return proc
 
 
 def _port() -> int:
