@@ -103,27 +103,21 @@ def measure(
     return n / seconds, cpu * 1000 / n
 
 
-STEPS = (
-    "connect, banner",
-    "HELO",
-    "MAIL",
-    "RCPT",
-    "DATA",
-    "final '.' to 250",
-    "QUIT",
-)
+# The steps of a latency session, each timed from sending it to its reply.
+CONNECT, FINAL_DOT, QUIT = "connect, banner", "final '.' to 250", "QUIT"
 COMMANDS = (
-    b"HELO client.example\r\n",
-    b"MAIL FROM:<sender@example.org>\r\n",
-    b"RCPT TO:<user@contoso.com>\r\n",
-    b"DATA\r\n",
+    ("HELO", b"HELO client.example\r\n"),
+    ("MAIL", b"MAIL FROM:<sender@example.org>\r\n"),
+    ("RCPT", b"RCPT TO:<user@contoso.com>\r\n"),
+    ("DATA", b"DATA\r\n"),
 )
+STEPS = (CONNECT, *(step for step, _ in COMMANDS), FINAL_DOT, QUIT)
 
 
 async def _latency(port: int, sessions: int, messages: int) -> dict[str, list[float]]:
-    """Seconds each step of a session takes, from sending it to its reply (the connection
-    to the banner), one message per connection; ``STEPS`` names them. The message's 12
-    lines go first, then the clock starts and the final ``.`` goes."""
+    """Seconds each step of a session takes, from sending it to its reply (from opening
+    the connection to the banner), one message per connection; ``STEPS`` names them. The
+    message's 12 lines go first, then the clock starts and the final ``.`` goes."""
     body = b"Subject: latency\r\nFrom: <sender@example.org>\r\n\r\n" + (b"x" * 78 + b"\r\n") * 12
     steps: dict[str, list[float]] = {step: [] for step in STEPS}
     left = [messages]
@@ -135,10 +129,14 @@ async def _latency(port: int, sessions: int, messages: int) -> dict[str, list[fl
             if line[3:4] != b"-":
                 return line
 
-    def took(step: str, began: float) -> float:
-        now = clock()
-        steps[step].append(now - began)
-        return now
+    async def step(
+        name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes
+    ) -> bytes:
+        began = clock()
+        writer.write(line)
+        answer = await reply(reader)
+        steps[name].append(clock() - began)
+        return answer
 
     async def session() -> None:
         while left[0] > 0:
@@ -146,21 +144,14 @@ async def _latency(port: int, sessions: int, messages: int) -> dict[str, list[fl
             began = clock()
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             await reply(reader)
-            began = took(STEPS[0], began)
-            for step, command in zip(STEPS[1:], COMMANDS, strict=False):
-                writer.write(command)
-                await reply(reader)
-                began = took(step, began)
+            steps[CONNECT].append(clock() - began)
+            for name, command in COMMANDS:
+                await step(name, reader, writer, command)
             writer.write(body)
-            began = clock()
-            writer.write(b".\r\n")
-            answer = await reply(reader)
-            began = took(STEPS[5], began)
+            answer = await step(FINAL_DOT, reader, writer, b".\r\n")
             if not answer.startswith(b"250"):
                 raise RuntimeError(f"refused: {answer!r}")
-            writer.write(b"QUIT\r\n")
-            await reply(reader)
-            took(STEPS[6], began)
+            await step(QUIT, reader, writer, b"QUIT\r\n")
             writer.close()
 
     await asyncio.gather(*(session() for _ in range(sessions)))
@@ -305,7 +296,7 @@ def run(
                 messages = messages // 3 if args.quick else messages
                 for server in (s for s in order if s.spool is not None or s.name == THEIRS):
                     steps = latency(server, sessions, messages)
-                    samples = steps[STEPS[5]]
+                    samples = steps[FINAL_DOT]
                     waits.setdefault((label, server.name), []).extend(samples)
                     if sessions == 1:
                         for step, times in steps.items():
@@ -375,6 +366,7 @@ def report(
         for label, *_ in scenarios:
             if (label, name) in runs:
                 rate = statistics.median(r for r, _ in runs[(label, name)])
+                cpu = statistics.median(c for _, c in runs[(label, name)])
                 theirs = runs.get((label, THEIRS), [])
                 ratios = sorted(
                     o[0] / t[0] for o, t in zip(runs[(label, name)], theirs, strict=False)
@@ -384,7 +376,9 @@ def report(
                     + ", ".join(f"{r:.2f}" for r in ratios)
                     + ")"
                 )
-                cells.append(f"{label}: {rate:.0f}/s{versus if ratios else ''}")
+                cells.append(
+                    f"{label}: {rate:.0f}/s, {cpu:.2f} CPU s/1000{versus if ratios else ''}"
+                )
         print(f"\n{name}: " + "; ".join(cells))
         for label, *_ in LATENCY:
             if (label, name) in waits:
@@ -413,14 +407,14 @@ def report_steps(alone: dict[str, dict[str, list[float]]]) -> None:
     if not alone:
         return
     names = list(alone)
-    print("\nat c=1, each step from sending it to its reply, p50 in µs (all rounds):\n")
+    print("\nat c=1, each step from sending it to its reply: p50 of every round's sessions, µs\n")
     print("| step | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for step in STEPS:
         cells = [f"{percentile(alone[name][step], 0.5) * 1e6:.0f}" for name in names]
         print(f"| {step} | " + " | ".join(cells) + " |")
     totals = [sum(percentile(alone[name][step], 0.5) for step in STEPS) * 1e6 for name in names]
-    print("| sum | " + " | ".join(f"{total:.0f}" for total in totals) + " |")
+    print("| sum of the medians | " + " | ".join(f"{total:.0f}" for total in totals) + " |")
 
 
 if __name__ == "__main__":

@@ -64,27 +64,17 @@ def test_the_floor_server_makes_each_message_durable_before_its_250(
         )
         (worker,) = _children(proc.pid)
     finally:
-        proc.terminate()  # and its second worker with it
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        _stop(proc)  # and its second worker with it
     assert _ends(worker)
 
 
 def test_the_floor_servers_workers_end_when_it_is_killed(tmp_path: pathlib.Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(_port()), str(tmp_path), "3"],
-        stdout=subprocess.PIPE,
-    )
+    proc = _floor(_port(), tmp_path, workers=3)
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         workers = _children(proc.pid)
         assert len(workers) == 2
     finally:
-        proc.kill()  # no handler runs: the workers must notice by themselves
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        _stop(proc, kill=True)  # no handler runs: the workers must notice by themselves
     assert all(_ends(pid) for pid in workers)
 
 
@@ -92,7 +82,7 @@ def test_the_latency_client_times_every_step_of_every_session(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """bench/receiver_throughput.py's latency client: each step of each session, from the
-    connection to QUIT's reply, and the table of their medians."""
+    connection to QUIT's reply, and the table of their medians, a column per server."""
     sys.path.insert(0, str(ROOT / "bench"))
     import receiver_throughput as bench
 
@@ -103,29 +93,48 @@ def test_the_latency_client_times_every_step_of_every_session(
         steps = asyncio.run(bench._latency(port, 2, 6))
         wall = time.perf_counter() - began
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        _stop(proc)
     assert list(steps) == list(bench.STEPS)
     assert all(len(times) == 6 and min(times) > 0 for times in steps.values())
     assert sum(map(sum, steps.values())) <= 2 * wall  # two sessions at a time
     assert len(list((spool / "new").iterdir())) == 6
-    bench.report_steps({"floor": steps, "again": steps})
+    # Every step is a round trip to the server and back: none is as short as a no-op.
+    assert min(min(times) for times in steps.values()) > 5e-6
+
+    doubled = {step: [2 * t for t in times] for step, times in steps.items()}
+    bench.report_steps({"floor": steps, "twice": doubled})
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line[:2] == "| "]
-    assert [row[0][2:] for row in rows] == ["step", *bench.STEPS, "sum"]
-    median = sorted(steps["HELO"])[3]  # percentile(0.5) of six
-    assert rows[2][1:] == [f"{median * 1e6:.0f}", f"{median * 1e6:.0f} |"]
+    assert rows[0] == ["| step", "floor", "twice |"]
+    assert [row[0][2:] for row in rows[1:]] == [*bench.STEPS, "sum of the medians"]
+    medians = [sorted(steps[step])[3] for step in bench.STEPS]  # percentile(0.5) of six
+    expected = [median * 1e6 for median in medians] + [sum(medians) * 1e6]
+    for row, median in zip(rows[1:], expected, strict=True):
+        assert row[1:] == [f"{median:.0f}", f"{2 * median:.0f} |"]
 
 
-def _floor(port: int, spool: pathlib.Path) -> subprocess.Popen[bytes]:
-    """bench/floor_server.py with two workers on ``port``, ready."""
+def _floor(port: int, spool: pathlib.Path, workers: int = 2) -> subprocess.Popen[bytes]:
+    """bench/floor_server.py with ``workers`` processes on ``port``, ready."""
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port), str(spool), "2"],
+        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port), str(spool)]
+        + [str(workers)],
         stdout=subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    except BaseException:
+        _stop(proc, kill=True)
+        raise
     return proc
+
+
+def _stop(proc: subprocess.Popen[bytes], kill: bool = False) -> None:
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _port() -> int:
