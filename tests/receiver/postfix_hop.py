@@ -51,6 +51,11 @@ class PostfixHop:
         user = pwd.getpwnam("postfix")
         for sub in ("postfix-data", "sink"):
             os.chown(work / sub, user.pw_uid, user.pw_gid)
+        # Postfix's log file, the postfix user's: postsuper, which ``postfix start`` runs
+        # after dropping to that user, writes to it itself when it has something to say
+        # (a queue file a stop cut short), and a file only root may open ends the start.
+        (work / "postfix.log").touch(0o644)
+        os.chown(work / "postfix.log", user.pw_uid, user.pw_gid)
         self.access(deferred)
         (self.conf / "main.cf").write_text(f"""
 compatibility_level = 3.6

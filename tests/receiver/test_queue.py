@@ -75,6 +75,18 @@ def hop() -> Iterator[postfix_hop.PostfixHop]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def test_the_postfix_next_hop_starts_again_after_a_stop_cut_a_queue_file_short(
+    hop: postfix_hop.PostfixHop,
+) -> None:
+    """The outage tests stop the next hop under load, which can leave in incoming/ a queue
+    file its cleanup was writing; ``postfix start`` then has postsuper say so in the log."""
+    hop.stop()
+    (hop.work / "postfix-queue" / "incoming" / "854575.31995").write_text("")
+    hop.start()
+    log = (hop.work / "postfix.log").read_text(errors="replace")
+    assert "bogus file name: incoming/854575.31995" in log
+
+
 def _receiver(tmp: pathlib.Path, hop: postfix_hop.PostfixHop, port: int, *extra: str) -> Any:
     log = open(tmp / "receiver.log", "ab")  # noqa: SIM115 - closed with the process
     proc = start_process(
