@@ -406,15 +406,16 @@ def report_steps(alone: dict[str, dict[str, list[float]]]) -> None:
     reply, for every server side by side (the same client for all)."""
     if not alone:
         return
-    names = list(alone)
+    medians = {
+        name: [percentile(times[step], 0.5) for step in STEPS] for name, times in alone.items()
+    }
     print("\nat c=1, each step from sending it to its reply: p50 of every round's sessions, µs\n")
-    print("| step | " + " | ".join(names) + " |")
-    print("|---" * (len(names) + 1) + "|")
-    for step in STEPS:
-        cells = [f"{percentile(alone[name][step], 0.5) * 1e6:.0f}" for name in names]
-        print(f"| {step} | " + " | ".join(cells) + " |")
-    totals = [sum(percentile(alone[name][step], 0.5) for step in STEPS) * 1e6 for name in names]
-    print("| sum of the medians | " + " | ".join(f"{total:.0f}" for total in totals) + " |")
+    print("| step | " + " | ".join(medians) + " |")
+    print("|---" * (len(medians) + 1) + "|")
+    rows = [*zip(STEPS, *medians.values(), strict=True)]
+    rows.append(("sum of the medians", *(sum(column) for column in medians.values())))
+    for step, *seconds in rows:
+        print(f"| {step} | " + " | ".join(f"{s * 1e6:.0f}" for s in seconds) + " |")
 
 
 if __name__ == "__main__":

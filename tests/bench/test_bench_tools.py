@@ -115,8 +115,13 @@ def test_the_latency_client_times_every_step_of_every_session(
 def _floor(port: int, spool: pathlib.Path, workers: int = 2) -> subprocess.Popen[bytes]:
     """bench/floor_server.py with ``workers`` processes on ``port``, ready."""
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port), str(spool)]
-        + [str(workers)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "floor_server.py"),
+            str(port),
+            str(spool),
+            str(workers),
+        ],
         stdout=subprocess.PIPE,
     )
     try:
