@@ -8,8 +8,9 @@ work, no logging, no timeouts: a banner, 250 to HELO/EHLO/MAIL/RCPT, 354 to DATA
 the end of the data the message handed to the receiver's ``MaildirDelivery`` (the same
 group commit, the same lone-message commit on the event loop, the same order of syncs)
 and 250 once it returns.
-WORKERS processes (the receiver's ``--workers auto``: one per core) share the port
-(SO_REUSEPORT), as the receiver's do. What the receiver spends beyond it is its session
+WORKERS processes (the receiver's ``--workers auto``: one per CPU) share the port
+(SO_REUSEPORT), as the receiver's do, and keep to a CPU each where the receiver's would
+(``--cpu-affinity auto``). What the receiver spends beyond it is its session
 path; what it spends is the least any Python receiver on this spool spends here. It is a
 reference for the benchmark, never a server for mail."""
 
@@ -24,6 +25,7 @@ import sys
 
 import uvloop
 from smtpgate.receiver import delivery, server
+from smtpgate.receiver import workers as placing
 
 END = b"\r\n.\r\n"
 REPLIES = {
@@ -129,6 +131,7 @@ def main(port: int, root: str, workers: int) -> None:
         server._listening_socket("127.0.0.1", port, 4, reuse_port=True) for _ in range(workers)
     ]
     children = []
+    plan = placing.plan(str(workers), "auto", sorted(os.sched_getaffinity(0)), placing.cpu_quota())
 
     def stop(signum: int, frame: object) -> None:
         for child in children:
@@ -136,14 +139,16 @@ def main(port: int, root: str, workers: int) -> None:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    for sock in socks[1:]:
+    for sock, cpu in zip(socks[1:], plan.cpus[1:], strict=True):
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _die_with_parent()
+            placing.pin(cpu)
             uvloop.run(serve(sock, root))
             os._exit(0)
         children.append(pid)
+    placing.pin(plan.cpus[0])
     print("ready", flush=True)
     uvloop.run(serve(socks[0], root))
 
@@ -158,5 +163,5 @@ def _die_with_parent() -> None:
 
 
 if __name__ == "__main__":
-    workers = int(sys.argv[3]) if len(sys.argv) > 3 else (os.cpu_count() or 1)
+    workers = int(sys.argv[3]) if len(sys.argv) > 3 else len(os.sched_getaffinity(0))
     main(int(sys.argv[1]), sys.argv[2], workers)

@@ -28,7 +28,7 @@ CLK = os.sysconf("SC_CLK_TCK")
 CPUACCT = pathlib.Path("/sys/fs/cgroup/cpuacct")
 CPU = pathlib.Path("/sys/fs/cgroup/cpu")
 WEIGHTED = True  # each server in a cpu cgroup of the default weight too (see Cgroup)
-WORKERS = os.cpu_count() or 1  # the receiver's --workers auto
+WORKERS = len(os.sched_getaffinity(0))  # the receiver's --workers auto (without a CPU quota)
 # Postfix settings that differ from its defaults, besides where its files are.
 POSTFIX_SETTINGS = {
     "in_flow_delay": "0",  # no pause before a message when the queue grows (default 1s)
@@ -280,6 +280,7 @@ def start_smtpgate(
     logged = compiled.config.connectors[0].protocol_logging_level.value
     settings = [
         "python -m smtpgate.receiver " + " ".join(args),
+        f"workers: {placement(workers, extra)}",
         f"connector: {shown} (protocol log: {logged})",
         f"next hop: {next_hop}; spool filesystem: {filesystem(work)}",
     ]
@@ -291,6 +292,19 @@ def start_smtpgate(
         settings,
         spool=spool / "new" if mode == "maildir" else None,
     )
+
+
+def placement(workers: int, extra: tuple[str, ...] = ()) -> str:
+    """How the receiver places ``workers`` workers here (``--cpu-affinity``, its default
+    unless ``extra`` names it), as the receiver works it out."""
+    sys.path.insert(0, str(ROOT))
+    from smtpgate.receiver import workers as placing
+
+    affinity = extra[extra.index("--cpu-affinity") + 1] if "--cpu-affinity" in extra else "auto"
+    plan = placing.plan(
+        str(workers), affinity, sorted(os.sched_getaffinity(0)), placing.cpu_quota()
+    )
+    return f"{plan.count}, {plan.reason}"
 
 
 def start_sink(work: pathlib.Path) -> Server:
@@ -340,6 +354,7 @@ def start_floor(work: pathlib.Path, workers: int = WORKERS) -> Server:
         "python bench/" + " ".join(a.rsplit("/", 1)[-1] if a.endswith(".py") else a for a in args),
         "no policy, no header work, no log, fixed replies; each message handed to the "
         "receiver's MaildirDelivery (its group commit) before the 250",
+        f"workers: {placement(workers)} (placed as the receiver places its own)",
     ]
     return Server("python floor", port, cgroup, stop, settings, spool / "new")
 

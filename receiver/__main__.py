@@ -38,6 +38,12 @@ def _explicit(items: list[str]) -> dict[str, tuple[str, int]]:
     return plan
 
 
+def _workers(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError("must be a number of at least 1, or auto")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="smtpgate-receiver", description=__doc__)
     parser.add_argument("--config", required=True, help="ServerConfig JSON (the ConfigMap's file)")
@@ -87,8 +93,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         default="1",
-        help="worker processes sharing the ports (a number, or auto: one per core)",
+        type=_workers,
+        help="worker processes sharing the ports (a number, or auto: one per CPU the process "
+        "may run on, no more than its cgroup's CPU quota)",
     )
+    parser.add_argument(
+        "--cpu-affinity",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto: with a worker for every CPU the process may run on (and no smaller CPU "
+        "quota), each worker keeps to its own CPU; none: the kernel places them",
+    )
+    parser.add_argument("--pin-cpu", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -184,14 +200,17 @@ def _ready(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    count = os.cpu_count() or 1 if args.workers == "auto" else int(args.workers)
+    workers.pin(args.pin_cpu)  # a worker the supervisor gave a CPU, before any thread starts
     handler = logging.StreamHandler()
     handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     # aiosmtpd logs every command line at INFO, AUTH payloads included: keep it quiet.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    if count > 1:
-        return workers.supervise(_without_workers(argv), count, lambda: _ready(args))
+    plan = workers.plan(
+        args.workers, args.cpu_affinity, sorted(os.sched_getaffinity(0)), workers.cpu_quota()
+    )
+    if plan.count > 1:
+        return workers.supervise(_without_workers(argv), plan, lambda: _ready(args))
     with asyncio.Runner(loop_factory=server.new_event_loop) as runner:
         return runner.run(run(args))
 

@@ -1,8 +1,11 @@
 """A worker process per core sharing the listening ports (SO_REUSEPORT).
 
 The parent starts the workers with the same arguments, waits until each is ready, passes
-SIGTERM and SIGINT on, and starts a worker again if one dies. Connection and rate limits
-are counted in each worker: with N workers a source may hold up to N times
+SIGTERM and SIGINT on, and starts a worker again if one dies. ``--workers auto`` counts the
+CPUs the process may run on (its affinity), no more than its cgroup's CPU quota allows;
+when there is a worker for every one of those CPUs, each worker keeps to a CPU of its own
+(``--cpu-affinity auto``, the default; ``none`` lets the kernel move them). Connection and
+rate limits are counted in each worker: with N workers a source may hold up to N times
 maxInboundConnectionPerSource. One worker (the default) counts exactly. Metrics are kept in
 files of prometheus-client's multiprocess mode (a folder in the temporary directory), so
 that the first worker's /metrics adds up every worker's."""
@@ -10,20 +13,137 @@ that the first worker's /metrics adds up every worker's."""
 from __future__ import annotations
 
 import logging
+import math
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import multiprocess
 
 log = logging.getLogger(__name__)
+PROC = pathlib.Path("/proc/self")
 
 
-def _spawn(argv: list[str], index: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+@dataclass(frozen=True)
+class Plan:
+    """How many workers, the CPU each keeps to (None: any the process may use), and why."""
+
+    count: int
+    cpus: tuple[int | None, ...]
+    reason: str
+
+
+def plan(workers: str, affinity: str, allowed: list[int], quota: float | None) -> Plan:
+    """``--workers`` (a number, or ``auto``) and ``--cpu-affinity`` (``auto`` or ``none``)
+    for a process that may run on the CPUs ``allowed`` with a cgroup CPU quota of
+    ``quota`` CPUs (None: no quota). A worker keeps to a CPU only when every allowed CPU has
+    one worker: a CPU shared with others' work, or a quota smaller than the CPUs, leaves
+    the kernel to place them."""
+    if workers == "auto":
+        count = len(allowed) if quota is None else max(1, min(len(allowed), math.ceil(quota)))
+    else:
+        count = int(workers)
+    unpinned = (None,) * count
+    if affinity == "none":
+        return Plan(count, unpinned, "not pinned (--cpu-affinity none)")
+    if count == 1:
+        return Plan(count, unpinned, "one worker")
+    if count != len(allowed):
+        return Plan(
+            count,
+            unpinned,
+            f"not pinned: {count} workers for {len(allowed)} CPUs (pinned only one per CPU)",
+        )
+    if quota is not None and quota < len(allowed):
+        return Plan(
+            count, unpinned, f"not pinned: a CPU quota of {quota:g} CPUs, fewer than the CPUs"
+        )
+    return Plan(count, tuple(allowed), f"each pinned to its CPU ({_ranges(allowed)})")
+
+
+def _ranges(cpus: list[int]) -> str:
+    return ",".join(str(c) for c in cpus)
+
+
+def cpu_quota(proc: pathlib.Path = PROC) -> float | None:
+    """The CPU time the process's cgroup may use, in CPUs (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``, the smallest along the way up to the
+    hierarchy's mount), or None without a quota or a readable cgroup."""
+    try:
+        memberships = (proc / "cgroup").read_text().splitlines()
+        mounts = (proc / "mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    found: list[float] = []
+    for line in mounts:
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        dash = fields.index("-")
+        root, point, kind = fields[3], pathlib.Path(fields[4]), fields[dash + 1]
+        options = set(fields[dash + 3].split(",")) if len(fields) > dash + 3 else set()
+        if kind == "cgroup2":
+            path, version = _member_path(memberships, lambda names: names == ""), 2
+        elif kind == "cgroup" and "cpu" in options:
+            path, version = _member_path(memberships, lambda names: "cpu" in names.split(",")), 1
+        else:
+            continue
+        if path is None:
+            continue
+        relative = path[len(root) :] if path.startswith(root) else path
+        folder = point / relative.lstrip("/")
+        if not folder.is_dir():
+            folder = point
+        while True:
+            limit = _quota_in(folder, version)
+            if limit is not None:
+                found.append(limit)
+            if folder == point or point not in folder.parents:
+                break
+            folder = folder.parent
+    return min(found) if found else None
+
+
+def _member_path(memberships: list[str], controllers: Callable[[str], bool]) -> str | None:
+    """The process's cgroup in the hierarchy whose controller list ``controllers`` takes
+    (``/proc/self/cgroup``: ``id:controllers:path``; cgroup v2's list is empty)."""
+    for line in memberships:
+        _, names, path = line.split(":", 2)
+        if controllers(names):
+            return path
+    return None
+
+
+def _quota_in(folder: pathlib.Path, version: int) -> float | None:
+    try:
+        if version == 2:
+            quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+            period = (folder / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or not quota.lstrip("-").isdigit() or not period.isdigit():
+            return None
+        return int(quota) / int(period) if int(quota) > 0 and int(period) > 0 else None
+    except OSError:
+        return None
+
+
+def pin(cpu: int | None) -> None:
+    """Keep this process, before it starts a thread, to ``cpu`` (None: leave it be)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+def _spawn(
+    argv: list[str], index: int, env: dict[str, str], cpu: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     read_end, write_end = os.pipe()
     args = [
         sys.executable,
@@ -36,6 +156,8 @@ def _spawn(argv: list[str], index: int, env: dict[str, str]) -> tuple[subprocess
         "--ready-fd",
         str(write_end),
     ]
+    if cpu is not None:
+        args += ["--pin-cpu", str(cpu)]
     if index > 0:
         args += ["--health-port", "0"]  # the first worker answers the probes
     proc = subprocess.Popen(args, pass_fds=(write_end,), env=env)
@@ -48,8 +170,9 @@ def _wait_ready(read_end: int) -> bool:
         return pipe.readline().strip() == b"ready"
 
 
-def supervise(argv: list[str], count: int, ready: object) -> int:
-    """Run ``count`` workers until SIGTERM/SIGINT; ``ready()`` is called once all listen."""
+def supervise(argv: list[str], workers_plan: Plan, ready: object) -> int:
+    """Run the plan's workers until SIGTERM/SIGINT; ``ready()`` is called once all listen.
+    A worker started again keeps the CPU of the one it replaces."""
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -65,8 +188,9 @@ def supervise(argv: list[str], count: int, ready: object) -> int:
     folder = tempfile.mkdtemp(prefix="smtpgate-metrics-")
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=folder)
     try:
-        for index in range(count):
-            proc, read_end = _spawn(argv, index, env)
+        log.info("%d workers, %s", workers_plan.count, workers_plan.reason)
+        for index, cpu in enumerate(workers_plan.cpus):
+            proc, read_end = _spawn(argv, index, env, cpu)
             workers.append(proc)
             if not _wait_ready(read_end):
                 forward(signal.SIGTERM, None)
@@ -78,7 +202,7 @@ def supervise(argv: list[str], count: int, ready: object) -> int:
                 if proc.poll() is not None and not stopping:
                     log.error("worker %d exited with %s; starting it again", index, proc.returncode)
                     multiprocess.mark_process_dead(proc.pid, folder)
-                    workers[index], read_end = _spawn(argv, index, env)
+                    workers[index], read_end = _spawn(argv, index, env, workers_plan.cpus[index])
                     _wait_ready(read_end)
         return max((proc.wait() for proc in workers), default=0)
     finally:
