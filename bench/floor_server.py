@@ -140,11 +140,11 @@ def main(port: int, root: str, workers: int) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     for sock, cpu in zip(socks[1:], plan.cpus[1:], strict=True):
+        placing.pin(cpu)  # the worker forked next keeps to it from its start
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _die_with_parent()
-            placing.pin(cpu)
             uvloop.run(serve(sock, root))
             os._exit(0)
         children.append(pid)

@@ -10,7 +10,8 @@ the configuration of both is printed first): smtpgate's receiver with a
 full Internet connector policy in maildir mode (durable before 250), and Postfix's smtpd
 with its queue (cleanup fsyncs the queue file before 250) delivering to the discard
 transport, with in_flow_delay = 0. ``--with-reference`` adds smtpgate in relay mode and
-Postfix's smtp-sink (no durability). Each round runs every scenario on every server in
+Postfix's smtp-sink (no durability). Each server is first warmed up (a tenth of a run at
+c=1 and at c=10, not counted); each round then runs every scenario on every server in
 turn, the order rotating; the table gives the median of the rounds and their spread, msgs/s
 and server CPU seconds per 1000 messages (the cgroup's, so Postfix's short-lived processes
 and its queue manager and discard delivery count too).
@@ -101,6 +102,13 @@ def measure(
         for entry in os.scandir(server.spool):  # outside the timing: new/ stays small
             os.unlink(entry.path)
     return n / seconds, cpu * 1000 / n
+
+
+def warm_up(server: servers.Server, n: int) -> tuple[float, float]:
+    """Runs not counted before the first round (``n`` messages at c=1, then c=10; their
+    msgs/s), so that no server's first measured run is also the first use of the new spool
+    volume and of its own code."""
+    return measure(server, 1, 1024, False, n)[0], measure(server, 10, 1024, False, n)[0]
 
 
 # The steps of a latency session, each timed from sending it to its reply.
@@ -278,6 +286,14 @@ def run(
         if running[0].settings:
             print(f"  smtpgate logging: {servers.smtpgate_logging()}")
         print()
+        warm = max(30, n1 // 10)
+        for server in running:
+            rates = warm_up(server, warm)
+            print(
+                f"  warm-up {server.name:28} {warm} messages at c=1 and c=10 "
+                f"({rates[0]:.0f}, {rates[1]:.0f} msg/s), not counted",
+                flush=True,
+            )
         for round_ in range(rounds):
             order = running[round_ % len(running) :] + running[: round_ % len(running)]
             for label, sessions, length, reuse in scenarios:

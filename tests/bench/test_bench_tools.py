@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import shutil
 import smtplib
 import socket
 import subprocess
@@ -76,6 +77,27 @@ def test_the_floor_servers_workers_end_when_it_is_killed(tmp_path: pathlib.Path)
     finally:
         _stop(proc, kill=True)  # no handler runs: the workers must notice by themselves
     assert all(_ends(pid) for pid in workers)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to place workers on")
+def test_the_floor_places_its_workers_as_the_receiver_places_its_own(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A worker per CPU: each keeps to its own (the receiver's --cpu-affinity auto); more
+    workers than CPUs: the kernel places them."""
+    cpus = sorted(os.sched_getaffinity(0))
+    proc = _floor(_port(), tmp_path / "one", workers=len(cpus))
+    try:
+        placed = sorted(os.sched_getaffinity(pid) for pid in [proc.pid, *_children(proc.pid)])
+    finally:
+        _stop(proc)
+    assert placed == [{cpu} for cpu in cpus]
+    proc = _floor(_port(), tmp_path / "more", workers=len(cpus) + 1)
+    try:
+        placed = [os.sched_getaffinity(pid) for pid in [proc.pid, *_children(proc.pid)]]
+    finally:
+        _stop(proc)
+    assert placed == [set(cpus)] * (len(cpus) + 1)
 
 
 def test_the_latency_client_times_every_step_of_every_session(
@@ -182,3 +204,40 @@ def test_the_spool_volume_is_an_ext4_whose_journal_orders_data_and_goes_afterwar
         (volume / "written").write_text("x")
     assert not volume.exists()
     assert delivery.mount_of(volume) is None or delivery.mount_of(volume).point != str(volume)
+
+
+@pytest.mark.skipif(shutil.which("smtp-source") is None, reason="needs Postfix (make postfix)")
+def test_the_throughput_bench_warms_every_server_up_then_runs_its_rounds_to_the_table() -> None:
+    """bench/receiver_throughput.py, one scenario, one round: the configuration of both
+    servers (the receiver's worker placement with it), a warm-up of each that is not
+    counted, each server's run (every message acknowledged was in its spool), the table."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "receiver_throughput.py"),
+            "--quick",
+            "--only",
+            "c=1,",
+            "--no-latency",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    lines = out.splitlines()
+    cpus = len(os.sched_getaffinity(0))
+    placement = (
+        f"  workers: {cpus}, each pinned to its CPU" if cpus > 1 else "  workers: 1, one worker"
+    )
+    assert any(line.startswith(placement) for line in lines), out
+    for name in ("smtpgate maildir", "postfix smtpd + queue (fsync)"):
+        warm = [line for line in lines if line.startswith(f"  warm-up {name} ")]
+        assert len(warm) == 1 and "30 messages at c=1 and c=10" in warm[0], out
+        counted = [line for line in lines if line.startswith(f"  round 1 {name} ")]
+        assert len(counted) == 1 and "1 KB, c=1, new connection" in counted[0], out
+        # Warmed up before the first counted run of any server.
+        assert lines.index(warm[0]) < min(
+            i for i, line in enumerate(lines) if line.startswith("  round 1 ")
+        )
+    assert any(line.startswith("| 1 KB, c=1, new connection | ") for line in lines), out
