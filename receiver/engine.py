@@ -4,7 +4,7 @@ command loop without the costs our settings make idle, and one inactivity timer 
 aiosmtpd's ``SMTP.__init__`` finds its method tables by reflection on every connection;
 ``set_up`` looks them up once per class. Its command loop (``SMTP._handle_client``) makes
 two log calls with sanitised arguments per command, looks up per-command size limits that
-``lines.LineGuard`` has already enforced more strictly, checks STARTTLS-required and call
+``lines.CommandReader`` has already enforced more strictly, checks STARTTLS-required and call
 limits that are never on here, and cancels and makes a timer per command. ``serve`` is that
 loop for our settings: the same replies in the same order, the same end of the session
 (``tests/receiver/test_engine.py`` holds the two to the same answers). ``InactivityTimer``
@@ -31,7 +31,7 @@ from aiosmtpd.smtp import (
 )
 from aiosmtpd.smtp import __ident__ as ENGINE_IDENT
 
-from . import policy
+from . import lines, policy
 
 if TYPE_CHECKING:
     from .smtp import ConnectorSMTP
@@ -43,7 +43,7 @@ TLS_CLOSE_GRACE = 1.0
 
 
 class EngineLimits(dict[str, int]):
-    """aiosmtpd's per-command size limits, as ``serve`` checks them after ``LineGuard``:
+    """aiosmtpd's per-command size limits, as ``serve`` checks them after ``CommandReader``:
     a line as long as the reader's default buffer (AUTH and X-EXPS: a GSSAPI or NTLM
     initial response), and EHLO's additions are dropped."""
 
@@ -111,7 +111,7 @@ def set_up(smtp: SMTP, handler: Any, hostname: str) -> None:
     smtp.loop = loop = asyncio.get_running_loop()
     asyncio.StreamReaderProtocol.__init__(
         smtp,
-        asyncio.StreamReader(loop=loop, limit=smtp.line_length_limit),
+        lines.CommandReader(smtp.line_length_limit, loop),
         client_connected_cb=smtp._cb_client_connected,
         loop=loop,
     )
@@ -119,7 +119,7 @@ def set_up(smtp: SMTP, handler: Any, hostname: str) -> None:
     smtp.data_size_limit = None
     smtp.enable_SMTPUTF8 = False
     smtp._decode_data = False
-    # ``LineGuard`` enforces the command line limits; the engine's stay out of its way.
+    # ``CommandReader`` enforces the command line limits; the engine's stay out of its way.
     smtp.command_size_limits = ENGINE_LIMITS
     smtp.hostname = hostname
     smtp.tls_context = None

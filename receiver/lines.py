@@ -23,33 +23,53 @@ class RefusedLine(Exception):
         self.reply = reply
 
 
-class LineGuard:
-    """Stands in for the session's StreamReader and watches command lines: each must end in
-    CRLF, hold no other CR and no control character, and fit in 512 octets (more for MAIL
-    and RCPT where an extension says so, ``allowances``). A line longer than the reader's
-    buffer is read to its end and thrown away whole, so nothing of it is read as a command.
-    (DATA is read in blocks by ``data.DataReader``.)"""
+class CommandReader(asyncio.StreamReader):
+    """The session's StreamReader, which reads command lines as the receiver takes them:
+    each must end in CRLF, hold no other CR and no control character, and fit in 512
+    octets (more for MAIL and RCPT where an extension says so, ``allowances``). A line
+    longer than the buffer is read to its end and thrown away whole, so nothing of it is
+    read as a command. (DATA is read in blocks by ``data.DataReader``, with ``read``.)
+    ``on_command`` sees every command line read (the protocol log)."""
 
-    def __init__(self, inner: asyncio.StreamReader, on_command: Any = None) -> None:
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "on_command", on_command)
-        object.__setattr__(self, "allowances", {})
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.on_command: Any = None
+        self.allowances: dict[bytes, int] = {}
 
     def allow(self, allowances: dict[bytes, int]) -> None:
         """Octets beyond 512 per command (``b"MAIL"``), as the EHLO reply offered. An AUTH
         allowance (a GSSAPI or NTLM initial response) also lets the reader hold such a line
         (its buffer stays bounded by it)."""
-        object.__setattr__(self, "allowances", allowances)
+        self.allowances = allowances
         auth = allowances.get(b"AUTH", 0)
         if auth:
-            self._inner._limit = max(self._inner._limit, COMMAND_LIMIT + auth + 2)
+            self._limit = max(self._limit, COMMAND_LIMIT + auth + 2)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """The next command line (up to LF, whatever ``separator`` says), or RefusedLine.
+        A line already in the buffer, or one that arrives, is taken here; a line over the
+        limit, the end of input and a failed stream go the StreamReader's way."""
+        buffer = self._buffer
+        while self._exception is None:
+            end = buffer.find(b"\n")
+            if end < 0 and not self._eof and len(buffer) <= self._limit:
+                await self._wait_for_data("readuntil")
+                continue
+            if end < 0 or end > self._limit:
+                break
+            line = bytes(buffer[: end + 1])
+            del buffer[: end + 1]
+            if self._paused:
+                self._maybe_resume_transport()
+            return self._checked(line)
         try:
-            line = await self._inner.readuntil(separator)
+            line = await super().readuntil(b"\n")
         except asyncio.LimitOverrunError:
             await self._discard_line()
             raise RefusedLine(replies.COMMAND_TOO_LONG) from None
+        return self._checked(line)
+
+    def _checked(self, line: bytes) -> bytes:
         if self.on_command is not None:
             self.on_command(line)
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
@@ -65,7 +85,7 @@ class LineGuard:
     async def readline(self) -> bytes:
         """An AUTH response line (never logged): up to the reader's limit, or refused."""
         try:
-            return await self._inner.readuntil(b"\n")
+            return await super().readuntil(b"\n")
         except asyncio.IncompleteReadError as error:
             return error.partial
         except asyncio.LimitOverrunError:
@@ -76,13 +96,7 @@ class LineGuard:
         """Read up to and including the next LF, holding no more than the buffer's limit."""
         while True:
             try:
-                await self._inner.readuntil(b"\n")
+                await super().readuntil(b"\n")
                 return
             except asyncio.LimitOverrunError as error:
-                await self._inner.read(error.consumed)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._inner, name, value)
+                await self.read(error.consumed)

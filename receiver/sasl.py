@@ -153,9 +153,9 @@ async def respond(smtp: ConnectorSMTP, challenge: bytes, as_text: bool = False) 
 async def run(smtp: ConnectorSMTP, mechanism: Mechanism, initial: str | None) -> Outcome:
     """One whole exchange: the initial response (``=`` for an empty one) or the opening
     challenge, then challenges until the mechanism knows the client or refuses it."""
-    inner = smtp._reader._inner  # type: ignore[attr-defined]
-    limit = inner._limit
-    inner._limit = max(limit, MAX_RESPONSE + 2)  # one AUTH response may be this long
+    reader = smtp._reader
+    limit = reader._limit  # type: ignore[attr-defined]
+    reader._limit = max(limit, MAX_RESPONSE + 2)  # type: ignore[attr-defined]  # one response
     try:
         if initial is None:
             token = await respond(smtp, mechanism.opening, mechanism.opening_is_text)
@@ -172,7 +172,7 @@ async def run(smtp: ConnectorSMTP, mechanism: Mechanism, initial: str | None) ->
         log.info("%s exchange failed: %s", type(mechanism).__name__, failed)
         return Outcome(None, failed.reply)
     finally:
-        inner._limit = limit
+        reader._limit = limit  # type: ignore[attr-defined]
 
 
 def _b64(data: bytes) -> str:

@@ -117,6 +117,8 @@ class ConnectorSMTP(SMTP):
             f"{local[0]}:{local[1]}",
             endpoint,
         )
+        if self.plog.log is not None:  # each command line read goes in the protocol log
+            self._stream_reader.on_command = self._received  # type: ignore[union-attr]
         self.plog("+")
         if note:
             self.plog("*", "", note)
@@ -153,7 +155,7 @@ class ConnectorSMTP(SMTP):
         assert self._proxy_peer is not None
         (peer, local), runtime = self._proxy_peer, self.runtime
         proxy_endpoint = f"{peer[0]}:{peer[1]}"
-        reader = self._reader._inner  # type: ignore[attr-defined]
+        reader = self._reader
         try:
             header = await proxy.read(
                 reader,
@@ -244,14 +246,9 @@ class ConnectorSMTP(SMTP):
             self.transport.write((replies.CONNECTION_TIMEOUT.line() + "\r\n").encode())
             self.transport.close()
 
-    def _cb_client_connected(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        super()._cb_client_connected(lines.LineGuard(reader, self._received), writer)  # type: ignore[arg-type]
-
     def _received(self, line: bytes) -> None:
-        if self.plog.log is not None:
-            self.plog("<", protocol_log.redact(line.decode("utf-8", "replace").rstrip("\r\n")))
+        """A command line read, in the protocol log (Verbose)."""
+        self.plog("<", protocol_log.redact(line.decode("utf-8", "replace").rstrip("\r\n")))
 
     async def _handle_client(self) -> None:
         self.runtime.sessions.add(self)  # from the start: stop() closes it even before its banner
@@ -445,7 +442,7 @@ class ConnectorSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         assert self.policy is not None
-        reader = self._reader._inner  # type: ignore[attr-defined]
+        reader = self._reader
         self.intake = taking = intake.Intake(
             self.policy,
             self.data_size_limit,

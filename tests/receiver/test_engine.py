@@ -19,7 +19,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
-from smtpgate.receiver import addresses, delivery, engine, server
+from smtpgate.receiver import addresses, delivery, engine, lines, server
 from smtpgate.receiver.hooks import Handler
 from smtpgate.receiver.intake import Intake
 from smtpgate.receiver.protocol_log import ProtocolLog
@@ -73,7 +73,7 @@ def _pair(tmp_path: pathlib.Path) -> tuple[ConnectorSMTP, ConnectorSMTP]:
 def test_the_engine_is_set_up_as_aiosmtpd_would(tmp_path: pathlib.Path) -> None:
     async def compare() -> None:
         ours, stock = _pair(tmp_path)
-        # Command line limits are LineGuard's; the engine's are held above them.
+        # Command line limits are CommandReader's; the engine's are held above them.
         assert set(vars(ours)) == set(vars(stock)) | {"command_size_limits"}
         for name in sorted(set(vars(stock)) - OWN | {"command_size_limits"}):
             mine, theirs = getattr(ours, name), getattr(stock, name)
@@ -89,7 +89,8 @@ def test_the_engine_is_set_up_as_aiosmtpd_would(tmp_path: pathlib.Path) -> None:
                 assert all(mine[k].__func__ is theirs[k].__func__ for k in mine), name
                 assert all(m.__self__ in (ours, ours.event_handler) for m in mine.values())
             elif isinstance(theirs, asyncio.StreamReader):
-                assert type(mine) is type(theirs) and mine._limit == theirs._limit, name
+                # The receiver's reader is a StreamReader that reads command lines its way.
+                assert type(mine) is lines.CommandReader and mine._limit == theirs._limit, name
             elif name in ("_stream_reader_wr", "event_handler"):
                 assert type(mine) is type(theirs), name
             elif name == "command_size_limits":
