@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto as sslproto
+import collections
 import inspect
 import logging
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -99,50 +101,66 @@ def method_tables(engine: type, handler: type) -> MethodTables:
 _TABLES: dict[tuple[type, type], MethodTables] = {}
 
 
+class Defaults:
+    """The part of the state ``SMTP.__init__`` (and asyncio's ``StreamReaderProtocol``)
+    gives every connection that is the same for all of ours, as class attributes: an
+    instance reads them here until the session sets its own. ``set_up`` sets the rest."""
+
+    __ident__ = ENGINE_IDENT
+    data_size_limit: int | None = None  # until the connector is known
+    enable_SMTPUTF8 = False
+    _decode_data = False
+    # ``CommandReader`` enforces the command line limits; the engine's stay out of its way.
+    command_size_limits = ENGINE_LIMITS
+    tls_context = None  # until the connector is known
+    require_starttls = None
+    _timeout_duration = 300
+    _timeout_handle = None
+    _tls_handshake_okay = True
+    _tls_protocol = None
+    _original_transport = None
+    session = None
+    envelope = None
+    transport = None
+    _handler_coroutine = None
+    _auth_require_tls = False
+    _proxy_timeout = None
+    _authenticator = None
+    _auth_required = False
+    _enforce_call_limit = False
+    # StreamReaderProtocol's
+    _paused = False
+    _connection_lost = False
+    _reject_connection = False
+    _stream_writer = None
+    _task = None
+    _transport = None
+    _over_ssl = False
+
+
 def set_up(smtp: SMTP, handler: Any, hostname: str) -> None:
     """What ``SMTP.__init__`` sets up for our settings (no size limit until the connector
     is known, 8BITMIME, no SMTPUTF8, AUTH offered by ``policy``, no TLS until the
-    connector is known), with the method tables looked up once per class."""
+    connector is known) beyond ``Defaults``, with the method tables looked up once per
+    class, and what ``StreamReaderProtocol.__init__`` sets for a server's connection."""
     kinds = (type(smtp), type(handler))
     tables = _TABLES.get(kinds)
     if tables is None:
         tables = _TABLES[kinds] = method_tables(*kinds)
-    smtp.__ident__ = ENGINE_IDENT
-    smtp.loop = loop = asyncio.get_running_loop()
-    asyncio.StreamReaderProtocol.__init__(
-        smtp,
-        lines.CommandReader(smtp.line_length_limit, loop),
-        client_connected_cb=smtp._cb_client_connected,
-        loop=loop,
-    )
+    smtp.loop = smtp._loop = loop = asyncio.get_running_loop()
+    reader = lines.CommandReader(smtp.line_length_limit, loop)
+    smtp._drain_waiters = collections.deque()
+    smtp._stream_reader_wr = weakref.ref(reader)
+    smtp._strong_reader = reader
+    smtp._client_connected_cb = smtp._cb_client_connected
+    smtp._closed = loop.create_future()
     smtp.event_handler = handler
-    smtp.data_size_limit = None
-    smtp.enable_SMTPUTF8 = False
-    smtp._decode_data = False
-    # ``CommandReader`` enforces the command line limits; the engine's stay out of its way.
-    smtp.command_size_limits = ENGINE_LIMITS
     smtp.hostname = hostname
-    smtp.tls_context = None
-    smtp.require_starttls = None
-    smtp._timeout_duration = 300
-    smtp._timeout_handle = None
-    smtp._tls_handshake_okay = True
-    smtp._tls_protocol = None
-    smtp._original_transport = None
-    smtp.session = None
-    smtp.envelope = None
-    smtp.transport = None
-    smtp._handler_coroutine = None
-    smtp._auth_require_tls = False
-    smtp._proxy_timeout = None
     smtp._auth_callback = login_always_fail
-    smtp._authenticator = None
-    smtp._auth_required = False
     smtp._auth_methods = AuthTable(smtp, handler, tables.auth)
     smtp._handle_hooks = BoundTable(handler, "handle_", tables.hooks)
     smtp._ehlo_hook_ver = tables.ehlo_hook_ver
     smtp._smtp_methods = BoundTable(smtp, "smtp_", tables.smtp)
-    smtp._enforce_call_limit = False
 
 
 class BoundTable(Mapping[str, Any]):

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import (
     SMTP,
+    Envelope,
     TLSSetupException,
     syntax,
 )
+from aiosmtpd.smtp import Session as EngineSession
 from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.enums import ProtocolLoggingLevel, ProxyProtocol
 from smtpgate.connectors.ranges import IPAddress, parse_address
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 EXCH50_MAX = 1 << 20
 
 
-class ConnectorSMTP(SMTP):
+class ConnectorSMTP(engine.Defaults, SMTP):
     """One SMTP connection on one binding."""
 
     def __init__(self, runtime: Runtime, binding: Binding) -> None:
@@ -86,7 +88,31 @@ class ConnectorSMTP(SMTP):
             self._proxy_peer = (peer, local)
         else:
             self._attach(local, remote, f"{peer[0]}:{peer[1]}")
-        super().connection_made(transport)
+        self._open(transport, peer)
+
+    def _open(self, transport: asyncio.BaseTransport, peer: Any) -> None:
+        """What aiosmtpd's ``connection_made`` and asyncio's ``StreamReaderProtocol``'s do
+        for a new connection, without what is idle here (the peer's address asked again, a
+        check for an SSL transport, a log call at a level ``mail.log`` never has): a new
+        envelope and engine session, the idle timer, the reader and the writer on the
+        transport, and the session's task. (A STARTTLS layer's ``connection_made`` is
+        aiosmtpd's own.)"""
+        self.envelope = Envelope()
+        self.session = session = EngineSession(self.loop)
+        session.peer = peer
+        self._reset_timeout()
+        self._transport = self.transport = transport  # type: ignore[assignment]
+        reader = self._strong_reader
+        reader._transport = transport
+        self._reader = reader
+        self._writer = self._stream_writer = asyncio.StreamWriter(
+            transport,  # type: ignore[arg-type]
+            self,
+            reader,
+            self.loop,
+        )
+        self._strong_reader = None
+        self._handler_coroutine = self.loop.create_task(self._handle_client())
 
     def _attach(
         self,
@@ -282,8 +308,17 @@ class ConnectorSMTP(SMTP):
                 self._release()
 
     async def _commands(self) -> None:
-        """The banner, then every command until the connection ends."""
-        await self.push(f"220 {self.hostname} {self.__ident__}")
+        """The banner (the connector's; ``push``'s other checks are for other replies),
+        then every command until the connection ends."""
+        assert self.policy is not None
+        self._greeted = True
+        banner = self.policy.connector.banner
+        if not self.policy.connector.extensions.enhanced_status_codes:
+            banner = replies.strip_enhanced(banner)
+        self._writer.write(banner.encode("ascii") + b"\r\n")
+        await self._writer.drain()
+        if self.plog.log is not None:
+            self.plog(">", banner)
         await engine.serve(self)
 
     def _reset_timeout(self, duration: float | None = None) -> None:

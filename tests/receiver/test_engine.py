@@ -19,6 +19,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
+from smtpgate.connectors.ranges import parse_address as addresses_of
 from smtpgate.receiver import addresses, delivery, engine, lines, server
 from smtpgate.receiver.hooks import Handler
 from smtpgate.receiver.intake import Intake
@@ -73,8 +74,11 @@ def _pair(tmp_path: pathlib.Path) -> tuple[ConnectorSMTP, ConnectorSMTP]:
 def test_the_engine_is_set_up_as_aiosmtpd_would(tmp_path: pathlib.Path) -> None:
     async def compare() -> None:
         ours, stock = _pair(tmp_path)
-        # Command line limits are CommandReader's; the engine's are held above them.
-        assert set(vars(ours)) == set(vars(stock)) | {"command_size_limits"}
+        # What aiosmtpd sets on each connection, ours has, on the connection or as a class
+        # default (engine.Defaults); nothing more. Command line limits are CommandReader's;
+        # the engine's are held above them.
+        assert set(vars(ours)) - OWN < set(vars(stock))
+        assert all(hasattr(ConnectorSMTP, name) for name in set(vars(stock)) - set(vars(ours)))
         for name in sorted(set(vars(stock)) - OWN | {"command_size_limits"}):
             mine, theirs = getattr(ours, name), getattr(stock, name)
             if name == "_auth_methods":
@@ -94,7 +98,9 @@ def test_the_engine_is_set_up_as_aiosmtpd_would(tmp_path: pathlib.Path) -> None:
             elif name in ("_stream_reader_wr", "event_handler"):
                 assert type(mine) is type(theirs), name
             elif name == "command_size_limits":
-                assert dict(mine) == {} and mine is not theirs
+                # Ours, not aiosmtpd's class-wide table (which its EHLO raises in place).
+                assert dict(mine) == {} and mine is engine.ENGINE_LIMITS
+                assert mine is not SMTP.command_size_limits
                 assert mine["MAIL"] == SMTP.line_length_limit
             elif name == "_closed":
                 assert type(mine) is type(theirs)
@@ -104,6 +110,76 @@ def test_the_engine_is_set_up_as_aiosmtpd_would(tmp_path: pathlib.Path) -> None:
                 assert mine == theirs, name
         assert ours.event_handler.smtp is ours
         assert ours._smtp_methods["DATA"].__func__ is ConnectorSMTP.smtp_DATA
+
+    asyncio.run(compare())
+
+
+class _Transport(asyncio.Transport):
+    """A connection's transport for a look at the state it starts with (no bytes move)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("192.0.2.7", 40000), "sockname": ("127.0.0.1", 25)}.get(
+            name, default
+        )
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def write(self, data: Any) -> None:
+        pass
+
+
+def test_a_new_connection_starts_as_aiosmtpd_starts_it(tmp_path: pathlib.Path) -> None:
+    """``ConnectorSMTP._open`` does for a new connection what aiosmtpd's connection_made
+    and asyncio's StreamReaderProtocol's do: the same state, the same objects."""
+
+    async def compare() -> None:
+        config = ServerConfig.from_json(internet_config_file(tmp_path).read_text())
+        runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
+        binding = bindings.parse("0.0.0.0:25")
+        ours, stock = ConnectorSMTP(runtime, binding), ConnectorSMTP(runtime, binding)
+        mine, theirs = _Transport(), _Transport()
+        ours.connection_made(mine)
+        stock._attach(("127.0.0.1", 25), addresses_of("192.0.2.7"), "192.0.2.7:40000")
+        SMTP.connection_made(stock, theirs)
+        try:
+            assert set(vars(ours)) <= set(vars(stock))
+            for name in sorted(set(vars(stock))):
+                a, b = getattr(ours, name), getattr(stock, name)
+                if name in ("transport", "_transport"):
+                    assert a is mine and b is theirs, name
+                elif name in ("_reader", "_writer", "_stream_writer"):
+                    assert type(a) is type(b) and a._transport is mine, name
+                elif name in ("envelope", "session"):
+                    assert vars(a) == vars(b), name
+                elif name in ("_handler_coroutine", "_timeout_handle", "plog", "_closed"):
+                    assert type(a) is type(b), name
+                elif name == "_idle":
+                    assert (a.duration, a.deadline is None) == (b.duration, b.deadline is None)
+                elif name in ("_stream_reader_wr", "_auth_methods") or name.endswith("_table"):
+                    assert type(a) is type(b), name
+                elif inspect.ismethod(b):
+                    assert a.__func__ is b.__func__ and a.__self__ is ours, name
+                elif name in ("_handle_hooks", "_smtp_methods"):
+                    assert set(a) == set(b), name
+                elif name == "event_handler":
+                    assert type(a) is type(b) and a.smtp is ours, name
+                else:
+                    assert a == b, name
+            assert ours._reader is ours._stream_reader  # the reader the protocol feeds
+            assert ours._writer._reader is ours._reader
+        finally:
+            for smtp in (ours, stock):
+                smtp._handler_coroutine.cancel()
+                smtp.transport.close()
+            await asyncio.sleep(0)
 
     asyncio.run(compare())
 
