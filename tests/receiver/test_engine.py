@@ -122,9 +122,7 @@ class _Transport(asyncio.Transport):
         self.closing = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("192.0.2.7", 40000), "sockname": ("127.0.0.1", 25)}.get(
-            name, default
-        )
+        return {"peername": ("192.0.2.7", 40000), "sockname": ("127.0.0.1", 25)}.get(name, default)
 
     def is_closing(self) -> bool:
         return self.closing
