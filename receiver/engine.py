@@ -263,7 +263,7 @@ async def serve(smtp: ConnectorSMTP) -> None:
                     continue
                 await smtp.push(f'500 Error: command "{command}" not recognized')
                 continue
-            smtp._reset_timeout()
+            smtp._timeout_handle = smtp._idle.reset(smtp._timeout_duration)
             await method(smtp, arg)
         except (asyncio.CancelledError, ConnectionResetError):
             smtp._writer.close()

@@ -49,27 +49,34 @@ class CommandReader(asyncio.StreamReader):
         """The next command line (up to LF, whatever ``separator`` says), or RefusedLine.
         A line already in the buffer, or one that arrives, is taken here; a line over the
         limit, the end of input and a failed stream go the StreamReader's way."""
-        buffer = self._buffer
+        buffer, line = self._buffer, None
         while self._exception is None:
             end = buffer.find(b"\n")
-            if end < 0 and not self._eof and len(buffer) <= self._limit:
-                await self._wait_for_data("readuntil")
-                continue
-            if end < 0 or end > self._limit:
+            if 0 <= end <= self._limit:
+                line = bytes(buffer[: end + 1])
+                del buffer[: end + 1]
+                if self._paused:
+                    self._maybe_resume_transport()
                 break
-            line = bytes(buffer[: end + 1])
-            del buffer[: end + 1]
+            if end >= 0 or self._eof or len(buffer) > self._limit:
+                break  # too long, or the end of the input: the StreamReader's way
+            # StreamReader._wait_for_data, here
+            if self._waiter is not None:
+                raise RuntimeError("readuntil() called while another read is waiting")
             if self._paused:
-                self._maybe_resume_transport()
-            return self._checked(line)
-        try:
-            line = await super().readuntil(b"\n")
-        except asyncio.LimitOverrunError:
-            await self._discard_line()
-            raise RefusedLine(replies.COMMAND_TOO_LONG) from None
-        return self._checked(line)
-
-    def _checked(self, line: bytes) -> bytes:
+                self._paused = False
+                self._transport.resume_reading()
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if line is None:
+            try:
+                line = await super().readuntil(b"\n")
+            except asyncio.LimitOverrunError:
+                await self._discard_line()
+                raise RefusedLine(replies.COMMAND_TOO_LONG) from None
         if self.on_command is not None:
             self.on_command(line)
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
@@ -81,6 +88,26 @@ class CommandReader(asyncio.StreamReader):
         if _CONTROL.search(line, 0, len(line) - 2) is not None:
             raise RefusedLine(replies.CONTROL_IN_COMMAND)
         return line
+
+    def feed_data(self, data: bytes) -> None:
+        """StreamReader's, with its waiter woken here."""
+        assert not self._eof, "feed_data after feed_eof"
+        if not data:
+            return
+        buffer = self._buffer
+        buffer.extend(data)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.cancelled():
+                waiter.set_result(None)
+        if self._transport is not None and not self._paused and len(buffer) > 2 * self._limit:
+            try:
+                self._transport.pause_reading()
+            except NotImplementedError:
+                self._transport = None  # it cannot pause: everything is buffered
+            else:
+                self._paused = True
 
     async def readline(self) -> bytes:
         """An AUTH response line (never logged): up to the reader's limit, or refused."""

@@ -50,6 +50,8 @@ EXCH50_MAX = 1 << 20
 class ConnectorSMTP(engine.Defaults, SMTP):
     """One SMTP connection on one binding."""
 
+    _plain = False  # see _commands
+
     def __init__(self, runtime: Runtime, binding: Binding) -> None:
         self.runtime = runtime
         self.binding = binding
@@ -260,6 +262,9 @@ class ConnectorSMTP(engine.Defaults, SMTP):
         self._client_connected_cb = self._handler_coroutine = None
         self._idle.release()
 
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed_data(data)  # asyncio's, without finding the reader by weak reference
+
     def eof_received(self) -> bool | None:
         if self._proxy_peer is not None:
             # Waiting for a PROXY header: the reader sees the end (aiosmtpd would cancel
@@ -319,6 +324,11 @@ class ConnectorSMTP(engine.Defaults, SMTP):
         await self._writer.drain()
         if self.plog.log is not None:
             self.plog(">", banner)
+        # Without a protocol log, and with enhanced status codes kept, a success is written
+        # as it is (``push``).
+        self._plain = (
+            self.plog.log is None and self.policy.connector.extensions.enhanced_status_codes
+        )
         await engine.serve(self)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
@@ -342,6 +352,12 @@ class ConnectorSMTP(engine.Defaults, SMTP):
 
     async def push(self, status: str | bytes) -> None:
         line = status.decode() if isinstance(status, bytes) else status
+        if self._plain and line[:1] in ("2", "3") and self._close_after is None:
+            # A success, on a session whose replies need nothing more (``_commands``).
+            self.transport.write(line.encode("ascii") + b"\r\n")  # type: ignore[union-attr]
+            if self._paused or self._connection_lost or self.transport.is_closing():  # type: ignore[union-attr]
+                await self._writer.drain()  # flow control, or the end of the connection
+            return
         session = self.policy
         if not self._greeted:
             self._greeted = True
