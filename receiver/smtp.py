@@ -244,9 +244,27 @@ class ConnectorSMTP(engine.Defaults, SMTP):
             self.runtime.counters.close(*self._counted)
             self._counted = None
         self.runtime.sessions.discard(self)
-        super().connection_lost(error)
+        # aiosmtpd's connection_lost and asyncio's StreamReaderProtocol's, without a log
+        # call at a level mail.log never has and the timer cancelled once more:
+        if self._original_transport is not None:  # after STARTTLS: the plain one too
+            self._original_transport.close()
+        reader = self._reader
+        if reader is not None:
+            if error is None:
+                reader.feed_eof()
+            else:
+                reader.set_exception(error)
+        if not self._closed.done():
+            if error is None:
+                self._closed.set_result(None)
+            else:
+                self._closed.set_exception(error)
+        asyncio.streams.FlowControlMixin.connection_lost(self, error)  # wakes a paused drain
+        self._stream_reader_wr = self._stream_writer = self._task = self._transport = None
         task = self._handler_coroutine
         assert task is not None  # made in connection_made (aiosmtpd asserts it too)
+        task.cancel()
+        self.transport = None
         if task.done():
             self._release()
 

@@ -182,6 +182,47 @@ def test_a_new_connection_starts_as_aiosmtpd_starts_it(tmp_path: pathlib.Path) -
     asyncio.run(compare())
 
 
+@pytest.mark.parametrize("error", [None, ConnectionResetError("reset by peer")])
+def test_a_lost_connection_ends_as_aiosmtpd_ends_it(
+    tmp_path: pathlib.Path, error: Exception | None
+) -> None:
+    """``ConnectorSMTP.connection_lost`` leaves the engine and its streams as aiosmtpd's
+    connection_lost and asyncio's StreamReaderProtocol's do (besides its own counts)."""
+
+    async def compare() -> None:
+        config = ServerConfig.from_json(internet_config_file(tmp_path).read_text())
+        runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
+        binding = bindings.parse("0.0.0.0:25")
+        ours, stock = ConnectorSMTP(runtime, binding), ConnectorSMTP(runtime, binding)
+        mine, theirs = _Transport(), _Transport()
+        ours.connection_made(mine)
+        stock.connection_made(theirs)
+        readers = ours._reader, stock._reader
+        mine.close()  # as a transport is by the time it reports the connection lost
+        theirs.close()
+        ours.connection_lost(error)
+        SMTP.connection_lost(stock, error)
+        for name in ("_connection_lost", "_stream_reader_wr", "_stream_writer", "_task"):
+            assert getattr(ours, name) == getattr(stock, name), name
+        assert ours.transport is None and stock.transport is None
+        assert ours._transport is None and stock._transport is None
+        assert ours._closed.done() and stock._closed.done()
+        if error is None:
+            assert ours._closed.result() is None and stock._closed.result() is None
+        else:
+            assert ours._closed.exception() is error and stock._closed.exception() is error
+        assert [(r._eof, r.exception()) for r in readers] == [
+            (error is None, error),
+            (error is None, error),
+        ]
+        for smtp in (ours, stock):
+            assert smtp._handler_coroutine.cancelling()
+        await asyncio.sleep(0)
+        assert ours._handler_coroutine.cancelled() and stock._handler_coroutine.cancelled()
+
+    asyncio.run(compare())
+
+
 def test_ehlo_never_raises_the_engines_command_size_limits(tmp_path: pathlib.Path) -> None:
     async def compare() -> None:
         one, _ = _pair(tmp_path)
