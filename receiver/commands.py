@@ -49,52 +49,59 @@ def counted(command: Any) -> Any:
     return junk
 
 
-@counted
 @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
 async def mail(smtp: ConnectorSMTP, arg: str | None) -> None:
+    # Counted as a junk command as ``counted`` counts one (a message accepted clears it).
+    smtp._arg = arg
+    refusal = smtp.junk()
+    if refusal is not None:
+        await smtp.push(refusal.line())
+        return
     session, envelope = smtp.session, smtp.envelope
     assert session is not None and envelope is not None
     if not session.host_name:
         await smtp.push("503 Error: send HELO first")
         return
-    syntaxerr = _syntax_error("MAIL FROM:", session.extended_smtp)
-    found = _path(smtp, "FROM:", arg, syntaxerr)
+    found = _path(smtp, "FROM:", arg)
     if isinstance(found, str):
-        await smtp.push(found)
+        await smtp.push(found or _syntax_error("MAIL FROM:", session.extended_smtp))
         return
     address, addrparams = found
     if envelope.mail_from:
         await smtp.push("503 Error: nested MAIL command")
         return
     mail_options = addrparams.upper().split()
+    if mail_options:
+        error = _mail_parameters(smtp, mail_options)
+        if error is not None:
+            await smtp.push(error or _syntax_error("MAIL FROM:", session.extended_smtp))
+            return
+    envelope.smtp_utf8 = False
+    handler = smtp.event_handler
+    await smtp.push(await handler.handle_MAIL(smtp, session, envelope, address, mail_options))
+
+
+def _mail_parameters(smtp: ConnectorSMTP, mail_options: list[str]) -> str | None:
+    """The reply that refuses MAIL's parameters ("" for the syntax error), or None."""
     params = smtp._getparams(mail_options)
     if params is None:
-        await smtp.push(syntaxerr)
-        return
+        return ""
     if params.pop("BODY", "7BIT") not in ("7BIT", "8BITMIME"):
-        await smtp.push("501 Error: BODY can only be one of 7BIT, 8BITMIME")
-        return
+        return "501 Error: BODY can only be one of 7BIT, 8BITMIME"
     smtputf8 = params.pop("SMTPUTF8", False)
     if not isinstance(smtputf8, bool):
-        await smtp.push("501 Error: SMTPUTF8 takes no arguments")
-        return
+        return "501 Error: SMTPUTF8 takes no arguments"
     if smtputf8:  # never enabled here
-        await smtp.push("501 Error: SMTPUTF8 disabled")
-        return
-    envelope.smtp_utf8 = False
+        return "501 Error: SMTPUTF8 disabled"
     size = params.pop("SIZE", None)
     if size:
         if isinstance(size, bool) or not size.isdigit():
-            await smtp.push(syntaxerr)
-            return
+            return ""
         if smtp.data_size_limit and int(size) > smtp.data_size_limit:
-            await smtp.push("552 Error: message size exceeds fixed maximum message size")
-            return
+            return "552 Error: message size exceeds fixed maximum message size"
     if params:
-        await smtp.push("555 MAIL FROM parameters not recognized or not implemented")
-        return
-    handler = smtp.event_handler
-    await smtp.push(await handler.handle_MAIL(smtp, session, envelope, address, mail_options))
+        return "555 MAIL FROM parameters not recognized or not implemented"
+    return None
 
 
 @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
@@ -108,20 +115,20 @@ async def rcpt(smtp: ConnectorSMTP, arg: str | None) -> None:
     if not envelope.mail_from:
         await smtp.push("503 Error: need MAIL command")
         return
-    syntaxerr = _syntax_error("RCPT TO:", session.extended_smtp)
-    found = _path(smtp, "TO:", arg, syntaxerr)
+    found = _path(smtp, "TO:", arg)
     if isinstance(found, str):
-        await smtp.push(found)
+        await smtp.push(found or _syntax_error("RCPT TO:", session.extended_smtp))
         return
     address, addrparams = found
     rcpt_options = addrparams.upper().split()
-    params = smtp._getparams(rcpt_options)
-    if params is None:
-        await smtp.push(syntaxerr)
-        return
-    if params:
-        await smtp.push("555 RCPT TO parameters not recognized or not implemented")
-        return
+    if rcpt_options:
+        params = smtp._getparams(rcpt_options)
+        if params is None:
+            await smtp.push(_syntax_error("RCPT TO:", session.extended_smtp))
+            return
+        if params:
+            await smtp.push("555 RCPT TO parameters not recognized or not implemented")
+            return
     handler = smtp.event_handler
     await smtp.push(await handler.handle_RCPT(smtp, session, envelope, address, rcpt_options))
 
@@ -131,18 +138,16 @@ def _syntax_error(command: str, extended: bool) -> str:
     return text + " [SP <mail-parameters>]" if extended else text
 
 
-def _path(
-    smtp: ConnectorSMTP, keyword: str, arg: str | None, syntaxerr: str
-) -> tuple[str, str] | str:
+def _path(smtp: ConnectorSMTP, keyword: str, arg: str | None) -> tuple[str, str] | str:
     """The address after ``FROM:`` or ``TO:`` (any case) and its parameters, or the reply
-    that refuses them."""
+    that refuses them ("" for the command's syntax error)."""
     if arg is None or arg[: len(keyword)].upper() != keyword:
-        return syntaxerr
+        return ""
     address, params = smtp._getaddr(arg[len(keyword) :].strip())
     if address is None:
         return "553 5.1.3 Error: malformed address"
     assert smtp.session is not None
     if not address or (not smtp.session.extended_smtp and params):
-        return syntaxerr
+        return ""
     assert params is not None
     return address, params

@@ -9,8 +9,8 @@ ms-Exch-SMTP-Accept-Authentication-Flag, ``anti-spam=bypass`` for ms-Exch-Bypass
 from __future__ import annotations
 
 import email.utils
+import functools
 import time
-from collections.abc import Iterable
 
 from smtpgate.connectors.enums import Permission as P
 
@@ -64,8 +64,10 @@ def _name(header_field: bytes) -> bytes:
     return header_field.split(b":", 1)[0].strip().lower()
 
 
-def forbidden_prefixes(rights: Iterable[P]) -> tuple[bytes, ...]:
-    held = set(rights)
+@functools.lru_cache(maxsize=256)
+def forbidden_prefixes(held: frozenset[P]) -> tuple[bytes, ...]:
+    """The header names (prefixes) a session holding ``held`` may not send (worked out
+    once per set of rights: a connector's sessions hold a few)."""
     prefixes: list[bytes] = [TRUST_PREFIX]
     if P.AcceptHeadersRouting not in held:
         prefixes += [b"received", b"resent-"]
@@ -76,7 +78,7 @@ def forbidden_prefixes(rights: Iterable[P]) -> tuple[bytes, ...]:
     return tuple(prefixes)
 
 
-def firewall(fields: list[bytes], rights: Iterable[P]) -> list[bytes]:
+def firewall(fields: list[bytes], rights: frozenset[P]) -> list[bytes]:
     """The fields the session's rights let through ("received" is a whole name, the
     others are prefixes)."""
     forbidden = forbidden_prefixes(rights)
@@ -113,11 +115,11 @@ def trace(
     principal: str,
     tls: bool,
     authenticated: bool,
-    rights: Iterable[P],
+    rights: frozenset[P],
     queue_id: str,
 ) -> list[bytes]:
     """The Received header and the trust header for an accepted message."""
-    held = set(rights)
+    held = rights
     protocol = "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
     date = _date()
     received = (

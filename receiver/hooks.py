@@ -179,12 +179,14 @@ class Handler:
         address: str,
         options: list[str],
     ) -> str:
-        declared = next(
-            (int(o[5:]) for o in options if o.startswith("SIZE=") and o[5:].isdigit()), None
+        declared = (
+            next((int(o[5:]) for o in options if o.startswith("SIZE=") and o[5:].isdigit()), None)
+            if options
+            else None
         )
         state = self.state()
         key = policy.rate_key(state)
-        answer = policy.message_rate(state, self.smtp.runtime.rates.count(key) if key else 0)
+        answer = policy.message_rate(state, self.smtp.runtime.rates.count(key)) if key else None
         users = self.smtp.runtime.users
         owns = functools.partial(users.may_send_as, state.user) if users and state.user else None
         answer = (
@@ -195,7 +197,8 @@ class Handler:
         answer = answer if answer.refusal else self.smtp.delivery.admit() or answer
         if not answer.refusal:
             envelope.mail_from = address
-            envelope.mail_options.extend(_as_sent(self.smtp._arg, options))
+            if options:
+                envelope.mail_options.extend(_as_sent(self.smtp._arg, options))
         return self.smtp.reply(answer)
 
     async def handle_RCPT(

@@ -126,7 +126,7 @@ class Intake:
                 via=state.via,
                 fqdn=state.connector.fqdn,
                 connector=state.connector.name,
-                principal=state.user or sorted(state.principals)[0],
+                principal=state.user or min(state.principals),
                 tls=state.tls,
                 authenticated=state.user is not None,
                 rights=rights,

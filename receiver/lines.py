@@ -60,15 +60,8 @@ class CommandReader(asyncio.StreamReader):
                 break
             if end >= 0 or self._eof or len(buffer) > self._limit:
                 break  # too long, or the end of the input: the StreamReader's way
-            # StreamReader._wait_for_data, here
-            if self._waiter is not None:
-                raise RuntimeError("readuntil() called while another read is waiting")
-            if self._paused:
-                self._paused = False
-                self._transport.resume_reading()
-            self._waiter = self._loop.create_future()
             try:
-                await self._waiter
+                await self._data_waiter()
             finally:
                 self._waiter = None
         if line is None:
@@ -88,6 +81,31 @@ class CommandReader(asyncio.StreamReader):
         if _CONTROL.search(line, 0, len(line) - 2) is not None:
             raise RefusedLine(replies.CONTROL_IN_COMMAND)
         return line
+
+    async def read(self, n: int = -1) -> bytes:
+        """StreamReader's ``read`` (DATA's blocks), waiting for data itself."""
+        if n <= 0 or self._exception is not None:
+            return await super().read(n)
+        if not self._buffer and not self._eof:
+            try:
+                await self._data_waiter()
+            finally:
+                self._waiter = None
+        data = bytes(memoryview(self._buffer)[:n])
+        del self._buffer[:n]
+        self._maybe_resume_transport()
+        return data
+
+    def _data_waiter(self) -> asyncio.Future[None]:
+        """What StreamReader's ``_wait_for_data`` awaits, for a read to await itself (a
+        coroutine less per read); the read clears ``_waiter`` once it is done."""
+        if self._waiter is not None:
+            raise RuntimeError("a read while another read is waiting")
+        if self._paused:  # waiting while paused would wait for ever
+            self._paused = False
+            self._transport.resume_reading()
+        self._waiter = self._loop.create_future()
+        return self._waiter
 
     def feed_data(self, data: bytes) -> None:
         """StreamReader's, with its waiter woken here."""

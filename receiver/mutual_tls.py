@@ -160,9 +160,9 @@ def at_mail(state: policy.Session, org: Organization, sender: str) -> Reply | No
     that chains to a partner trust anchor and names that domain; the session then holds
     MS Exchange\\Partner Servers for this transaction. A refusal when it does not (never a
     silent anonymous downgrade), else None (policy.mail decides the rest)."""
-    base = state.principals - {Principal.PartnerServers.value}
-    if state.partner_domain is not None:
-        state.principals, state.partner_domain = base, None
+    if state.partner_domain is not None:  # the last transaction's: not this one's
+        state.principals = state.principals - {Principal.PartnerServers.value}
+        state.partner_domain = None
     if not state.connector.domain_secure_enabled or state.user is not None:
         return None
     address = addresses.parse(sender) if sender not in ("", "<>") else None
@@ -179,5 +179,6 @@ def at_mail(state: policy.Session, org: Organization, sender: str) -> Reply | No
     if why is not None:
         log.info("domain security for %s from %s refused: %s", domain, state.remote, why)
         return replies.domain_secure_certificate(domain)
+    base = state.principals - {Principal.PartnerServers.value}
     state.principals, state.partner_domain = identity.partner(base), domain
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -16,9 +17,16 @@ class Reply:
     close: bool = False
 
     def line(self, enhanced: bool = True) -> str:
-        if enhanced and self.status:
-            return f"{self.code} {self.status} {self.text}"
+        if enhanced:
+            return self.enhanced_line
         return f"{self.code} {self.text}"
+
+    @functools.cached_property
+    def enhanced_line(self) -> str:
+        """The reply line with its enhanced status code (where it has one), made once."""
+        return (
+            f"{self.code} {self.status} {self.text}" if self.status else f"{self.code} {self.text}"
+        )
 
     @property
     def refusal(self) -> bool:

@@ -500,9 +500,10 @@ class ConnectorSMTP(engine.Defaults, SMTP):
     async def smtp_DATA(self, arg: str | None) -> None:
         """DATA read in blocks (``data.DataReader``) rather than aiosmtpd's line at a time;
         the same end-of-data, line-ending and size rules, at a fraction of the cost."""
-        if await self.check_helo_needed():
+        assert self.session is not None and self.envelope is not None
+        if not self.session.host_name:  # aiosmtpd's check_helo_needed
+            await self.push("503 Error: send HELO first")
             return
-        assert self.envelope is not None
         if not self.envelope.rcpt_tos:
             await self.push("503 5.5.1 Error: need RCPT command")
             return
@@ -530,11 +531,12 @@ class ConnectorSMTP(engine.Defaults, SMTP):
                 reader._buffer[0:0] = rest  # pipelined commands after the end marker
             refusal = taking.refusal
             if refusal is not None:
-                self._set_post_data_state()
+                self.envelope = Envelope()  # aiosmtpd's _set_post_data_state
                 await self.push(self.reply(refusal))
                 return
-            status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()
+            assert self.event_handler is not None
+            status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
+            self.envelope = Envelope()
             await self.push(status)
         finally:
             taking.discard()  # nothing, once handed to the delivery
