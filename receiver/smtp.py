@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import (
@@ -51,23 +53,24 @@ class ConnectorSMTP(engine.Defaults, SMTP):
     """One SMTP connection on one binding."""
 
     _plain = False  # see _commands
+    # What a connection starts with, until it has its own (class defaults, as engine.Defaults)
+    policy: policy.Session | None = None
+    refusal: Reply | None = None
+    _greeted = False
+    _close_after: Reply | None = None
+    _counted: tuple[str, str] | None = None
+    _proxy_peer: tuple[Any, Any] | None = None  # (peer, local) of a trusted proxy
+    _open_metric: str | None = None
+    intake: intake.Intake | None = None
+    _arg: str | None = None  # the last MAIL or RCPT argument
+    ended = False  # after QUIT: the command loop reads no more
+    plog = protocol_log.SessionLog(None, "-", "-", "-", "-")  # logs nothing (no connector yet)
 
     def __init__(self, runtime: Runtime, binding: Binding) -> None:
         self.runtime = runtime
         self.binding = binding
         self.config = runtime.config  # the config in force when the connection arrived
         self.delivery = runtime.delivery  # and the delivery: both kept for the session
-        self.policy: policy.Session | None = None
-        self.refusal: Reply | None = None
-        self._greeted = False
-        self._close_after: Reply | None = None
-        self._counted: tuple[str, str] | None = None
-        self._proxy_peer: tuple[Any, Any] | None = None  # (peer, local) of a trusted proxy
-        self._open_metric: str | None = None
-        self.intake: intake.Intake | None = None
-        self._arg: str | None = None  # the last MAIL or RCPT argument
-        self.ended = False  # after QUIT: the command loop reads no more
-        self.plog = protocol_log.SessionLog(None, "-", "-", "-", "-")
         engine.set_up(self, hooks.Handler(self), runtime.config.fqdn)
         self._idle = engine.InactivityTimer(self.loop, self._timeout_cb)
 
@@ -312,7 +315,7 @@ class ConnectorSMTP(engine.Defaults, SMTP):
             # One turn of the loop lets bytes already sent arrive: a client that speaks
             # before the greeting is not an SMTP client waiting for it (postscreen's
             # pregreet test). After a PROXY header, so the header is not speaking first.
-            await asyncio.sleep(0)
+            await _one_turn()
             if self._reader._buffer:
                 self._pregreet()
                 if self.transport is not None and not self.transport.is_closing():
@@ -560,6 +563,12 @@ class ConnectorSMTP(engine.Defaults, SMTP):
         await self.push(answer.line())
         await self._reader.readexactly(int(parts[0]))
         await self.push(replies.EXCH50_OK.line())
+
+
+@types.coroutine
+def _one_turn() -> Generator[None, None, None]:
+    """One turn of the event loop: ``asyncio.sleep(0)`` without its own coroutine."""
+    yield
 
 
 # X-EXPS: a command name no Python method can carry; the engine finds commands by name.
