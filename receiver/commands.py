@@ -1,19 +1,21 @@
-"""EHLO, MAIL and RCPT as aiosmtpd answers them, without layers our settings leave idle.
+"""HELO, EHLO, MAIL and RCPT as aiosmtpd answers them, without layers our settings leave
+idle.
 
-For the receiver's settings these give the replies of aiosmtpd's ``smtp_EHLO``,
-``smtp_MAIL`` and ``smtp_RCPT``. Those await a coroutine to ask whether HELO is needed
-and another whether AUTH is (never required here), find the handler's hook by name on
-every call, log each sender and recipient at INFO (a level the receiver never enables
-for ``mail.log``), and build an EHLO keyword list that ``hooks.Handler.handle_EHLO``
-replaces whole. These make the same checks in the same order; the hooks decide as
-before. ``tests/receiver/test_commands.py`` holds them to aiosmtpd's own answers."""
+For the receiver's settings these give the replies of aiosmtpd's ``smtp_HELO``,
+``smtp_EHLO``, ``smtp_MAIL`` and ``smtp_RCPT``. Those await a coroutine to ask whether
+HELO is needed and another whether AUTH is (never required here), find the handler's hook
+by name on every call, log each sender and recipient at INFO (a level the receiver never
+enables for ``mail.log``), and build an EHLO keyword list that
+``hooks.Handler.handle_EHLO`` replaces whole. These make the same checks in the same
+order; the hooks decide as before. ``tests/receiver/test_commands.py`` holds them to
+aiosmtpd's own answers."""
 
 from __future__ import annotations
 
 import functools
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import syntax
+from aiosmtpd.smtp import Envelope, syntax
 
 if TYPE_CHECKING:
     from .smtp import ConnectorSMTP
@@ -24,13 +26,26 @@ async def ehlo(smtp: ConnectorSMTP, hostname: str | None) -> None:
     if not hostname:
         await smtp.push("501 Syntax: EHLO hostname")
         return
-    smtp._set_rset_state()
+    smtp.envelope = Envelope()  # aiosmtpd's _set_rset_state
     session = smtp.session
     assert session is not None
     session.extended_smtp = True
     handler = smtp.event_handler
     for reply in await handler.handle_EHLO(smtp, session, smtp.envelope, hostname, []):
         await smtp.push(reply)
+
+
+@syntax("HELO hostname")
+async def helo(smtp: ConnectorSMTP, hostname: str | None) -> None:
+    if not hostname:
+        await smtp.push("501 Syntax: HELO hostname")
+        return
+    smtp.envelope = Envelope()  # aiosmtpd's _set_rset_state
+    session = smtp.session
+    assert session is not None
+    session.extended_smtp = False
+    handler = smtp.event_handler
+    await smtp.push(await handler.handle_HELO(smtp, session, smtp.envelope, hostname))
 
 
 def counted(command: Any) -> Any:

@@ -18,6 +18,7 @@ import asyncio.sslproto as sslproto
 import collections
 import inspect
 import logging
+import types
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -65,9 +66,9 @@ ENGINE_LIMITS = EngineLimits()
 class MethodTables:
     """The names behind aiosmtpd's per-connection method tables, found once per class."""
 
-    smtp: tuple[str, ...]  # smtp_<COMMAND> methods
-    hooks: tuple[str, ...]  # the handler's handle_<COMMAND> hooks
-    auth: tuple[tuple[str, str, bool], ...]  # (mechanism, attribute, built in)
+    smtp: frozenset[str]  # smtp_<COMMAND> methods
+    hooks: frozenset[str]  # the handler's handle_<COMMAND> hooks
+    auth: Mapping[str, tuple[str, bool]]  # mechanism: (attribute, built in)
     ehlo_hook_ver: str | None
 
 
@@ -91,9 +92,11 @@ def method_tables(engine: type, handler: type) -> MethodTables:
     else:
         raise RuntimeError("the EHLO hook must take five arguments")
     return MethodTables(
-        smtp=tuple(commands(engine)),
-        hooks=hooks,
-        auth=tuple(auth),
+        smtp=frozenset(commands(engine)),
+        hooks=frozenset(hooks),
+        auth=types.MappingProxyType(
+            {mechanism: (name, builtin) for mechanism, name, builtin in auth}
+        ),
         ehlo_hook_ver=version,
     )
 
@@ -169,8 +172,8 @@ class BoundTable(Mapping[str, Any]):
 
     __slots__ = ("owner", "prefix", "names")
 
-    def __init__(self, owner: Any, prefix: str, names: tuple[str, ...]) -> None:
-        self.owner, self.prefix, self.names = owner, prefix, frozenset(names)
+    def __init__(self, owner: Any, prefix: str, names: frozenset[str]) -> None:
+        self.owner, self.prefix, self.names = owner, prefix, names
 
     def __getitem__(self, name: str) -> Any:
         if name not in self.names:
@@ -196,9 +199,8 @@ class AuthTable(Mapping[str, _AuthMechAttr]):
 
     __slots__ = ("smtp", "handler", "entries")
 
-    def __init__(self, smtp: Any, handler: Any, auth: tuple[tuple[str, str, bool], ...]) -> None:
-        self.smtp, self.handler = smtp, handler
-        self.entries = {mechanism: (name, builtin) for mechanism, name, builtin in auth}
+    def __init__(self, smtp: Any, handler: Any, auth: Mapping[str, tuple[str, bool]]) -> None:
+        self.smtp, self.handler, self.entries = smtp, handler, auth
 
     def __getitem__(self, mechanism: str) -> _AuthMechAttr:
         name, builtin = self.entries[mechanism]

@@ -61,6 +61,15 @@ class Session:
         default=None, init=False, repr=False, compare=False
     )
 
+    def for_client(self, remote: IPAddress, via: str | None) -> Session:
+        """A copy of this session for the client at ``remote`` (through the trusted proxy
+        ``via``): a connector's fresh session, made once, copied for each connection
+        without ``__init__``'s work (every field holds an immutable value)."""
+        session = Session.__new__(Session)
+        session.__dict__.update(self.__dict__)
+        session.remote, session.via = remote, via
+        return session
+
     @property
     def rights(self) -> frozenset[P]:
         """The connector's rights for the principals held now (worked out again whenever

@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 import uvloop
 from smtpgate.connectors.bindings import Binding
 from smtpgate.connectors.config import ConnectorConfig, ServerConfig
+from smtpgate.connectors.ranges import parse_address
 
 from . import delivery as delivery_mod
-from . import mutual_tls, replies
+from . import identity, mutual_tls, policy, replies, sasl
 from .protocol_log import ProtocolLog
 from .smtp import ConnectorSMTP
 from .users import UserDatabase
 
 log = logging.getLogger(__name__)
+UNSPECIFIED = parse_address("0.0.0.0")  # a fresh session's client, until it has its own
 PROXY_TIMEOUT = 5.0
 PROXY_OPTIONAL_WAIT = 0.25
 
@@ -153,6 +155,30 @@ class Runtime:
         self.rates = RateWindow()
         self.sessions: set[ConnectorSMTP] = set()
         self._tls: dict[str, ssl.SSLContext | None] = {}
+        self._fresh: dict[tuple[int, int], policy.Session] = {}
+
+    def fresh_session(self, config: ServerConfig, connector: ConnectorConfig) -> policy.Session:
+        """A session on ``connector`` (of ``config``) as every one starts: anonymous, no
+        TLS, offered what the server has credentials for. Made once per connector and
+        config; each client's is a copy (``policy.Session.for_client``)."""
+        key = (id(config), id(connector))
+        fresh = self._fresh.get(key)
+        domains = config.accepted_domains
+        if (
+            fresh is None
+            or fresh.connector is not connector
+            or fresh.accepted_domains is not domains
+        ):
+            if len(self._fresh) >= 64:  # configs come and go: keep the last few
+                self._fresh.clear()
+            fresh = self._fresh[key] = policy.Session(
+                connector=connector,
+                remote=UNSPECIFIED,
+                accepted_domains=domains,
+                principals=identity.anonymous(connector),
+                **sasl.session_offers(config, connector),
+            )
+        return fresh
 
     def replace(self, config: ServerConfig) -> None:
         old, self.config = self.config, config

@@ -31,7 +31,6 @@ from . import (
     engine,
     health,
     hooks,
-    identity,
     intake,
     lines,
     policy,
@@ -162,14 +161,7 @@ class ConnectorSMTP(engine.Defaults, SMTP):
             health.labelled(health.SESSIONS_OPEN, connector.name).inc()
             self._open_metric = connector.name
         if connector is not None:
-            self.policy = policy.Session(
-                connector=connector,
-                remote=remote,
-                accepted_domains=self.config.accepted_domains,
-                principals=identity.anonymous(connector),
-                via=via,
-                **sasl.session_offers(self.config, connector),
-            )
+            self.policy = self.runtime.fresh_session(self.config, connector).for_client(remote, via)
             self.hostname = connector.fqdn
             self.tls_context = self.runtime.tls_context(connector)
             self._timeout_duration = connector.limits.connection_inactivity_timeout_seconds
@@ -495,7 +487,8 @@ class ConnectorSMTP(engine.Defaults, SMTP):
     smtp_RSET = commands.counted(SMTP.smtp_RSET)
     smtp_HELP = commands.counted(SMTP.smtp_HELP)
     smtp_VRFY = commands.counted(SMTP.smtp_VRFY)
-    smtp_EHLO = commands.ehlo  # EHLO, MAIL and RCPT without layers our settings leave idle
+    smtp_HELO = commands.helo  # HELO, EHLO, MAIL and RCPT without layers our settings leave idle
+    smtp_EHLO = commands.ehlo
     smtp_MAIL = commands.mail
     smtp_RCPT = commands.rcpt
 

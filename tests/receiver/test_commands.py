@@ -1,5 +1,5 @@
-"""EHLO, MAIL and RCPT (``receiver.commands``) answer as aiosmtpd's own ``smtp_EHLO``,
-``smtp_MAIL`` and ``smtp_RCPT`` do with the receiver's hooks: every session below is run
+"""HELO, EHLO, MAIL and RCPT (``receiver.commands``) answer as aiosmtpd's own
+``smtp_HELO``, ``smtp_EHLO``, ``smtp_MAIL`` and ``smtp_RCPT`` do with the receiver's hooks: every session below is run
 against both, and the replies must be the same, line for line. An aiosmtpd upgrade that
 changes its answers fails here."""
 
@@ -42,6 +42,7 @@ SCRIPTS = [
     ],
     [b"EHLO c", OK, b"RCPT TO:<nobody@elsewhere.example>", b'RCPT TO:<"q x"@contoso.com>'],
     [b"EHLO c", b"EHLO d", b"HELO e", b"EHLO f", b"MAIL FROM:<a@example.org>", b"EHLO g", OK],
+    [b"HELO", b"HELO c", OK, b"HELO d", b"MAIL FROM:<a@example.org> SIZE=10", b"HELO  "],
 ]
 
 
@@ -51,6 +52,7 @@ async def _stock_rcpt(self: ConnectorSMTP, arg: str | None) -> None:
 
 
 def test_the_commands_are_the_receivers_own() -> None:
+    assert ConnectorSMTP.smtp_HELO is commands.helo
     assert ConnectorSMTP.smtp_EHLO is commands.ehlo
     assert ConnectorSMTP.smtp_MAIL is commands.mail
     assert ConnectorSMTP.smtp_RCPT is commands.rcpt
@@ -60,7 +62,9 @@ def test_the_commands_are_the_receivers_own() -> None:
         commands.mail,
         commands.rcpt,
     )
+    assert table["HELO"] is commands.helo
     pairs = (
+        (commands.helo, "smtp_HELO"),
         (commands.ehlo, "smtp_EHLO"),
         (commands.mail, "smtp_MAIL"),
         (commands.rcpt, "smtp_RCPT"),
@@ -72,13 +76,14 @@ def test_the_commands_are_the_receivers_own() -> None:
 
 @pytest.mark.parametrize("connector", sorted(CONNECTORS))
 @pytest.mark.parametrize("script", SCRIPTS, ids=[str(i) for i in range(len(SCRIPTS))])
-def test_ehlo_mail_and_rcpt_answer_as_aiosmtpds_own(
+def test_helo_ehlo_mail_and_rcpt_answer_as_aiosmtpds_own(
     start: Any, monkeypatch: pytest.MonkeyPatch, script: list[bytes], connector: str
 ) -> None:
     connectors = [("Loop", CONNECTORS[connector])]
     ours = transcript(start(connectors).port(25), script)
 
     monkeypatch.setattr(engine, "_COMMANDS", {})  # the command table is made once per class
+    monkeypatch.setattr(ConnectorSMTP, "smtp_HELO", SMTP.smtp_HELO)
     monkeypatch.setattr(ConnectorSMTP, "smtp_EHLO", SMTP.smtp_EHLO)
     monkeypatch.setattr(ConnectorSMTP, "smtp_MAIL", commands.counted(SMTP.smtp_MAIL))
     monkeypatch.setattr(ConnectorSMTP, "smtp_RCPT", _stock_rcpt)

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import SMTP
 from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
 from smtpgate.connectors.ranges import parse_address as addresses_of
-from smtpgate.receiver import addresses, delivery, engine, lines, server
+from smtpgate.receiver import addresses, delivery, engine, identity, lines, policy, sasl, server
 from smtpgate.receiver.hooks import Handler
 from smtpgate.receiver.intake import Intake
 from smtpgate.receiver.protocol_log import ProtocolLog
@@ -221,6 +221,38 @@ def test_a_lost_connection_ends_as_aiosmtpd_ends_it(
         assert ours._handler_coroutine.cancelled() and stock._handler_coroutine.cancelled()
 
     asyncio.run(compare())
+
+
+def test_each_client_gets_a_session_of_its_own_from_the_connectors_fresh_one(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``Runtime.fresh_session`` is made once per connector and config; each client's
+    policy session is a copy, with its own address, and what one session learns (HELO,
+    TLS, a user, its principals, its counts) stays its own."""
+    config = ServerConfig.from_json(internet_config_file(tmp_path).read_text())
+    runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
+    connector = config.connectors[0]
+    fresh = runtime.fresh_session(config, connector)
+    assert runtime.fresh_session(config, connector) is fresh
+    one = fresh.for_client(addresses_of("192.0.2.1"), None)
+    two = fresh.for_client(addresses_of("192.0.2.2"), "10.0.0.9")
+    made = policy.Session(
+        connector=connector,
+        remote=addresses_of("192.0.2.1"),
+        accepted_domains=config.accepted_domains,
+        principals=identity.anonymous(connector),
+        **sasl.session_offers(config, connector),
+    )
+    assert one == made  # what policy.Session(...) would have made for the client
+    assert (str(two.remote), two.via) == ("192.0.2.2", "10.0.0.9")
+    one.helo, one.tls, one.user, one.junk_commands = "a.example", True, "alice", 3
+    one.principals = identity.authenticated_user("alice")
+    assert (two.helo, two.tls, two.user, two.junk_commands) == (None, False, None, 0)
+    assert two.principals == fresh.principals == identity.anonymous(connector)
+    assert (fresh.helo, fresh.user, str(fresh.remote)) == (None, None, "0.0.0.0")
+    assert one.rights != two.rights or one.principals != two.principals
+    other = config.model_copy(update={"fqdn": "other.contoso.com"})
+    assert runtime.fresh_session(other, other.connectors[0]) is not fresh
 
 
 def test_ehlo_never_raises_the_engines_command_size_limits(tmp_path: pathlib.Path) -> None:

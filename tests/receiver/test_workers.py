@@ -158,8 +158,11 @@ def test_a_worker_per_cpu_keeps_to_its_own_cpu_and_a_new_one_takes_its_place(
     tmp_path: pathlib.Path,
 ) -> None:
     port = free_port()
-    proc = start_process(tmp_path, port, "--workers", "auto", wrap=_on(TWO_CPUS))
+    with (tmp_path / "log").open("wb") as log:
+        proc = start_process(tmp_path, port, "--workers", "auto", wrap=_on(TWO_CPUS), stderr=log)
     try:
+        placement = f"2 workers, each pinned to its CPU ({TWO_CPUS[0]},{TWO_CPUS[1]})"
+        assert placement in (tmp_path / "log").read_text()  # the supervisor says so at start
         children = _children(proc.pid)
         assert len(children) == 2
         placed = {pid: _cpus(pid) for pid in children}
