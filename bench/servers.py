@@ -280,7 +280,9 @@ def start_smtpgate(
     logged = compiled.config.connectors[0].protocol_logging_level.value
     settings = [
         "python -m smtpgate.receiver " + " ".join(args),
-        f"workers: {placement(workers, extra)}",
+        f"workers: {placement(workers, extra)}"
+        if tree is None
+        else f"workers: {workers}, placed as that tree's receiver places them",
         f"connector: {shown} (protocol log: {logged})",
         f"next hop: {next_hop}; spool filesystem: {filesystem(work)}",
     ]

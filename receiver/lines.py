@@ -60,8 +60,9 @@ class CommandReader(asyncio.StreamReader):
                 break
             if end >= 0 or self._eof or len(buffer) > self._limit:
                 break  # too long, or the end of the input: the StreamReader's way
+            waiter = self._data_waiter()  # raises, as asyncio's, before it waits
             try:
-                await self._data_waiter()
+                await waiter
             finally:
                 self._waiter = None
         if line is None:
@@ -87,8 +88,9 @@ class CommandReader(asyncio.StreamReader):
         if n <= 0 or self._exception is not None:
             return await super().read(n)
         if not self._buffer and not self._eof:
+            waiter = self._data_waiter()
             try:
-                await self._data_waiter()
+                await waiter
             finally:
                 self._waiter = None
         data = bytes(memoryview(self._buffer)[:n])

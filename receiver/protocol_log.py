@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from . import health
+from . import health, workers
 
 FIELDS = (
     "date-time,connector-id,session-id,sequence-number,local-endpoint,remote-endpoint,"
@@ -143,6 +143,7 @@ class ProtocolLog:
             self._handler.close()
 
     def _drain(self) -> None:
+        workers.free_thread()  # a pinned worker's helper runs on any of its CPUs
         while True:
             stop = self._stop.wait(self._interval)
             while self._queue:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from smtpgate.connectors.specs import NextHop, QueueSettings
 
-from . import backpressure, delivery, dsn, health, retries, spill, spoolfile
+from . import backpressure, delivery, dsn, health, retries, spill, spoolfile, workers
 from .relay import RelayDelivery
 from .replies import Reply, one_line
 
@@ -106,6 +106,7 @@ class QueueRunner:
         heapq.heappush(self._heap, (due, next(self._count), name))
 
     def _schedule(self) -> None:
+        workers.free_thread()  # a pinned worker's helper runs on any of its CPUs
         next_scan = 0.0
         while not self._stopping:
             now = self.clock()
@@ -152,6 +153,7 @@ class QueueRunner:
         spoolfile.forget_orphans(self.root, present)
 
     def _work(self) -> None:
+        workers.free_thread()  # a pinned worker's helper runs on any of its CPUs
         while True:
             name = self._jobs.get()
             if name is None:

@@ -26,7 +26,7 @@ import time
 
 from smtpgate.connectors.enums import NextHopTls
 
-from . import spill
+from . import spill, workers
 from .delivery import DeliveryError, Message
 from .replies import Reply, one_line
 
@@ -59,7 +59,9 @@ class RelayDelivery:
         self.host, self.port, self.lmtp, self.tls = host, port, lmtp, NextHopTls(tls)
         self.spill_dir = spill_dir
         self.helo, self.timeout, self.idle_seconds = helo, timeout, idle_seconds
-        self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, "relay")
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            concurrency, "relay", initializer=workers.free_thread
+        )
         self._idle: list[tuple[smtplib.SMTP, float]] = []
         self._lock = threading.Lock()
         self._closed = False

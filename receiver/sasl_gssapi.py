@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import os
 from typing import Any
 
 import gssapi
@@ -23,6 +22,7 @@ from smtpgate.connectors import kerberos
 from smtpgate.connectors.enums import AuthMechanism
 from smtpgate.connectors.kerberos import KerberosConfig
 
+from . import workers
 from .sasl import AUTHZID, Failed, Identity
 
 NO_SECURITY_LAYER = 0x01
@@ -36,7 +36,9 @@ KERBEROS = gssapi.MechType.kerberos
 
 @functools.cache
 def _threads() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 1), "gss")
+    return concurrent.futures.ThreadPoolExecutor(
+        max(2, workers.cpu_count()), "gss", initializer=workers.free_thread
+    )
 
 
 async def _off_loop(function: Any, *args: Any) -> Any:

@@ -155,29 +155,28 @@ class Runtime:
         self.rates = RateWindow()
         self.sessions: set[ConnectorSMTP] = set()
         self._tls: dict[str, ssl.SSLContext | None] = {}
-        self._fresh: dict[tuple[int, int], policy.Session] = {}
+        self._fresh: dict[tuple[int, int], tuple[ServerConfig, policy.Session]] = {}
 
     def fresh_session(self, config: ServerConfig, connector: ConnectorConfig) -> policy.Session:
         """A session on ``connector`` (of ``config``) as every one starts: anonymous, no
         TLS, offered what the server has credentials for. Made once per connector and
-        config; each client's is a copy (``policy.Session.for_client``)."""
+        config; each client's is a copy (``policy.Session.for_client``). An entry holds
+        its config and connector, so neither id can be taken by another object while it
+        is kept."""
         key = (id(config), id(connector))
-        fresh = self._fresh.get(key)
-        domains = config.accepted_domains
-        if (
-            fresh is None
-            or fresh.connector is not connector
-            or fresh.accepted_domains is not domains
-        ):
-            if len(self._fresh) >= 64:  # configs come and go: keep the last few
-                self._fresh.clear()
-            fresh = self._fresh[key] = policy.Session(
-                connector=connector,
-                remote=UNSPECIFIED,
-                accepted_domains=domains,
-                principals=identity.anonymous(connector),
-                **sasl.session_offers(config, connector),
-            )
+        kept = self._fresh.get(key)
+        if kept is not None and kept[0] is config and kept[1].connector is connector:
+            return kept[1]
+        if len(self._fresh) >= 64:  # configs come and go: keep the last few
+            self._fresh.clear()
+        fresh = policy.Session(
+            connector=connector,
+            remote=UNSPECIFIED,
+            accepted_domains=config.accepted_domains,
+            principals=identity.anonymous(connector),
+            **sasl.session_offers(config, connector),
+        )
+        self._fresh[key] = (config, fresh)
         return fresh
 
     def replace(self, config: ServerConfig) -> None:

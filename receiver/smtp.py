@@ -365,10 +365,16 @@ class ConnectorSMTP(engine.Defaults, SMTP):
 
     async def push(self, status: str | bytes) -> None:
         line = status.decode() if isinstance(status, bytes) else status
-        if self._plain and line[:1] in ("2", "3") and self._close_after is None:
+        transport = self.transport
+        if (
+            self._plain
+            and transport is not None
+            and line[:1] in ("2", "3")
+            and self._close_after is None
+        ):
             # A success, on a session whose replies need nothing more (``_commands``).
-            self.transport.write(line.encode("ascii") + b"\r\n")  # type: ignore[union-attr]
-            if self._paused or self._connection_lost or self.transport.is_closing():  # type: ignore[union-attr]
+            transport.write(line.encode("ascii") + b"\r\n")
+            if self._paused or self._connection_lost or transport.is_closing():
                 await self._writer.drain()  # flow control, or the end of the connection
             return
         session = self.policy

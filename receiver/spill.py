@@ -13,6 +13,8 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 
+from . import workers
+
 # Past this many octets of body a message goes on to a file; a session holds at most this,
 # its header section (the connector's header limit) and one read of the socket.
 THRESHOLD = 256 << 10
@@ -100,4 +102,4 @@ def stuffed(chunks: Iterable[bytes]) -> Iterator[bytes]:
 def writers() -> concurrent.futures.ThreadPoolExecutor:
     """The threads that write spill files (never the event loop: a write may wait for the
     disk)."""
-    return concurrent.futures.ThreadPoolExecutor(4, "spill")
+    return concurrent.futures.ThreadPoolExecutor(4, "spill", initializer=workers.free_thread)

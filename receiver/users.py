@@ -10,11 +10,12 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-import os
 import pathlib
 from dataclasses import dataclass, field
 
 import bcrypt
+
+from . import workers
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ class UserDatabase:
 
 @functools.cache
 def _checkers() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, "bcrypt")
+    return concurrent.futures.ThreadPoolExecutor(
+        workers.cpu_count(), "bcrypt", initializer=workers.free_thread
+    )
 
 
 _DUMMIES: dict[bytes, bytes] = {}

@@ -1,10 +1,11 @@
-"""A worker process per core sharing the listening ports (SO_REUSEPORT).
+"""A worker process per CPU sharing the listening ports (SO_REUSEPORT).
 
 The parent starts the workers with the same arguments, waits until each is ready, passes
 SIGTERM and SIGINT on, and starts a worker again if one dies. ``--workers auto`` counts the
 CPUs the process may run on (its affinity), no more than its cgroup's CPU quota allows;
 when there is a worker for every one of those CPUs, each worker keeps to a CPU of its own
-(``--cpu-affinity auto``, the default; ``none`` lets the kernel move them). Connection and
+(``--cpu-affinity auto``, the default; ``none`` lets the kernel move them), its helper
+threads excepted (``free_thread``). Connection and
 rate limits are counted in each worker: with N workers a source may hold up to N times
 maxInboundConnectionPerSource. One worker (the default) counts exactly. Metrics are kept in
 files of prometheus-client's multiprocess mode (a folder in the temporary directory), so
@@ -77,10 +78,14 @@ def cpu_quota(proc: pathlib.Path = PROC) -> float | None:
     ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``, the smallest along the way up to the
     hierarchy's mount), or None without a quota or a readable cgroup."""
     try:
-        memberships = (proc / "cgroup").read_text().splitlines()
-        mounts = (proc / "mountinfo").read_text().splitlines()
-    except OSError:
+        return _cpu_quota(proc)
+    except (OSError, ValueError):  # a hierarchy this cannot read: no quota known
         return None
+
+
+def _cpu_quota(proc: pathlib.Path) -> float | None:
+    memberships = (proc / "cgroup").read_text().splitlines()
+    mounts = (proc / "mountinfo").read_text().splitlines()
     found: list[float] = []
     for line in mounts:
         fields = line.split()
@@ -135,10 +140,37 @@ def _quota_in(folder: pathlib.Path, version: int) -> float | None:
         return None
 
 
+# The CPUs the process could run on before it kept to one (None: it never did).
+ALLOWED: frozenset[int] | None = None
+
+
 def pin(cpu: int | None) -> None:
-    """Keep this process, before it starts a thread, to ``cpu`` (None: leave it be)."""
-    if cpu is not None:
+    """Keep this process, before it starts a thread, to ``cpu`` (None: leave it be). A CPU
+    no longer allowed (a cpuset that shrank since the plan) leaves it unpinned, said once."""
+    global ALLOWED
+    if cpu is None:
+        return
+    allowed = frozenset(os.sched_getaffinity(0))
+    try:
         os.sched_setaffinity(0, {cpu})
+    except OSError as error:
+        log.warning("cannot keep to CPU %d (%s): this worker is left to the kernel", cpu, error)
+        return
+    ALLOWED = allowed
+
+
+def free_thread() -> None:
+    """For a helper thread of a pinned worker (bcrypt, GSSAPI, relays, the queue, spill
+    files, the protocol log; ``initializer`` of its pool, or its target's first call): the
+    CPUs the process had before it kept to one, so that such work runs beside the event
+    loop's CPU rather than behind it. Nothing where the worker is not pinned."""
+    if ALLOWED is not None:
+        os.sched_setaffinity(0, ALLOWED)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may use (its pin aside): what a helper pool is sized by."""
+    return len(ALLOWED if ALLOWED is not None else os.sched_getaffinity(0))
 
 
 def _spawn(

@@ -115,11 +115,13 @@ def test_the_engine_is_set_up_as_aiosmtpd_would(tmp_path: pathlib.Path) -> None:
 
 
 class _Transport(asyncio.Transport):
-    """A connection's transport for a look at the state it starts with (no bytes move)."""
+    """A connection's transport for a look at the state it starts with (nothing is sent;
+    what the session writes is kept)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.closing = False
+        self.written: list[bytes] = []
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("192.0.2.7", 40000), "sockname": ("127.0.0.1", 25)}.get(name, default)
@@ -131,7 +133,7 @@ class _Transport(asyncio.Transport):
         self.closing = True
 
     def write(self, data: Any) -> None:
-        pass
+        self.written.append(bytes(data))
 
 
 def test_a_new_connection_starts_as_aiosmtpd_starts_it(tmp_path: pathlib.Path) -> None:
@@ -250,9 +252,45 @@ def test_each_client_gets_a_session_of_its_own_from_the_connectors_fresh_one(
     assert (two.helo, two.tls, two.user, two.junk_commands) == (None, False, None, 0)
     assert two.principals == fresh.principals == identity.anonymous(connector)
     assert (fresh.helo, fresh.user, str(fresh.remote)) == (None, None, "0.0.0.0")
-    assert one.rights != two.rights or one.principals != two.principals
+    # Copies share what the fresh session holds: only values nobody changes in place (the
+    # connector and the accepted domains are the config's own, as every session's were).
+    assert fresh.rights  # worked out once, and shared too
+    for name, value in vars(fresh).items():
+        if name not in ("connector", "accepted_domains"):
+            hash(value)
     other = config.model_copy(update={"fqdn": "other.contoso.com"})
     assert runtime.fresh_session(other, other.connectors[0]) is not fresh
+
+
+def test_a_success_waits_while_the_client_does_not_read(tmp_path: pathlib.Path) -> None:
+    """``push`` writes a success at once on a session without a protocol log; while the
+    transport has paused writing (a client that does not read its replies), it waits
+    until writing resumes, as aiosmtpd's push with its drain does."""
+
+    async def check() -> None:
+        config = ServerConfig.from_json(internet_config_file(tmp_path).read_text())
+        runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
+        smtp = ConnectorSMTP(runtime, bindings.parse("0.0.0.0:25"))
+        transport = _Transport()
+        smtp.connection_made(transport)
+        for _ in range(5):  # the pregreet turn, the banner, the wait for a command
+            await asyncio.sleep(0)
+        assert smtp._plain and transport.written[0].startswith(b"220 ")
+        await smtp.push("250 2.0.0 one")
+        assert transport.written[-1] == b"250 2.0.0 one\r\n"
+        smtp.pause_writing()
+        pushing = asyncio.ensure_future(smtp.push("250 2.0.0 two"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert transport.written[-1] == b"250 2.0.0 two\r\n" and not pushing.done()
+        smtp.resume_writing()
+        await asyncio.wait_for(pushing, 5)
+        transport.closing = True  # a transport closing: the push waits a turn, then ends
+        await asyncio.wait_for(smtp.push("250 2.0.0 three"), 5)
+        smtp._handler_coroutine.cancel()
+        await asyncio.sleep(0)
+
+    asyncio.run(check())
 
 
 def test_ehlo_never_raises_the_engines_command_size_limits(tmp_path: pathlib.Path) -> None:
