@@ -23,13 +23,10 @@ if TYPE_CHECKING:
 
 @syntax("EHLO hostname")
 async def ehlo(smtp: ConnectorSMTP, hostname: str | None) -> None:
-    if not hostname:
+    session = _greeting(smtp, hostname, extended=True)
+    if session is None:
         await smtp.push("501 Syntax: EHLO hostname")
         return
-    smtp.envelope = Envelope()  # aiosmtpd's _set_rset_state
-    session = smtp.session
-    assert session is not None
-    session.extended_smtp = True
     handler = smtp.event_handler
     for reply in await handler.handle_EHLO(smtp, session, smtp.envelope, hostname, []):
         await smtp.push(reply)
@@ -37,15 +34,25 @@ async def ehlo(smtp: ConnectorSMTP, hostname: str | None) -> None:
 
 @syntax("HELO hostname")
 async def helo(smtp: ConnectorSMTP, hostname: str | None) -> None:
-    if not hostname:
+    session = _greeting(smtp, hostname, extended=False)
+    if session is None:
         await smtp.push("501 Syntax: HELO hostname")
         return
-    smtp.envelope = Envelope()  # aiosmtpd's _set_rset_state
-    session = smtp.session
-    assert session is not None
-    session.extended_smtp = False
     handler = smtp.event_handler
     await smtp.push(await handler.handle_HELO(smtp, session, smtp.envelope, hostname))
+
+
+def _greeting(smtp: ConnectorSMTP, hostname: str | None, extended: bool) -> Any:
+    """What aiosmtpd's HELO and EHLO do before their hook: the session, with a new
+    envelope (``_set_rset_state``) and whether it is extended SMTP; None without a
+    hostname (the caller's syntax reply)."""
+    if not hostname:
+        return None
+    smtp.envelope = Envelope()
+    session = smtp.session
+    assert session is not None
+    session.extended_smtp = extended
+    return session
 
 
 def counted(command: Any) -> Any:

@@ -114,6 +114,14 @@ def test_the_engine_is_set_up_as_aiosmtpd_would(tmp_path: pathlib.Path) -> None:
     asyncio.run(compare())
 
 
+def _unconnected(tmp_path: pathlib.Path, count: int) -> list[ConnectorSMTP]:
+    """``count`` sessions of one runtime (the Internet connector), not yet connected."""
+    config = ServerConfig.from_json(internet_config_file(tmp_path).read_text())
+    runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
+    binding = bindings.parse("0.0.0.0:25")
+    return [ConnectorSMTP(runtime, binding) for _ in range(count)]
+
+
 class _Transport(asyncio.Transport):
     """A connection's transport for a look at the state it starts with (nothing is sent;
     what the session writes is kept)."""
@@ -141,10 +149,7 @@ def test_a_new_connection_starts_as_aiosmtpd_starts_it(tmp_path: pathlib.Path) -
     and asyncio's StreamReaderProtocol's do: the same state, the same objects."""
 
     async def compare() -> None:
-        config = ServerConfig.from_json(internet_config_file(tmp_path).read_text())
-        runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
-        binding = bindings.parse("0.0.0.0:25")
-        ours, stock = ConnectorSMTP(runtime, binding), ConnectorSMTP(runtime, binding)
+        ours, stock = _unconnected(tmp_path, 2)
         mine, theirs = _Transport(), _Transport()
         ours.connection_made(mine)
         stock._attach(("127.0.0.1", 25), addresses_of("192.0.2.7"), "192.0.2.7:40000")
@@ -192,10 +197,7 @@ def test_a_lost_connection_ends_as_aiosmtpd_ends_it(
     connection_lost and asyncio's StreamReaderProtocol's do (besides its own counts)."""
 
     async def compare() -> None:
-        config = ServerConfig.from_json(internet_config_file(tmp_path).read_text())
-        runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
-        binding = bindings.parse("0.0.0.0:25")
-        ours, stock = ConnectorSMTP(runtime, binding), ConnectorSMTP(runtime, binding)
+        ours, stock = _unconnected(tmp_path, 2)
         mine, theirs = _Transport(), _Transport()
         ours.connection_made(mine)
         stock.connection_made(theirs)
@@ -268,9 +270,7 @@ def test_a_success_waits_while_the_client_does_not_read(tmp_path: pathlib.Path) 
     until writing resumes, as aiosmtpd's push with its drain does."""
 
     async def check() -> None:
-        config = ServerConfig.from_json(internet_config_file(tmp_path).read_text())
-        runtime = server.Runtime(config, delivery.MaildirDelivery(tmp_path / "spool"))
-        smtp = ConnectorSMTP(runtime, bindings.parse("0.0.0.0:25"))
+        (smtp,) = _unconnected(tmp_path, 1)
         transport = _Transport()
         smtp.connection_made(transport)
         for _ in range(5):  # the pregreet turn, the banner, the wait for a command
