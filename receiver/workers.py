@@ -66,11 +66,7 @@ def plan(workers: str, affinity: str, allowed: list[int], quota: float | None) -
         return Plan(
             count, unpinned, f"not pinned: a CPU quota of {quota:g} CPUs, fewer than the CPUs"
         )
-    return Plan(count, tuple(allowed), f"each pinned to its CPU ({_ranges(allowed)})")
-
-
-def _ranges(cpus: list[int]) -> str:
-    return ",".join(str(c) for c in cpus)
+    return Plan(count, tuple(allowed), f"each pinned to its CPU ({','.join(map(str, allowed))})")
 
 
 def cpu_quota(proc: pathlib.Path = PROC) -> float | None:

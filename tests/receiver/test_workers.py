@@ -65,6 +65,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.stdout.close()
 
 
+def _two_free_workers_serve(proc: subprocess.Popen[bytes], port: int) -> None:
+    """Two workers, every thread of each free on both CPUs, and mail through them; then
+    the receiver stops."""
+    try:
+        children = _children(proc.pid)
+        assert len(children) == 2
+        for pid in children:
+            assert _cpus(pid) == {frozenset(TWO_CPUS)}
+        _send(port, 2)
+    finally:
+        _stop(proc)
+
+
 def _on(cpus: list[int]) -> tuple[str, ...]:
     return ("taskset", "-c", ",".join(map(str, cpus)))
 
@@ -243,14 +256,7 @@ def test_cpu_affinity_none_leaves_the_workers_to_the_kernel(tmp_path: pathlib.Pa
     proc = start_process(
         tmp_path, port, "--workers", "auto", "--cpu-affinity", "none", wrap=_on(TWO_CPUS)
     )
-    try:
-        children = _children(proc.pid)
-        assert len(children) == 2
-        for pid in children:
-            assert _cpus(pid) == {frozenset(TWO_CPUS)}
-        _send(port, 4)
-    finally:
-        _stop(proc)
+    _two_free_workers_serve(proc, port)
 
 
 def test_workers_auto_on_one_cpu_is_one_process(tmp_path: pathlib.Path) -> None:
@@ -333,11 +339,4 @@ def test_workers_auto_starts_no_more_workers_than_the_cgroup_quota_allows(
     proc = start_process(
         tmp_path / "second", port, "--workers", "auto", wrap=_in_cgroup(folder, TWO_CPUS)
     )
-    try:
-        children = _children(proc.pid)
-        assert len(children) == 2
-        for pid in children:
-            assert _cpus(pid) == {frozenset(TWO_CPUS)}
-        _send(port, 2)
-    finally:
-        _stop(proc)
+    _two_free_workers_serve(proc, port)
