@@ -14,7 +14,7 @@ from typing import Any
 from smtpgate.connectors import bindings
 from smtpgate.connectors.config import ServerConfig
 
-from . import delivery, queue, reload, server, workers
+from . import delivery, journal, queue, reload, server, workers
 from .health import HealthServer
 from .protocol_log import EscapingFormatter, ProtocolLog
 
@@ -44,6 +44,14 @@ def _workers(text: str) -> str:
     return text
 
 
+def _mebibytes(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("must be a number of MiB, 0 or more")
+    if 0 < int(text) << 20 < journal.MINIMUM_BYTES:
+        raise argparse.ArgumentTypeError(f"must be 0 or at least {journal.MINIMUM_BYTES >> 20}")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="smtpgate-receiver", description=__doc__)
     parser.add_argument("--config", required=True, help="ServerConfig JSON (the ConfigMap's file)")
@@ -56,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how a maildir group commit reaches stable storage (overrides the config's "
         "nextHop.sync): filesystem (one journal commit where the journal orders data, "
         "else one syncfs) or file (an fsync per message file)",
+    )
+    parser.add_argument(
+        "--spool-journal-mib",
+        type=_mebibytes,
+        default=journal.LIMIT_BYTES >> 20,
+        metavar="MIB",
+        help="the most each worker's spool journal may grow to, in MiB; 0: no journal, "
+        "each group of messages committed as files (default %(default)s)",
     )
     parser.add_argument("--listen-v4", help="listen here for 0.0.0.0 bindings (tests, demo)")
     parser.add_argument("--listen-v6", help="listen here for [::] bindings (tests, demo)")
@@ -120,7 +136,11 @@ async def run(args: argparse.Namespace) -> int:
 
     def deliveries(config: ServerConfig) -> delivery.Delivery:
         return delivery.from_next_hop(
-            config.next_hop, args.spool, helo=config.fqdn, spool_sync=args.spool_sync
+            config.next_hop,
+            args.spool,
+            helo=config.fqdn,
+            spool_sync=args.spool_sync,
+            journal_bytes=args.spool_journal_mib << 20,
         )
 
     plog = ProtocolLog(args.protocol_log)
@@ -177,13 +197,17 @@ def _queue_report(runtime: server.Runtime) -> dict[str, float] | None:
 
 
 def _spool_report(runtime: server.Runtime) -> dict[str, Any] | None:
-    """The spool guard's last look for /spool, and how the spool commits; None unless the
-    next hop spools (Maildir, StoreAndForward)."""
+    """The spool guard's last look for /spool, how the spool commits, and its journal;
+    None unless the next hop spools (Maildir, StoreAndForward)."""
     spool = runtime.delivery
     if isinstance(spool, queue.QueuedDelivery):
         spool = spool.spool
     if isinstance(spool, delivery.MaildirDelivery):
-        return {**spool.guard.report(), "groupCommit": spool.group_commit}
+        return {
+            **spool.guard.report(),
+            "groupCommit": spool.group_commit,
+            "journal": spool.journal_report(),
+        }
     return None
 
 

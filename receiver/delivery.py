@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ctypes
 import hashlib
+import itertools
 import logging
 import os
 import pathlib
@@ -18,11 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from smtpgate.connectors.specs import NextHop
 
-from . import backpressure, health, spill
+from . import backpressure, health, journal, spill, workers
 from .replies import Reply
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,15 @@ class MaildirDelivery:
     the client hears 250 only once the name is durable. While one group commits the next
     gathers, so the group grows with the load and a lone message waits for no one. If the
     commit fails, every message of the group is taken out of the spool again and its
-    client hears 451."""
+    client hears 451.
+
+    With a journal (``journal_bytes``, the default), a group of messages held in memory
+    (none spilled) is instead appended to this process's journal and made durable there
+    with one ``fdatasync``, which commits nothing of the filesystem's own journal; then
+    each is written into tmp/ and renamed into new/, and the client hears 250. The files
+    are made durable in batches by the journal's checkpoint (``journal``). A group the
+    journal has no room for, a spilled message, or a journal that failed takes the path
+    above."""
 
     def __init__(
         self,
@@ -146,6 +155,7 @@ class MaildirDelivery:
         sync: str | None = None,
         ordered: bool | None = None,
         guard: backpressure.SpoolGuard | None = None,
+        journal_bytes: int = journal.LIMIT_BYTES,
     ) -> None:
         self.root = pathlib.Path(root)
         self.guard = guard or backpressure.SpoolGuard(self.root)
@@ -177,6 +187,16 @@ class MaildirDelivery:
         # Whether the event loop serves nothing but the session delivering (the server
         # sets it): then a message with no other in flight commits on the loop itself.
         self.alone: Callable[[], bool] = lambda: False
+        # The journal: appends and the renames after them under one lock, so that a
+        # checkpoint's mark (taken under it) frees only records renamed into new/.
+        self._journal_lock = threading.Lock()
+        self._unsynced: list[str] = []  # renamed into new/ since the last checkpoint
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_due = threading.Condition()
+        self._closing = False
+        self.journal = None
+        if journal_bytes > 0 and journal_pays(self.root):
+            self.journal = self._open_journal(journal_bytes)
 
     def _clear_stale(self) -> None:
         """Remove what a killed receiver left in tmp/: never acknowledged, never in new/.
@@ -226,6 +246,21 @@ class MaildirDelivery:
             return "OneJournalCommit"
         return "SyncfsThenDirectory" if self.sync == "filesystem" else "FsyncEachFile"
 
+    def journal_report(self) -> dict[str, Any] | None:
+        """This process's journal for ``/spool``: its file, size, records since the
+        checkpoint, checkpoints; None without one (off, or failed)."""
+        journal_ = self.journal
+        if journal_ is None:
+            return None
+        return {
+            "file": str(journal_.path.relative_to(self.root)),
+            "bytes": journal_.size,
+            "limitBytes": journal_.limit,
+            "records": journal_.sequence - journal_.tail_sequence,
+            "appended": journal_.appended,
+            "checkpoints": journal_.checkpoints,
+        }
+
     async def deliver(self, message: Message) -> None:
         done = asyncio.get_running_loop().create_future()
         pending = _Pending(message, done)
@@ -256,6 +291,15 @@ class MaildirDelivery:
         if committer is not None:
             self._waiting.put(None)
             committer.join()
+        with self._checkpoint_due:
+            self._closing = True
+            self._checkpoint_due.notify()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+        if self.journal is not None:
+            self.checkpoint()
+            self.journal.close()
+            self.journal = None
         with self._lock:
             fd, self._new_fd = self._new_fd, -1
         if fd >= 0:
@@ -304,12 +348,18 @@ class MaildirDelivery:
         os.fsync(self._new_fd)
 
     def _commit(self, group: list[_Pending], settle: bool = True) -> None:
+        self.groups += 1
+        health.SPOOL_GROUP.observe(len(group))
+        if self.journal is None or not self._journaled(group):
+            self._commit_files(group)
+        if settle:
+            self._settle(group)
+
+    def _commit_files(self, group: list[_Pending]) -> None:
         """Data first, then names: every file's data of the group is on the device (and,
         unless ``ordered``, durable) before any is renamed into new/, so new/ never holds a
         message that a crash could leave empty; then new/ is synced, which also commits the
         renames' journal transaction where ``ordered``."""
-        self.groups += 1
-        health.SPOOL_GROUP.observe(len(group))
         staged: list[tuple[_Pending, str, str, int]] = []
         for pending in group:
             try:
@@ -339,8 +389,6 @@ class MaildirDelivery:
         finally:
             for *_, fd in staged:
                 os.close(fd)
-        if settle:
-            self._settle(group)
 
     @staticmethod
     def _settle(group: list[_Pending]) -> None:
@@ -358,16 +406,17 @@ class MaildirDelivery:
         if spilled is not None and spilled.path is not None:
             return str(spilled.path), self._new + spilled.name, spilled.detach()
         name = self._name(message.queue_id)
+        return self._tmp + name, self._new + name, self._write_tmp(name, _parts(message))
+
+    def _write_tmp(self, name: str, parts: tuple[bytes, bytes]) -> int:
+        """tmp/``name`` made and ``parts`` written to it: the open file."""
         tmp = self._tmp + name
-        envelope = _envelope(
-            message.mail_from, message.recipients, message.mail_options, message.rcpt_options
-        )
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             # Both parts in one call, without joining them (a copy of the whole message).
-            written = os.writev(fd, (envelope, message.content))
-            if written < len(envelope) + len(message.content):  # a short write
-                rest = memoryview(envelope + message.content)[written:]
+            written = os.writev(fd, parts)
+            if written < len(parts[0]) + len(parts[1]):  # a short write
+                rest = memoryview(b"".join(parts))[written:]
                 while rest:
                     rest = rest[os.write(fd, rest) :]
         except OSError:
@@ -375,7 +424,172 @@ class MaildirDelivery:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return tmp, self._new + name, fd
+        return fd
+
+    # -- the journal -----------------------------------------------------------------
+
+    def _journaled(self, group: list[_Pending]) -> bool:
+        """The group appended to the journal, durable there, and renamed into new/; False
+        (nothing done) for a group it does not take: a spilled message, no room, or a
+        journal that failed now."""
+        journal_ = self.journal
+        assert journal_ is not None
+        records = []
+        for pending in group:
+            message = pending.message
+            if message.spilled is not None:
+                return False
+            records.append((self._name(message.queue_id), _parts(message)))
+        with self._journal_lock:
+            was_empty = journal_.empty
+            try:
+                if not journal_.append(records):
+                    self._wake_checkpointer()
+                    return False
+            except OSError as err:
+                log.error(
+                    "spool journal %s failed; messages are committed as files from now on: %s",
+                    journal_.path,
+                    err,
+                )
+                self.journal = None
+                return False
+            names = []
+            for pending, (name, parts) in zip(group, records, strict=True):
+                try:
+                    os.close(self._write_tmp(name, parts))
+                    os.rename(self._tmp + name, self._new + name)
+                except OSError as err:  # durable in the journal, not in new/: 451
+                    pending.error = err
+                    with contextlib.suppress(OSError):
+                        os.unlink(self._tmp + name)
+                else:
+                    names.append(name)
+            self._unsynced.extend(names)
+        if was_empty or journal_.used() * 2 > journal_.limit:
+            self._wake_checkpointer()
+        if names and self.on_commit is not None:
+            self.on_commit(names)
+        return True
+
+    def _open_journal(self, limit: int) -> journal.Journal | None:
+        """This process's journal: the first in the spool's journal folder that no process
+        holds, or a new one. Every other one no process holds is recovered too (a worker
+        that died, or a receiver run with more workers before)."""
+        folder = self.root / journal.FOLDER
+        mine = None
+        try:
+            folder.mkdir(exist_ok=True)
+            for path in sorted(folder.iterdir(), key=lambda p: (len(p.name), p.name)):
+                try:
+                    taken = journal.Journal.take(path, limit)
+                except ValueError as err:
+                    log.warning("spool journal left alone: %s", err)
+                    continue
+                if taken is None:
+                    continue
+                self._recover(taken)
+                if mine is None:
+                    mine = taken
+                else:
+                    taken.close()
+            for number in itertools.count():
+                if mine is not None:
+                    break
+                with contextlib.suppress(FileExistsError):
+                    mine = journal.Journal.create(folder / str(number), limit)
+        except OSError as err:
+            log.error("spool journal unusable, messages are committed as files: %s", err)
+            if mine is not None:
+                mine.close()
+            return None
+        return mine
+
+    def _recover(self, taken: journal.Journal) -> None:
+        """Make every message ``taken`` holds since its checkpoint durable in new/, then
+        empty it. In the boot that wrote it the files are in the page cache (synced here);
+        after a restart of the machine they are written again from the records."""
+        records = taken.recover()
+        if not records:
+            return
+        if taken.written_in != taken.boot:
+            moved = {entry.split(":", 1)[0] for entry in os.listdir(self.root / "cur")}
+            again = [record for record in records if record.name not in moved]
+            for record in again:
+                fd = self._write_tmp(record.name, (record.data, b""))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for record in again:
+                os.rename(self._tmp + record.name, self._new + record.name)
+            log.warning(
+                "spool journal %s: %d messages written again into new/ after a restart "
+                "of the machine (%d already in cur/)",
+                taken.path,
+                len(again),
+                len(records) - len(again),
+            )
+            self._sync_new()
+        else:
+            self._sync_files([record.name for record in records])
+        taken.checkpoint(taken.mark())
+
+    def _sync_files(self, names: list[str]) -> None:
+        """The files renamed into new/ under ``names`` durable, with their names."""
+        if self.sync == "file":
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):  # a reader took it already
+                    fd = os.open(self._new + name, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        else:
+            _fsync_filesystem(self.root)
+        self._sync_new()
+
+    def _wake_checkpointer(self) -> None:
+        if self._checkpointer is None:
+            with self._lock:
+                if self._checkpointer is None and not self._closing:
+                    self._checkpointer = threading.Thread(
+                        target=self._checkpoints, name="spool-checkpoint", daemon=True
+                    )
+                    self._checkpointer.start()
+        with self._checkpoint_due:
+            self._checkpoint_due.notify()
+
+    def _checkpoints(self) -> None:
+        """Every ``CHECKPOINT_SECONDS`` while the journal holds records (at once when it
+        is half full): the files renamed since the last checkpoint made durable, and their
+        records freed."""
+        workers.free_thread()  # a pinned worker's helper runs on any of its CPUs
+        while True:
+            with self._checkpoint_due:
+                while not self._closing and (self.journal is None or self.journal.empty):
+                    self._checkpoint_due.wait()
+                if self._closing:
+                    return
+                self._checkpoint_due.wait(journal.CHECKPOINT_SECONDS)
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Make every message renamed into new/ so far durable as a file, and free its
+        record (a failure is logged; the records stay, and the next checkpoint tries)."""
+        with self._journal_lock:
+            journal_ = self.journal
+            if journal_ is None or journal_.empty:
+                return
+            mark = journal_.mark()
+            names, self._unsynced = self._unsynced, []
+        try:
+            self._sync_files(names)
+            journal_.checkpoint(mark)
+        except OSError as err:
+            log.error("spool checkpoint failed, tried again: %s", err)
+            with self._journal_lock:
+                self._unsynced[:0] = names
 
 
 def _envelope(
@@ -396,6 +610,14 @@ def _envelope(
 
 
 _XTEXT_SAFE = re.compile(r"[A-Za-z0-9!#$%&'*/?^_`{|}~.@-]*")
+
+
+def _parts(message: Message) -> tuple[bytes, bytes]:
+    """A message's file in two parts: the envelope line and the content."""
+    envelope = _envelope(
+        message.mail_from, message.recipients, message.mail_options, message.rcpt_options
+    )
+    return envelope, message.content
 
 
 def xtext(address: str) -> str:
@@ -557,22 +779,40 @@ def orders_data(
     return not EXT4_ORDERED_MODES.isdisjoint(options)
 
 
+# Filesystems where an overwrite of written blocks needs no metadata commit, so that the
+# journal's fdatasync costs less than a new file's commit. Elsewhere (tmpfs, where nothing
+# is synced; copy-on-write and network filesystems) a group is committed as files.
+JOURNAL_FILESYSTEMS = frozenset({"ext4", "xfs"})
+
+
+def journal_pays(path: pathlib.Path, proc: pathlib.Path = pathlib.Path("/proc")) -> bool:
+    """Whether ``path`` is on a filesystem the spool journal is used on."""
+    mount = mount_of(path, proc)
+    return mount is not None and mount.fstype in JOURNAL_FILESYSTEMS and _on(path, mount)
+
+
 def from_next_hop(
     next_hop: NextHop,
     spool: str | None = None,
     helo: str | None = None,
     spool_sync: str | None = None,
+    journal_bytes: int = journal.LIMIT_BYTES,
 ) -> Delivery:
     """The delivery a server's next hop asks for (``spool`` and ``spool_sync`` override a
-    Maildir path and its sync)."""
+    Maildir path and its sync; ``journal_bytes`` is the spool journal's limit, 0 none)."""
     if next_hop.store_and_forward:
         from .queue import QueuedDelivery  # the queue builds on this module and the relay
 
-        return QueuedDelivery(next_hop, spool, helo=helo, spool_sync=spool_sync)
+        return QueuedDelivery(
+            next_hop, spool, helo=helo, spool_sync=spool_sync, journal_bytes=journal_bytes
+        )
     if next_hop.type == "Maildir" or spool:
         guard = backpressure.SpoolGuard.from_storage(spool or next_hop.path, next_hop.storage)
         return MaildirDelivery(
-            spool or next_hop.path, sync=spool_sync or next_hop.sync.lower(), guard=guard
+            spool or next_hop.path,
+            sync=spool_sync or next_hop.sync.lower(),
+            guard=guard,
+            journal_bytes=journal_bytes,
         )
     if not next_hop.host or not next_hop.port:
         raise ValueError(f"a {next_hop.type} next hop needs host and port")

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from smtpgate.connectors.specs import NextHop, QueueSettings
 
-from . import backpressure, delivery, dsn, health, retries, spill, spoolfile, workers
+from . import backpressure, delivery, dsn, health, journal, retries, spill, spoolfile, workers
 from .relay import RelayDelivery
 from .replies import Reply, one_line
 
@@ -320,13 +320,16 @@ class QueuedDelivery:
         helo: str | None = None,
         spool_sync: str | None = None,
         scan_seconds: float = SCAN_SECONDS,
+        journal_bytes: int = journal.LIMIT_BYTES,
     ) -> None:
         if not next_hop.host or not next_hop.port:
             raise ValueError(f"a {next_hop.type} next hop needs host and port")
         root = spool or next_hop.path
         guard = backpressure.SpoolGuard.from_storage(root, next_hop.storage)
         sync = spool_sync or next_hop.sync.lower()
-        self.spool = delivery.MaildirDelivery(root, sync=sync, guard=guard)
+        self.spool = delivery.MaildirDelivery(
+            root, sync=sync, guard=guard, journal_bytes=journal_bytes
+        )
         self.relay = RelayDelivery(
             next_hop.host,
             next_hop.port,

@@ -115,7 +115,8 @@ def _children(pid: int) -> list[int]:
 
 
 SYSCALLS = (
-    "fsync,fdatasync,syncfs,sync_file_range,rename,renameat,renameat2,write,writev,sendto,sendmsg"
+    "fsync,fdatasync,syncfs,sync_file_range,rename,renameat,renameat2,write,writev,pwritev,pwritev2,"
+    "sendto,sendmsg"
 )
 COMMITS = re.compile(r"^\d+ +(fsync|fdatasync|syncfs)\(")  # each may commit the journal
 
@@ -135,6 +136,43 @@ def _data_step(sync: str, ordered: bool, tmp: str, name: str) -> str:
     return rf"syncfs\(\d+<{tmp}>\) += 0"
 
 
+def _steps_in_order(trace: str, steps: list[tuple[str, str]], first: str) -> tuple[list[str], int]:
+    """The steps as the trace shows them, in order, up to the 250; and how many syncs
+    that may commit the journal ran from step ``first`` to that 250."""
+    seen: list[str] = []
+    commits = 0
+    for line in trace.splitlines():
+        line = line.replace(" <unfinished ...>", "")
+        if first in seen and COMMITS.search(line) and "resumed>" not in line:
+            commits += 1
+        for step, pattern in steps:
+            if step not in seen and re.search(pattern, line):
+                seen.append(step)
+        if "250" in seen:
+            break
+    return seen, commits
+
+
+def _trace_journal(trace: str, spool: pathlib.Path, queue_id: str) -> tuple[list[str], int]:
+    """The steps of a journaled message: its record written, the journal synced, the
+    file renamed into new/, the 250."""
+    journal, tmp, new = (re.escape(str(spool / d)) for d in ("smtpgate-journal", "tmp", "new"))
+    name = rf"[^\"<>]*\.{queue_id}\.[^\"<>]*"
+    return _steps_in_order(
+        trace,
+        [
+            ("record", rf"pwritev2?\(\d+<{journal}/\d+>, \[.*\.{queue_id}\."),
+            ("sync", rf"fdatasync\(\d+<{journal}/\d+>\) += 0"),
+            ("rename", rf"rename(at2?)?\(.*\"{tmp}/{name}\", .*\"{new}/{name}\".*\) += 0"),
+            (
+                "250",
+                rf"(write|sendto|writev|sendmsg)\(\d+<(socket|TCP).*\"250 2\.6\.0 <{queue_id}@",
+            ),
+        ],
+        "record",
+    )
+
+
 def _trace_order(
     trace: str, spool: pathlib.Path, queue_id: str, big: bool, sync: str, ordered: bool
 ) -> tuple[list[str], int]:
@@ -151,18 +189,7 @@ def _trace_order(
     ]
     if big:  # a spilled message: its file's data synced before it joins a commit
         steps.insert(0, ("spill", rf"fdatasync\(\d+<{tmp}/{name}>\) += 0"))
-    seen: list[str] = []
-    commits = 0
-    for line in trace.splitlines():
-        line = line.replace(" <unfinished ...>", "")
-        if "data" in seen and COMMITS.search(line) and "resumed>" not in line:
-            commits += 1
-        for step, pattern in steps:
-            if step not in seen and re.search(pattern, line):
-                seen.append(step)
-        if "250" in seen:
-            break
-    return seen, commits
+    return _steps_in_order(trace, steps, "data")
 
 
 @pytest.mark.skipif(
@@ -178,26 +205,35 @@ def _trace_order(
     ],
     ids=["filesystem-on-ext4-journal", "filesystem-on-ext4-no-journal", "filesystem", "file"],
 )
-@pytest.mark.parametrize("big", [False, True], ids=["small", "spilled"])
-def test_the_250_follows_data_sync_rename_and_directory_sync(
-    tmp_path: pathlib.Path, sync: str, where: str, big: bool
+@pytest.mark.parametrize(
+    ("big", "journal"),
+    [(False, True), (False, False), (True, True)],
+    ids=["small", "small-no-journal", "spilled"],
+)
+def test_the_250_follows_a_durable_write(
+    tmp_path: pathlib.Path, sync: str, where: str, big: bool, journal: bool
 ) -> None:
     """Here: the test's own folder, whatever filesystem it is on; ext4-journal: an ext4
     with a journal made for the test, where the group commit is one journal commit;
-    ext4-no-journal: one made without, where the data is synced before the renames."""
+    ext4-no-journal: one made without, where the data is synced before the renames.
+    small: the message's record written to the spool journal and synced (one
+    ``fdatasync``, nothing else that may commit), then renamed into new/, then the 250;
+    small-no-journal (``--spool-journal-mib 0``) and spilled (a spilled message is never
+    journaled): data synced, renamed, new/ synced, then the 250."""
     with contextlib.ExitStack() as stack:
         if where != "here":
             mkfs = ("-O", "^has_journal") if where == "ext4-no-journal" else ()
             tmp_path = stack.enter_context(ext4_volume(tmp_path / "volume", *mkfs))
             assert delivery.orders_data(tmp_path) is (where == "ext4-journal")
-        _trace_one_message(tmp_path, sync, big)
+        _trace_one_message(tmp_path, sync, big, journal)
 
 
-def _trace_one_message(tmp_path: pathlib.Path, sync: str, big: bool) -> None:
+def _trace_one_message(tmp_path: pathlib.Path, sync: str, big: bool, journal: bool) -> None:
     assert STRACE is not None
     port, trace_file = free_port(), tmp_path / "trace"
-    wrap = (STRACE, "-f", "-y", "-qq", "-e", f"trace={SYSCALLS}", "-o", str(trace_file))
-    proc = start_process(tmp_path, port, "--spool-sync", sync, wrap=wrap)
+    wrap = (STRACE, "-f", "-y", "-qq", "-s", "96", "-e", f"trace={SYSCALLS}", "-o", str(trace_file))
+    off = () if journal else ("--spool-journal-mib", "0")
+    proc = start_process(tmp_path, port, "--spool-sync", sync, *off, wrap=wrap)
     try:
         body = (b"x" * 70 + b"\r\n") * (8000 if big else 10)
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
@@ -219,6 +255,11 @@ def _trace_one_message(tmp_path: pathlib.Path, sync: str, big: bool) -> None:
             proc.stdout.close()
     ordered = delivery.orders_data(tmp_path)
     trace = trace_file.read_text()
+    if journal and not big:
+        order, commits = _trace_journal(trace, tmp_path / "spool", queue_id)
+        assert order == ["record", "sync", "rename", "250"], trace[-3000:]
+        assert commits == 1, trace[-3000:]  # the journal's fdatasync, no directory sync
+        return
     order, commits = _trace_order(trace, tmp_path / "spool", queue_id, big, sync, ordered)
     expected = ["data", "rename", "directory", "250"]
     assert order == (["spill", *expected] if big else expected), trace[-3000:]

@@ -98,7 +98,7 @@ def test_a_failed_commit_fails_its_whole_group_and_leaves_nothing(
             monkeypatch.setattr(delivery.os, "fsync", failing)
     else:
         monkeypatch.setattr(delivery.MaildirDelivery, "_sync_new", failing)
-    spool = delivery.MaildirDelivery(tmp_path, sync=sync, ordered=ordered)
+    spool = delivery.MaildirDelivery(tmp_path, sync=sync, ordered=ordered, journal_bytes=0)
     results = _deliver_all(spool, [_message(n) for n in range(20)])
     assert all(isinstance(r, delivery.DeliveryError) for r in results)
     assert "Input/output error" in str(results[0])
