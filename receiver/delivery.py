@@ -194,6 +194,8 @@ class MaildirDelivery:
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Condition()
         self._closing = False
+        self._urgent = False  # a checkpoint wanted before the interval ends
+        self._failed: journal.Journal | None = None  # a journal that failed, still locked
         self.journal = None
         if journal_bytes > 0 and journal_pays(self.root):
             self.journal = self._open_journal(journal_bytes)
@@ -300,6 +302,8 @@ class MaildirDelivery:
             self.checkpoint()
             self.journal.close()
             self.journal = None
+        if self._failed is not None:
+            self._failed.close()
         with self._lock:
             fd, self._new_fd = self._new_fd, -1
         if fd >= 0:
@@ -444,15 +448,10 @@ class MaildirDelivery:
             was_empty = journal_.empty
             try:
                 if not journal_.append(records):
-                    self._wake_checkpointer()
+                    self._wake_checkpointer(urgent=True)
                     return False
             except OSError as err:
-                log.error(
-                    "spool journal %s failed; messages are committed as files from now on: %s",
-                    journal_.path,
-                    err,
-                )
-                self.journal = None
+                self._journal_failed(journal_, err)
                 return False
             names = []
             for pending, (name, parts) in zip(group, records, strict=True):
@@ -467,10 +466,26 @@ class MaildirDelivery:
                     names.append(name)
             self._unsynced.extend(names)
         if was_empty or journal_.used() * 2 > journal_.limit:
-            self._wake_checkpointer()
+            self._wake_checkpointer(urgent=not was_empty)
         if names and self.on_commit is not None:
             self.on_commit(names)
         return True
+
+    def _journal_failed(self, failed: journal.Journal, err: OSError) -> None:
+        """Commit as files from now on; the files renamed since the last checkpoint are
+        made durable now (the journal stays locked until ``close``: its records are not
+        another process's to replay)."""
+        log.error(
+            "spool journal %s failed; messages are committed as files from now on: %s",
+            failed.path,
+            err,
+        )
+        self.journal, self._failed = None, failed
+        names, self._unsynced = self._unsynced, []
+        try:
+            self._sync_files(names)
+        except OSError as again:
+            log.error("spool files since the journal's last checkpoint not synced: %s", again)
 
     def _open_journal(self, limit: int) -> journal.Journal | None:
         """This process's journal: the first in the spool's journal folder that no process
@@ -549,7 +564,8 @@ class MaildirDelivery:
             _fsync_filesystem(self.root)
         self._sync_new()
 
-    def _wake_checkpointer(self) -> None:
+    def _wake_checkpointer(self, urgent: bool = False) -> None:
+        """Records to checkpoint: at the interval's end, or at once when ``urgent``."""
         if self._checkpointer is None:
             with self._lock:
                 if self._checkpointer is None and not self._closing:
@@ -558,6 +574,7 @@ class MaildirDelivery:
                     )
                     self._checkpointer.start()
         with self._checkpoint_due:
+            self._urgent = self._urgent or urgent
             self._checkpoint_due.notify()
 
     def _checkpoints(self) -> None:
@@ -565,14 +582,18 @@ class MaildirDelivery:
         is half full): the files renamed since the last checkpoint made durable, and their
         records freed."""
         workers.free_thread()  # a pinned worker's helper runs on any of its CPUs
+        due = self._checkpoint_due
         while True:
-            with self._checkpoint_due:
-                while not self._closing and (self.journal is None or self.journal.empty):
-                    self._checkpoint_due.wait()
+            with due:
+                due.wait_for(lambda: self._closing or not self._journal_empty())
+                due.wait_for(lambda: self._closing or self._urgent, journal.CHECKPOINT_SECONDS)
                 if self._closing:
                     return
-                self._checkpoint_due.wait(journal.CHECKPOINT_SECONDS)
+                self._urgent = False
             self.checkpoint()
+
+    def _journal_empty(self) -> bool:
+        return self.journal is None or self.journal.empty
 
     def checkpoint(self) -> None:
         """Make every message renamed into new/ so far durable as a file, and free its

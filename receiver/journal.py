@@ -77,7 +77,7 @@ def boot_id() -> bytes:
     """This boot's id; random where the kernel does not say (then every journal a dead
     process left is replayed: a duplicate rather than a loss)."""
     try:
-        return uuid.UUID(pathlib.Path("/proc/sys/kernel/random/boot_id").read_text()).bytes
+        return uuid.UUID(pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()).bytes
     except (OSError, ValueError):
         return os.urandom(16)
 
