@@ -6,7 +6,7 @@ receiver's own spool, for bench/receiver_throughput.py's ``--with-floor``.
 One ``asyncio.Protocol`` per connection (no task per connection), no policy, no header
 work, no logging, no timeouts: a banner, 250 to HELO/EHLO/MAIL/RCPT, 354 to DATA, and at
 the end of the data the message handed to the receiver's ``MaildirDelivery`` (the same
-group commit, the same lone-message commit on the event loop, the same order of syncs)
+journal, group commit and lone-message commit on the event loop, the same order of syncs)
 and 250 once it returns.
 WORKERS processes (the receiver's ``--workers auto``: one per CPU) share the port
 (SO_REUSEPORT), as the receiver's do, and keep to a CPU each where the receiver's would

@@ -1,9 +1,9 @@
 """The servers the receiver benchmarks run side by side, each in a cpuacct cgroup of its own.
 
-smtpgate's receiver (Internet connector policy, maildir spool with its group commit, or relay
-to Postfix's smtp-sink) and Postfix's smtpd with its queue (cleanup fsyncs the queue file
-before the 250) delivering to the discard transport. Both keep their spool on the same
-filesystem, and neither writes a line per message to a file: smtpgate's protocol log is off
+smtpgate's receiver (Internet connector policy, maildir spool with its journal and group
+commit, or relay to Postfix's smtp-sink) and Postfix's smtpd with its queue (cleanup fsyncs
+the queue file before the 250) delivering to the discard transport. Both keep their spool
+on the same filesystem, and neither writes a line per message to a file: smtpgate's protocol log is off
 (the Internet connector's default) and its own log is at WARNING; Postfix logs to syslog, and
 where no syslog daemon listens (no /dev/log) its lines are dropped. ``describe`` says so for
 the run at hand, with every setting that differs from either server's defaults."""
@@ -285,6 +285,7 @@ def start_smtpgate(
         else f"workers: {workers}, placed as that tree's receiver places them",
         f"connector: {shown} (protocol log: {logged})",
         f"next hop: {next_hop}; spool filesystem: {filesystem(work)}",
+        f"spool journal: {journal_setting(work, extra) if tree is None else 'as that tree has'}",
     ]
     return Server(
         f"smtpgate {label}" if tree is None else f"smtpgate {mode} ({tree})",
@@ -293,6 +294,27 @@ def start_smtpgate(
         stop,
         settings,
         spool=spool / "new" if mode == "maildir" else None,
+    )
+
+
+def journal_setting(work: pathlib.Path, extra: tuple[str, ...] = ()) -> str:
+    """Whether the receiver's spool journal is used here (``--spool-journal-mib``, and a
+    filesystem it is used on), as the receiver decides it."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from smtpgate.receiver import delivery, journal
+
+    if "--spool-journal-mib" in extra:
+        mib = int(extra[extra.index("--spool-journal-mib") + 1])
+    else:
+        mib = journal.LIMIT_BYTES >> 20
+    if mib == 0:
+        return "off (--spool-journal-mib 0): each group committed as files"
+    if not delivery.journal_pays(work):
+        return "none on this filesystem: each group committed as files"
+    return (
+        f"on, up to {mib} MiB per worker: a message durable at its record's fdatasync, "
+        f"files checkpointed every {journal.CHECKPOINT_SECONDS} s"
     )
 
 
@@ -355,7 +377,7 @@ def start_floor(work: pathlib.Path, workers: int = WORKERS) -> Server:
     settings = [
         "python bench/" + " ".join(a.rsplit("/", 1)[-1] if a.endswith(".py") else a for a in args),
         "no policy, no header work, no log, fixed replies; each message handed to the "
-        "receiver's MaildirDelivery (its group commit) before the 250",
+        "receiver's MaildirDelivery (its journal and group commit) before the 250",
         f"workers: {placement(workers)} (placed as the receiver places its own)",
     ]
     return Server("python floor", port, cgroup, stop, settings, spool / "new")

@@ -252,12 +252,16 @@ class Journal:
 
     def _grow(self, needed: int) -> bool:
         """The file grown, zero-filled, to hold ``needed`` octets (doubling); False when
-        the filesystem has no room (the ring then wraps, or the group takes the files)."""
+        the filesystem has no room: the journal then keeps the size it has (the ring
+        wraps, or a group takes the files' path)."""
         size = min(self.limit, max(needed, self.size * 2))
         try:
             _zero(self.fd, self.size, size)
         except OSError as err:
-            log.warning("spool journal %s cannot grow to %d octets: %s", self.path, size, err)
+            log.warning(
+                "spool journal %s stays at %d octets, it cannot grow: %s", self.path, self.size, err
+            )
+            self.limit = self.size
             return False
         self.size = size
         return True
