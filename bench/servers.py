@@ -3,9 +3,10 @@
 smtpgate's receiver (Internet connector policy, maildir spool with its journal and group
 commit, or relay to Postfix's smtp-sink) and Postfix's smtpd with its queue (cleanup fsyncs
 the queue file before the 250) delivering to the discard transport. Both keep their spool
-on the same filesystem, and neither writes a line per message to a file: smtpgate's protocol log is off
-(the Internet connector's default) and its own log is at WARNING; Postfix logs to syslog, and
-where no syslog daemon listens (no /dev/log) its lines are dropped. ``describe`` says so for
+on the same filesystem, and neither writes a line per message to a file: smtpgate's
+protocol log is off (the Internet connector's default) and its own log is at WARNING;
+Postfix logs to syslog, and where no syslog daemon listens (no /dev/log) its lines are
+dropped. ``describe`` says so for
 the run at hand, with every setting that differs from either server's defaults."""
 
 from __future__ import annotations
