@@ -489,12 +489,32 @@ class MaildirDelivery:
 
     def _open_journal(self, limit: int) -> journal.Journal | None:
         """This process's journal: the first in the spool's journal folder that no process
-        holds, or a new one. Every other one no process holds is recovered too (a worker
-        that died, or a receiver run with more workers before)."""
+        holds, once recovered, or a new one."""
         folder = self.root / journal.FOLDER
-        mine = None
         try:
             folder.mkdir(exist_ok=True)
+            mine = self.recover_journals(limit, keep=True)
+            for number in itertools.count():
+                if mine is not None:
+                    return mine
+                with contextlib.suppress(FileExistsError):
+                    mine = journal.Journal.create(folder / str(number), limit)
+        except OSError as err:
+            log.error("spool journal unusable, messages are committed as files: %s", err)
+        return None
+
+    def recover_journals(
+        self, limit: int = journal.LIMIT_BYTES, keep: bool = False
+    ) -> journal.Journal | None:
+        """Recover every journal in the spool that no process holds (a worker that died,
+        a receiver run with more workers before, a replica whose node went down): its
+        messages made durable in new/, then it is emptied. With ``keep`` the first stays
+        locked, this process's own (returned); the others are closed."""
+        folder = self.root / journal.FOLDER
+        if not folder.is_dir():
+            return None
+        kept = None
+        try:
             for path in sorted(folder.iterdir(), key=lambda p: (len(p.name), p.name)):
                 try:
                     taken = journal.Journal.take(path, limit)
@@ -503,22 +523,20 @@ class MaildirDelivery:
                     continue
                 if taken is None:
                     continue
-                self._recover(taken)
-                if mine is None:
-                    mine = taken
+                try:
+                    self._recover(taken)
+                except BaseException:
+                    taken.close()
+                    raise
+                if keep and kept is None:
+                    kept = taken
                 else:
                     taken.close()
-            for number in itertools.count():
-                if mine is not None:
-                    break
-                with contextlib.suppress(FileExistsError):
-                    mine = journal.Journal.create(folder / str(number), limit)
-        except OSError as err:
-            log.error("spool journal unusable, messages are committed as files: %s", err)
-            if mine is not None:
-                mine.close()
-            return None
-        return mine
+        except BaseException:
+            if kept is not None:
+                kept.close()
+            raise
+        return kept
 
     def _recover(self, taken: journal.Journal) -> None:
         """Make every message ``taken`` holds since its checkpoint durable in new/, then

@@ -17,7 +17,7 @@ import urllib.parse
 from smtpgate.connectors.enums import NextHopTls
 from smtpgate.connectors.specs import QueueSettings
 
-from . import spoolfile
+from . import delivery, spoolfile
 from .queue import QueueRunner
 from .relay import RelayDelivery
 
@@ -92,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         max_retry_seconds=max(args.retry_seconds, 30),
         expiration_seconds=args.expiration_seconds,
     )
+    try:  # what a spool journal holds first: a replica whose node went down
+        spool = delivery.MaildirDelivery(root, journal_bytes=0)
+        spool.recover_journals()
+        spool.close()
+    except (OSError, ValueError) as err:
+        log.error("%s: its journal cannot be recovered: %s", root, err)
+        return 2
     before = len(spoolfile.names(root))
     log.info("draining %d messages from %s to %s", before, root, args.next_hop)
     relay = RelayDelivery(host, port, lmtp=lmtp, helo=args.helo, tls=NextHopTls(args.tls))

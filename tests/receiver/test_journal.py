@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from smtpgate.receiver import delivery, journal
+from smtpgate.receiver import delivery, drain, journal
 
 from .conftest import free_port
 from .helpers import start_process
@@ -436,3 +436,20 @@ def test_the_receiver_reports_its_journal_and_can_go_without(tmp_path: pathlib.P
         else:
             assert report is None
             assert not (folder / "spool" / journal.FOLDER).exists()
+
+
+def test_the_drain_command_first_writes_back_what_the_journal_holds(
+    spool_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica's claim drained after its node went down: the files the power loss took
+    (removed here; another boot id stands in for the restart) are written back from the
+    journal before the drain counts what the spool holds. Nothing listens at the next
+    hop, so the drain gives up at once and says how many it still holds."""
+    with _dying_worker(spool_root, 3):
+        pass
+    for path in (spool_root / "new").iterdir():
+        path.unlink()
+    monkeypatch.setattr(journal, "boot_id", lambda: b"another boot id.")
+    hop = f"smtp://127.0.0.1:{free_port()}"
+    assert drain.main(["--spool", str(spool_root), "--next-hop", hop, "--wait", "0"]) == 1
+    assert _ids(spool_root) == [0, 1, 2]
