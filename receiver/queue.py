@@ -12,7 +12,9 @@ rest by scanning the spool every few seconds.
 
 What a crash can do: a recipient the next hop took is written down (fdatasync) before
 anything else happens to the message, so the only message sent twice is one the next hop
-took in the moment before the crash, before that line reached the disk."""
+took in the moment before the crash, before that line reached the disk. A power loss can
+also bring back a message delivered and removed in the spool journal's last checkpoint
+interval (``journal``): its record is written into new/ again."""
 
 from __future__ import annotations
 
