@@ -46,9 +46,7 @@ def _workers(text: str) -> str:
 
 def _mebibytes(text: str) -> int:
     if not text.isdigit():
-        raise argparse.ArgumentTypeError("must be a number of MiB, 0 or more")
-    if 0 < int(text) << 20 < journal.MINIMUM_BYTES:
-        raise argparse.ArgumentTypeError(f"must be 0 or at least {journal.MINIMUM_BYTES >> 20}")
+        raise argparse.ArgumentTypeError("must be a whole number of MiB, 0 or more")
     return int(text)
 
 

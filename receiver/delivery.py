@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import ctypes
 import hashlib
-import itertools
 import logging
 import os
 import pathlib
@@ -23,7 +22,7 @@ from typing import Any, Protocol
 
 from smtpgate.connectors.specs import NextHop
 
-from . import backpressure, health, journal, spill, workers
+from . import backpressure, health, journal, spill, spool_journal
 from .replies import Reply
 
 log = logging.getLogger(__name__)
@@ -141,13 +140,12 @@ class MaildirDelivery:
     commit fails, every message of the group is taken out of the spool again and its
     client hears 451.
 
-    With a journal (``journal_bytes``, the default), a group of messages held in memory
-    (none spilled) is instead appended to this process's journal and made durable there
-    with one ``fdatasync``, which commits nothing of the filesystem's own journal; then
-    each is written into tmp/ and renamed into new/, and the client hears 250. The files
-    are made durable in batches by the journal's checkpoint (``journal``). A group the
-    journal has no room for, a spilled message, or a journal that failed takes the path
-    above."""
+    With a journal (``journal_bytes``, the default, on ext4 and XFS: ``journal_pays``), a
+    group of messages held in memory (none spilled) is instead appended to this process's
+    journal and made durable there with one ``fdatasync``, which commits nothing of the
+    filesystem's own journal; then each is written into tmp/ and renamed into new/, and
+    the client hears 250 (``spool_journal``). A group the journal has no room for, a
+    spilled message, or a journal that failed takes the path above."""
 
     def __init__(
         self,
@@ -187,18 +185,9 @@ class MaildirDelivery:
         # Whether the event loop serves nothing but the session delivering (the server
         # sets it): then a message with no other in flight commits on the loop itself.
         self.alone: Callable[[], bool] = lambda: False
-        # The journal: appends and the renames after them under one lock, so that a
-        # checkpoint's mark (taken under it) frees only records renamed into new/.
-        self._journal_lock = threading.Lock()
-        self._unsynced: list[str] = []  # renamed into new/ since the last checkpoint
-        self._checkpointer: threading.Thread | None = None
-        self._checkpoint_due = threading.Condition()
-        self._closing = False
-        self._urgent = False  # a checkpoint wanted before the interval ends
-        self._failed: journal.Journal | None = None  # a journal that failed, still locked
-        self.journal = None
+        self.journal: spool_journal.SpoolJournal | None = None
         if journal_bytes > 0 and journal_pays(self.root):
-            self.journal = self._open_journal(journal_bytes)
+            self.journal = spool_journal.SpoolJournal.open(self, journal_bytes)
 
     def _clear_stale(self) -> None:
         """Remove what a killed receiver left in tmp/: never acknowledged, never in new/.
@@ -249,19 +238,8 @@ class MaildirDelivery:
         return "SyncfsThenDirectory" if self.sync == "filesystem" else "FsyncEachFile"
 
     def journal_report(self) -> dict[str, Any] | None:
-        """This process's journal for ``/spool``: its file, size, records since the
-        checkpoint, checkpoints; None without one (off, or failed)."""
-        journal_ = self.journal
-        if journal_ is None:
-            return None
-        return {
-            "file": str(journal_.path.relative_to(self.root)),
-            "bytes": journal_.size,
-            "limitBytes": journal_.limit,
-            "records": journal_.sequence - journal_.tail_sequence,
-            "appended": journal_.appended,
-            "checkpoints": journal_.checkpoints,
-        }
+        """This process's journal for ``/spool`` (``SpoolJournal.report``); None without."""
+        return None if self.journal is None else self.journal.report()
 
     async def deliver(self, message: Message) -> None:
         done = asyncio.get_running_loop().create_future()
@@ -293,17 +271,8 @@ class MaildirDelivery:
         if committer is not None:
             self._waiting.put(None)
             committer.join()
-        with self._checkpoint_due:
-            self._closing = True
-            self._checkpoint_due.notify()
-        if self._checkpointer is not None:
-            self._checkpointer.join()
         if self.journal is not None:
-            self.checkpoint()
             self.journal.close()
-            self.journal = None
-        if self._failed is not None:
-            self._failed.close()
         with self._lock:
             fd, self._new_fd = self._new_fd, -1
         if fd >= 0:
@@ -354,20 +323,23 @@ class MaildirDelivery:
     def _commit(self, group: list[_Pending], settle: bool = True) -> None:
         self.groups += 1
         health.SPOOL_GROUP.observe(len(group))
-        if self.journal is None or not self._journaled(group):
-            self._commit_files(group)
+        # The names are made once: a group the journal gave back after writing some of
+        # its records lands in new/ under the records' names, which recovery then finds.
+        names = [self._name(pending.message.queue_id) for pending in group]
+        if self.journal is None or not self._journaled(group, names):
+            self._commit_files(group, names)
         if settle:
             self._settle(group)
 
-    def _commit_files(self, group: list[_Pending]) -> None:
+    def _commit_files(self, group: list[_Pending], names: list[str]) -> None:
         """Data first, then names: every file's data of the group is on the device (and,
         unless ``ordered``, durable) before any is renamed into new/, so new/ never holds a
         message that a crash could leave empty; then new/ is synced, which also commits the
         renames' journal transaction where ``ordered``."""
         staged: list[tuple[_Pending, str, str, int]] = []
-        for pending in group:
+        for pending, name in zip(group, names, strict=True):
             try:
-                staged.append((pending, *self._stage(pending.message)))
+                staged.append((pending, *self._stage(pending.message, name)))
             except OSError as err:
                 pending.error = err
         try:
@@ -403,13 +375,13 @@ class MaildirDelivery:
             with contextlib.suppress(RuntimeError):  # a loop closed while we committed
                 loop.call_soon_threadsafe(_resolve, settled)
 
-    def _stage(self, message: Message) -> tuple[str, str, int]:
-        """Write ``message`` into tmp/ (a spilled message is there already): its path
-        there, its path in new/, and the open file (the caller's to close)."""
+    def _stage(self, message: Message, name: str) -> tuple[str, str, int]:
+        """Write ``message`` into tmp/ as ``name`` (a spilled message is there already,
+        under its own): its path there, its path in new/, and the open file (the caller's
+        to close)."""
         spilled = message.spilled
         if spilled is not None and spilled.path is not None:
             return str(spilled.path), self._new + spilled.name, spilled.detach()
-        name = self._name(message.queue_id)
         return self._tmp + name, self._new + name, self._write_tmp(name, _parts(message))
 
     def _write_tmp(self, name: str, parts: tuple[bytes, bytes]) -> int:
@@ -430,205 +402,64 @@ class MaildirDelivery:
             raise
         return fd
 
-    # -- the journal -----------------------------------------------------------------
+    # -- the journal's side ------------------------------------------------------------
 
-    def _journaled(self, group: list[_Pending]) -> bool:
-        """The group appended to the journal, durable there, and renamed into new/; False
-        (nothing done) for a group it does not take: a spilled message, no room, or a
-        journal that failed now."""
-        journal_ = self.journal
-        assert journal_ is not None
-        records = []
-        for pending in group:
-            message = pending.message
-            if message.spilled is not None:
-                return False
-            records.append((self._name(message.queue_id), _parts(message)))
-        with self._journal_lock:
-            was_empty = journal_.empty
-            try:
-                if not journal_.append(records):
-                    self._wake_checkpointer(urgent=True)
-                    return False
-            except OSError as err:
-                self._journal_failed(journal_, err)
-                return False
-            names = []
-            for pending, (name, parts) in zip(group, records, strict=True):
-                try:
-                    os.close(self._write_tmp(name, parts))
-                    os.rename(self._tmp + name, self._new + name)
-                except OSError as err:  # durable in the journal, not in new/: 451
-                    pending.error = err
-                    with contextlib.suppress(OSError):
-                        os.unlink(self._tmp + name)
-                else:
-                    names.append(name)
-            self._unsynced.extend(names)
-        if was_empty or journal_.used() * 2 > journal_.limit:
-            self._wake_checkpointer(urgent=not was_empty)
-        if names and self.on_commit is not None:
-            self.on_commit(names)
+    def _journaled(self, group: list[_Pending], names: list[str]) -> bool:
+        """The group committed through the journal under ``names``; False when it does
+        not take it (a spilled message, no room, a journal that failed now): nothing of
+        it acknowledged."""
+        assert self.journal is not None
+        if any(pending.message.spilled is not None for pending in group):
+            return False
+        named = [(n, _parts(p.message)) for p, n in zip(group, names, strict=True)]
+        errors = self.journal.commit(named)
+        if errors is None:
+            return False
+        for pending, error in zip(group, errors, strict=True):
+            if error is not None:
+                pending.error = error
         return True
 
-    def _journal_failed(self, failed: journal.Journal, err: OSError) -> None:
-        """Commit as files from now on; the files renamed since the last checkpoint are
-        made durable now (the journal stays locked until ``close``: its records are not
-        another process's to replay)."""
-        log.error(
-            "spool journal %s failed; messages are committed as files from now on: %s",
-            failed.path,
-            err,
-        )
-        self.journal, self._failed = None, failed
-        names, self._unsynced = self._unsynced, []
+    def write_new(self, name: str, parts: tuple[bytes, bytes], durable: bool = False) -> None:
+        """The file ``name`` written into tmp/ and renamed into new/. ``durable``: synced
+        first (recovery), over what a crash may have left in tmp/ under that name."""
+        tmp = self._tmp + name
+        if durable:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        fd = self._write_tmp(name, parts)
         try:
-            self._sync_files(names)
-        except OSError as again:
-            log.error("spool files since the journal's last checkpoint not synced: %s", again)
-
-    def _open_journal(self, limit: int) -> journal.Journal | None:
-        """This process's journal: the first in the spool's journal folder that no process
-        holds, once recovered, or a new one."""
-        folder = self.root / journal.FOLDER
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         try:
-            folder.mkdir(exist_ok=True)
-            mine = self.recover_journals(limit, keep=True)
-            for number in itertools.count():
-                if mine is not None:
-                    return mine
-                with contextlib.suppress(FileExistsError):
-                    mine = journal.Journal.create(folder / str(number), limit)
-        except OSError as err:
-            log.error("spool journal unusable, messages are committed as files: %s", err)
-        return None
-
-    def recover_journals(
-        self, limit: int = journal.LIMIT_BYTES, keep: bool = False
-    ) -> journal.Journal | None:
-        """Recover every journal in the spool that no process holds (a worker that died,
-        a receiver run with more workers before, a replica whose node went down): its
-        messages made durable in new/, then it is emptied. With ``keep`` the first stays
-        locked, this process's own (returned); the others are closed."""
-        folder = self.root / journal.FOLDER
-        if not folder.is_dir():
-            return None
-        kept = None
-        try:
-            for path in sorted(folder.iterdir(), key=lambda p: (len(p.name), p.name)):
-                try:
-                    taken = journal.Journal.take(path, limit)
-                except ValueError as err:
-                    log.warning("spool journal left alone: %s", err)
-                    continue
-                if taken is None:
-                    continue
-                try:
-                    self._recover(taken)
-                except BaseException:
-                    taken.close()
-                    raise
-                if keep and kept is None:
-                    kept = taken
-                else:
-                    taken.close()
-        except BaseException:
-            if kept is not None:
-                kept.close()
+            os.rename(tmp, self._new + name)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
-        return kept
 
-    def _recover(self, taken: journal.Journal) -> None:
-        """Make every message ``taken`` holds since its checkpoint durable in new/, then
-        empty it. In the boot that wrote it the files are in the page cache (synced here);
-        after a restart of the machine they are written again from the records."""
-        records = taken.recover()
-        if not records:
-            return
-        if taken.written_in != taken.boot:
-            moved = {entry.split(":", 1)[0] for entry in os.listdir(self.root / "cur")}
-            again = [record for record in records if record.name not in moved]
-            for record in again:
-                fd = self._write_tmp(record.name, (record.data, b""))
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            for record in again:
-                os.rename(self._tmp + record.name, self._new + record.name)
-            log.warning(
-                "spool journal %s: %d messages written again into new/ after a restart "
-                "of the machine (%d already in cur/)",
-                taken.path,
-                len(again),
-                len(records) - len(again),
-            )
-            self._sync_new()
-        else:
-            self._sync_files([record.name for record in records])
-        taken.checkpoint(taken.mark())
-
-    def _sync_files(self, names: list[str]) -> None:
-        """The files renamed into new/ under ``names`` durable, with their names."""
+    def sync_files(self, names: list[str]) -> None:
+        """The files renamed into new/ under ``names`` durable with their names, wherever
+        a reader has moved them since (cur/); a name no longer there was taken."""
         if self.sync == "file":
+            moved: dict[str, str] | None = None
             for name in names:
-                with contextlib.suppress(FileNotFoundError):  # a reader took it already
-                    fd = os.open(self._new + name, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                try:
+                    _fsync_path(self._new + name)
+                except FileNotFoundError:
+                    if moved is None:
+                        cur = self.root / "cur"
+                        moved = {n.split(":", 1)[0]: str(cur / n) for n in os.listdir(cur)}
+                    if name in moved:
+                        with contextlib.suppress(FileNotFoundError):
+                            _fsync_path(moved[name])
+            if moved:
+                _fsync_path(str(self.root / "cur"))
         else:
             _fsync_filesystem(self.root)
         self._sync_new()
-
-    def _wake_checkpointer(self, urgent: bool = False) -> None:
-        """Records to checkpoint: at the interval's end, or at once when ``urgent``."""
-        if self._checkpointer is None:
-            with self._lock:
-                if self._checkpointer is None and not self._closing:
-                    self._checkpointer = threading.Thread(
-                        target=self._checkpoints, name="spool-checkpoint", daemon=True
-                    )
-                    self._checkpointer.start()
-        with self._checkpoint_due:
-            self._urgent = self._urgent or urgent
-            self._checkpoint_due.notify()
-
-    def _checkpoints(self) -> None:
-        """Every ``CHECKPOINT_SECONDS`` while the journal holds records (at once when it
-        is half full): the files renamed since the last checkpoint made durable, and their
-        records freed."""
-        workers.free_thread()  # a pinned worker's helper runs on any of its CPUs
-        due = self._checkpoint_due
-        while True:
-            with due:
-                due.wait_for(lambda: self._closing or not self._journal_empty())
-                due.wait_for(lambda: self._closing or self._urgent, journal.CHECKPOINT_SECONDS)
-                if self._closing:
-                    return
-                self._urgent = False
-            self.checkpoint()
-
-    def _journal_empty(self) -> bool:
-        return self.journal is None or self.journal.empty
-
-    def checkpoint(self) -> None:
-        """Make every message renamed into new/ so far durable as a file, and free its
-        record (a failure is logged; the records stay, and the next checkpoint tries)."""
-        with self._journal_lock:
-            journal_ = self.journal
-            if journal_ is None or journal_.empty:
-                return
-            mark = journal_.mark()
-            names, self._unsynced = self._unsynced, []
-        try:
-            self._sync_files(names)
-            journal_.checkpoint(mark)
-        except OSError as err:
-            log.error("spool checkpoint failed, tried again: %s", err)
-            with self._journal_lock:
-                self._unsynced[:0] = names
 
 
 def _envelope(
@@ -699,6 +530,14 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _syncfs = _load_syncfs()
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_filesystem(path: pathlib.Path) -> None:

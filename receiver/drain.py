@@ -17,7 +17,7 @@ import urllib.parse
 from smtpgate.connectors.enums import NextHopTls
 from smtpgate.connectors.specs import QueueSettings
 
-from . import delivery, spoolfile
+from . import delivery, spool_journal, spoolfile
 from .queue import QueueRunner
 from .relay import RelayDelivery
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:  # what a spool journal holds first: a replica whose node went down
         spool = delivery.MaildirDelivery(root, journal_bytes=0)
-        spool.recover_journals()
+        spool_journal.recover(spool)
         spool.close()
     except (OSError, ValueError) as err:
         log.error("%s: its journal cannot be recovered: %s", root, err)

@@ -5,20 +5,16 @@ jbd2 thread writes its blocks, flushes the device's cache, writes the commit rec
 overwrite of blocks that are already allocated and written costs only the write and one
 cache flush: ``fdatasync(2)`` has no metadata to commit for it. So each worker keeps a file
 of zeroed blocks, appends each group of messages to it as records, and answers 250 once one
-``fdatasync`` of it returns. The messages are then renamed into new/ at once, as before but
-without a sync of their own, and a checkpoint (every ``CHECKPOINT_SECONDS``, a ``syncfs``
-of the spool, then the journal's own header) makes a batch of them durable as files and
-frees their records. This is how Exchange's queue database and most databases make a
-transaction durable: a log flush, and the data files later.
+``fdatasync`` of it returns. How the spool uses it (the files renamed into new/ at once,
+the checkpoints that make them durable, recovery) is ``spool_journal``'s.
 
-The file, ``smtpgate-journal/N`` in the spool (maildir readers look at tmp/, new/ and cur/
-only), is locked with ``flock`` by the process that writes it. It starts at
-``INITIAL_BYTES`` and grows, zero-filled, up to the receiver's limit; its space is a ring.
+The file, ``smtpgate-journal/N`` in the spool, is locked with ``flock`` by the process that
+writes it. It starts at ``INITIAL_BYTES`` and grows, zero-filled, up to the receiver's
+limit; its space is a ring.
 
 - Two header slots (the first two blocks), written in turn: the checkpoint (the first
-  record not yet durable as a file, and where it starts), the file's random salt, and the
-  boot it was written in (``/proc/sys/kernel/random/boot_id``). The slot with the higher
-  generation and a good checksum counts.
+  record not yet durable as a file, and where it starts) and the file's random salt. The
+  slot with the higher generation and a good checksum counts.
 - Records from the third block on, each at a block boundary (an acknowledged record never
   shares a block with a later write): magic, the salt, a sequence number, lengths, and a
   CRC-32 of header and payload (the message's maildir name, then its file).
@@ -29,25 +25,17 @@ first that is missing, torn, or from an older lap. A record is only ever looked 
 the chain puts one, and must carry the file's salt (never sent anywhere), so a message
 body that holds bytes shaped like a record is never taken for one.
 
-Who replays: a journal no process holds (its receiver died, or was stopped between a
-record and its checkpoint) is taken by the next receiver on the spool. If it was written
-in this boot, the kernel's page cache still holds every file its writer renamed into new/,
-so nothing is replayed: a ``syncfs`` makes them durable and the journal is emptied (a
-message a consumer took from new/ in between is not brought back). Only after the machine
-restarted are the records since the checkpoint written again into new/ (unless a reader
-already moved the message to cur/): a message a consumer took from new/ in the last
-checkpoint interval before a power loss can then arrive twice, never none."""
+Errors: ``NotAJournal`` (a ``ValueError``), for a file in the journal folder without a
+valid header; ``OSError`` from the system calls."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import logging
 import os
 import pathlib
 import struct
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 
@@ -62,8 +50,8 @@ LIMIT_BYTES = 64 << 20  # the receiver's default (--spool-journal-mib)
 MINIMUM_BYTES = 1 << 20
 CHECKPOINT_SECONDS = 0.5
 
-# magic, version, generation, salt, first sequence not checkpointed, its offset, boot id
-_HEADER = struct.Struct("<4sIQQQQ16s")
+# magic, version, generation, salt, first sequence not checkpointed, its offset
+_HEADER = struct.Struct("<4sIQQQQ")
 _HEADER_MAGIC = b"SGJ1"
 # magic, name length, salt, sequence, payload length (name and file)
 _RECORD = struct.Struct("<4sIQQQ")
@@ -73,13 +61,8 @@ _ZEROS = bytes(BLOCK)
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
-def boot_id() -> bytes:
-    """This boot's id; random where the kernel does not say (then every journal a dead
-    process left is replayed: a duplicate rather than a loss)."""
-    try:
-        return uuid.UUID(pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()).bytes
-    except (OSError, ValueError):
-        return os.urandom(16)
+class NotAJournal(ValueError):
+    """A file in the journal folder without a valid header."""
 
 
 def _aligned(length: int) -> int:
@@ -99,7 +82,6 @@ class Checkpoint:
     salt: int
     sequence: int  # the first record not yet durable as a file
     offset: int  # where it starts (or would)
-    boot: bytes
 
 
 class Journal:
@@ -113,8 +95,6 @@ class Journal:
         self.size = os.fstat(fd).st_size
         self.salt = last.salt
         self.generation = last.generation
-        self.written_in = last.boot  # the boot of its last checkpoint
-        self.boot = boot_id()
         # The ring holds records [tail's sequence, sequence), from tail's offset to head.
         # The tail is one attribute, so a checkpoint moves both at once.
         self.sequence = last.sequence
@@ -125,11 +105,12 @@ class Journal:
 
     @classmethod
     def create(cls, path: pathlib.Path, limit: int = LIMIT_BYTES) -> Journal:
-        """A new journal at ``path`` (which must not exist), locked."""
+        """A new journal at ``path``, locked; ``FileExistsError`` if there is one."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            first = Checkpoint(0, int.from_bytes(os.urandom(8), "little"), 1, START, boot_id())
+            # Waits while another process's ``take`` looks at it, still empty.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            first = Checkpoint(0, int.from_bytes(os.urandom(8), "little"), 1, START)
             for slot in range(SLOTS):
                 state = dataclasses.replace(first, generation=slot)
                 os.pwrite(fd, _header(state), slot * BLOCK)
@@ -139,13 +120,13 @@ class Journal:
             return cls(path, fd, state, limit)
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
             raise
 
     @classmethod
     def take(cls, path: pathlib.Path, limit: int = LIMIT_BYTES) -> Journal | None:
-        """The journal at ``path``, locked now by this process; None if another holds it.
-        Raises ``ValueError`` for a file without a valid header."""
+        """The journal at ``path``, locked now by this process; None if another holds it
+        or it is still being made. Raises ``NotAJournal`` for a file without a valid
+        header."""
         fd = os.open(path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,8 +135,11 @@ class Journal:
             return None
         try:
             last = _last_checkpoint(fd)
+            if last is None and os.fstat(fd).st_size < START:
+                os.close(fd)  # being made, or a crash cut its making short: no record in it
+                return None
             if last is None:
-                raise ValueError(f"{path}: not a journal (no valid header)")
+                raise NotAJournal(f"{path}: not a journal (no valid header)")
             return cls(path, fd, last, limit)
         except BaseException:
             os.close(fd)
@@ -276,16 +260,17 @@ class Journal:
         other, an older checkpoint (more records replayed, none lost)."""
         self.generation += 1
         sequence, offset = mark
-        state = Checkpoint(self.generation, self.salt, sequence, offset, self.boot)
+        state = Checkpoint(self.generation, self.salt, sequence, offset)
         os.pwrite(self.fd, _header(state), (self.generation % SLOTS) * BLOCK)
         os.fdatasync(self.fd)
-        self.written_in = self.boot
         self._tail = mark
         self.checkpoints += 1
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """Close the file (its lock goes with it); again does nothing."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 # -- the file's format -------------------------------------------------------------------
@@ -293,7 +278,7 @@ class Journal:
 
 def _header(state: Checkpoint) -> bytes:
     packed = _HEADER.pack(
-        _HEADER_MAGIC, 1, state.generation, state.salt, state.sequence, state.offset, state.boot
+        _HEADER_MAGIC, 1, state.generation, state.salt, state.sequence, state.offset
     )
     return packed + _CRC.pack(zlib.crc32(packed))
 
@@ -308,11 +293,11 @@ def _last_checkpoint(fd: int) -> Checkpoint | None:
         packed, (crc,) = raw[: _HEADER.size], _CRC.unpack(raw[_HEADER.size :])
         if zlib.crc32(packed) != crc:
             continue
-        magic, version, generation, salt, sequence, offset, boot = _HEADER.unpack(packed)
+        magic, version, generation, salt, sequence, offset = _HEADER.unpack(packed)
         if magic != _HEADER_MAGIC or version != 1:
             continue
         if best is None or generation > best.generation:
-            best = Checkpoint(generation, salt, sequence, offset, boot)
+            best = Checkpoint(generation, salt, sequence, offset)
     return best
 
 

@@ -7,14 +7,18 @@ delivered, or refused and its sender told.
 Every worker process runs a ``QueueRunner`` on the same spool. A message is delivered by
 the process that holds its ``flock`` (``spoolfile.Queued``); a process that dies drops its
 locks, and the others (or its successor) pick its messages up at their next scan. Each
-process learns of its own new messages at once (the spool's ``on_commit``), and of the
-rest by scanning the spool every few seconds.
+process learns of its own new messages once they are durable as files (the spool's
+``on_commit``: at once, or at its journal's next checkpoint), and of the rest by scanning
+the spool every few seconds; a file renamed into new/ less than ``FRESH_SECONDS`` ago is
+left to its own process for that long (its journal's checkpoint may not have made it
+durable yet).
 
 What a crash can do: a recipient the next hop took is written down (fdatasync) before
 anything else happens to the message, so the only message sent twice is one the next hop
-took in the moment before the crash, before that line reached the disk. A power loss can
-also bring back a message delivered and removed in the spool journal's last checkpoint
-interval (``journal``): its record is written into new/ again."""
+took in the moment before the crash, before that line reached the disk. Nothing is taken from
+new/ before it is durable as a file (unless a failed checkpoint left it unsynced for longer
+than ``FRESH_SECONDS``), so the spool journal's recovery (``spool_journal``) writes back
+what a crash lost, not a message already delivered."""
 
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from .replies import Reply, one_line
 log = logging.getLogger(__name__)
 
 SCAN_SECONDS = 5.0
+FRESH_SECONDS = 4 * journal.CHECKPOINT_SECONDS
 # A scan lists and stats the whole spool (some 8 us a message): the next comes at least
 # SCAN_SHARE times as long as the last took, so a big queue is scanned less often.
 SCAN_SHARE = 50
@@ -96,7 +101,7 @@ class QueueRunner:
             thread.join(max(0, deadline - time.monotonic()))
 
     def notify(self, names: list[str]) -> None:
-        """Messages just committed to new/ (called from the thread that committed them)."""
+        """Messages now durable in new/ (called from the thread that made them so)."""
         with self._lock:
             for name in names:
                 self._push(name, 0.0, "new")
@@ -141,10 +146,11 @@ class QueueRunner:
             known = set(self._due)  # before the listing: a name notified later stays
         found = spoolfile.names(self.root)
         present = {name for _, name, _ in found}
+        wall = time.time()
         with self._lock:
-            for folder, name, _ in found:
+            for folder, name, mtime in found:
                 if name not in self._due and name not in self._inflight:
-                    self._push(name, now, folder)
+                    self._push(name, now + max(0.0, mtime + FRESH_SECONDS - wall), folder)
             for name in known - present - self._inflight:  # gone: another process had it
                 self._due.pop(name, None)
                 self._folder.pop(name, None)

@@ -225,6 +225,8 @@ def test_the_250_follows_a_durable_write(
             mkfs = ("-O", "^has_journal") if where == "ext4-no-journal" else ()
             tmp_path = stack.enter_context(ext4_volume(tmp_path / "volume", *mkfs))
             assert delivery.orders_data(tmp_path) is (where == "ext4-journal")
+        if journal and not big and not delivery.journal_pays(tmp_path):
+            pytest.skip("the spool journal is not used on this filesystem (ext4 and XFS only)")
         _trace_one_message(tmp_path, sync, big, journal)
 
 
