@@ -178,7 +178,9 @@ def test_a_torn_header_slot_leaves_the_checkpoint_before_it(tmp_path: pathlib.Pa
     assert _contents(_reopened(log).recover()) == _expected(_records(2, first=2))
 
 
-def test_a_journal_another_process_holds_or_still_makes_is_not_taken(tmp_path: pathlib.Path) -> None:
+def test_a_journal_another_process_holds_or_still_makes_is_not_taken(
+    tmp_path: pathlib.Path,
+) -> None:
     log = journal.Journal.create(tmp_path / "0")
     assert journal.Journal.take(log.path) is None
     log.close()
