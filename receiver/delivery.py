@@ -677,13 +677,12 @@ def from_next_hop(
     journal_bytes: int = journal.LIMIT_BYTES,
 ) -> Delivery:
     """The delivery a server's next hop asks for (``spool`` and ``spool_sync`` override a
-    Maildir path and its sync; ``journal_bytes`` is the spool journal's limit, 0 none)."""
+    Maildir path and its sync; ``journal_bytes`` is a Maildir spool's journal limit, 0
+    none; a store-and-forward spool has none)."""
     if next_hop.store_and_forward:
         from .queue import QueuedDelivery  # the queue builds on this module and the relay
 
-        return QueuedDelivery(
-            next_hop, spool, helo=helo, spool_sync=spool_sync, journal_bytes=journal_bytes
-        )
+        return QueuedDelivery(next_hop, spool, helo=helo, spool_sync=spool_sync)
     if next_hop.type == "Maildir" or spool:
         guard = backpressure.SpoolGuard.from_storage(spool or next_hop.path, next_hop.storage)
         return MaildirDelivery(

@@ -266,6 +266,14 @@ class Journal:
         self._tail = mark
         self.checkpoints += 1
 
+    def renew(self) -> None:
+        """A new salt from the next record on, in an empty ring: records a crash left
+        behind, torn or not, can then never be taken for later ones (a torn header slot
+        leaves the other, with the old salt and an older checkpoint: still right)."""
+        assert self.empty
+        self.salt = int.from_bytes(os.urandom(8), "little")
+        self.checkpoint(self.mark())
+
     def close(self) -> None:
         """Close the file (its lock goes with it); again does nothing."""
         fd, self.fd = self.fd, -1

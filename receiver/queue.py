@@ -7,18 +7,12 @@ delivered, or refused and its sender told.
 Every worker process runs a ``QueueRunner`` on the same spool. A message is delivered by
 the process that holds its ``flock`` (``spoolfile.Queued``); a process that dies drops its
 locks, and the others (or its successor) pick its messages up at their next scan. Each
-process learns of its own new messages once they are durable as files (the spool's
-``on_commit``: at once, or at its journal's next checkpoint), and of the rest by scanning
-the spool every few seconds; a file renamed into new/ less than ``FRESH_SECONDS`` ago is
-left to its own process for that long (its journal's checkpoint may not have made it
-durable yet).
+process learns of its own new messages at once (the spool's ``on_commit``), and of the
+rest by scanning the spool every few seconds.
 
 What a crash can do: a recipient the next hop took is written down (fdatasync) before
 anything else happens to the message, so the only message sent twice is one the next hop
-took in the moment before the crash, before that line reached the disk. Nothing is taken from
-new/ before it is durable as a file (unless a failed checkpoint left it unsynced for longer
-than ``FRESH_SECONDS``), so the spool journal's recovery (``spool_journal``) writes back
-what a crash lost, not a message already delivered."""
+took in the moment before the crash, before that line reached the disk."""
 
 from __future__ import annotations
 
@@ -35,14 +29,13 @@ from collections.abc import Callable
 
 from smtpgate.connectors.specs import NextHop, QueueSettings
 
-from . import backpressure, delivery, dsn, health, journal, retries, spill, spoolfile, workers
+from . import backpressure, delivery, dsn, health, retries, spill, spoolfile, workers
 from .relay import RelayDelivery
 from .replies import Reply, one_line
 
 log = logging.getLogger(__name__)
 
 SCAN_SECONDS = 5.0
-FRESH_SECONDS = 4 * journal.CHECKPOINT_SECONDS
 # A scan lists and stats the whole spool (some 8 us a message): the next comes at least
 # SCAN_SHARE times as long as the last took, so a big queue is scanned less often.
 SCAN_SHARE = 50
@@ -101,7 +94,7 @@ class QueueRunner:
             thread.join(max(0, deadline - time.monotonic()))
 
     def notify(self, names: list[str]) -> None:
-        """Messages now durable in new/ (called from the thread that made them so)."""
+        """Messages just committed to new/ (called from the thread that committed them)."""
         with self._lock:
             for name in names:
                 self._push(name, 0.0, "new")
@@ -146,11 +139,10 @@ class QueueRunner:
             known = set(self._due)  # before the listing: a name notified later stays
         found = spoolfile.names(self.root)
         present = {name for _, name, _ in found}
-        wall = time.time()
         with self._lock:
-            for folder, name, mtime in found:
+            for folder, name, _ in found:
                 if name not in self._due and name not in self._inflight:
-                    self._push(name, now + max(0.0, mtime + FRESH_SECONDS - wall), folder)
+                    self._push(name, now, folder)
             for name in known - present - self._inflight:  # gone: another process had it
                 self._due.pop(name, None)
                 self._folder.pop(name, None)
@@ -328,16 +320,16 @@ class QueuedDelivery:
         helo: str | None = None,
         spool_sync: str | None = None,
         scan_seconds: float = SCAN_SECONDS,
-        journal_bytes: int = journal.LIMIT_BYTES,
     ) -> None:
         if not next_hop.host or not next_hop.port:
             raise ValueError(f"a {next_hop.type} next hop needs host and port")
         root = spool or next_hop.path
         guard = backpressure.SpoolGuard.from_storage(root, next_hop.storage)
         sync = spool_sync or next_hop.sync.lower()
-        self.spool = delivery.MaildirDelivery(
-            root, sync=sync, guard=guard, journal_bytes=journal_bytes
-        )
+        # No spool journal here: the queue takes a message from new/ at once, and only a
+        # file durable in its own right may be taken (a journal's recovery could not tell
+        # a message the queue delivered and removed from one a crash lost).
+        self.spool = delivery.MaildirDelivery(root, sync=sync, guard=guard, journal_bytes=0)
         self.relay = RelayDelivery(
             next_hop.host,
             next_hop.port,

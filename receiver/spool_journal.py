@@ -54,7 +54,10 @@ class SpoolJournal:
         self._due = threading.Condition()
         self._urgent = False  # a checkpoint wanted before the interval ends
         self._closing = False
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(
+            target=self._checkpoints, name="spool-checkpoint", daemon=True
+        )
+        self._thread.start()
 
     @classmethod
     def open(cls, spool: MaildirDelivery, limit: int) -> SpoolJournal | None:
@@ -134,11 +137,6 @@ class SpoolJournal:
 
     def _wake(self, urgent: bool) -> None:
         with self._due:
-            if self._thread is None and not self._closing:
-                self._thread = threading.Thread(
-                    target=self._checkpoints, name="spool-checkpoint", daemon=True
-                )
-                self._thread.start()
             self._urgent = self._urgent or urgent
             self._due.notify()
 
@@ -152,7 +150,10 @@ class SpoolJournal:
                 if self._closing:
                     return
                 self._urgent = False
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except Exception:  # never lose the thread: the journal would fill up
+                log.exception("spool checkpoint")
 
     def _idle(self) -> bool:
         return self.failed is not None or self.file.empty
@@ -163,8 +164,7 @@ class SpoolJournal:
         with self._due:
             self._closing = True
             self._due.notify()
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.join()
         self.checkpoint()
         with self._lock:
             self.file.close()
@@ -204,6 +204,7 @@ def recover(
                 continue
             try:
                 _write_back(spool, taken)
+                taken.renew()
             except BaseException:
                 taken.close()
                 raise
