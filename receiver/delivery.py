@@ -447,16 +447,16 @@ class MaildirDelivery:
             moved: dict[str, str] | None = None
             for name in names:
                 try:
-                    _fsync_path(self._new + name)
+                    fsync_path(self._new + name)
                 except FileNotFoundError:
                     if moved is None:
                         cur = self.root / "cur"
                         moved = {n.split(":", 1)[0]: str(cur / n) for n in os.listdir(cur)}
                     if name in moved:
                         with contextlib.suppress(FileNotFoundError):
-                            _fsync_path(moved[name])
+                            fsync_path(moved[name])
             if moved:
-                _fsync_path(str(self.root / "cur"))
+                fsync_path(str(self.root / "cur"))
         else:
             _fsync_filesystem(self.root)
         self._sync_new()
@@ -532,7 +532,8 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs()
 
 
-def _fsync_path(path: str) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync(2) of the file or folder at ``path``."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -187,7 +187,7 @@ class SpoolJournal:
 def recover(
     spool: MaildirDelivery, limit: int = journal.LIMIT_BYTES, keep: bool = False
 ) -> journal.Journal | None:
-    """Recover every journal in ``spool`` that no process holds (``_write_back``). With
+    """Recover every journal in ``spool`` that no process holds (``_restore``). With
     ``keep`` the first stays locked, this process's own (returned); the rest are closed."""
     folder = spool.root / journal.FOLDER
     if not folder.is_dir():
@@ -203,7 +203,7 @@ def recover(
             if taken is None:
                 continue
             try:
-                _write_back(spool, taken)
+                _restore(spool, taken)
                 taken.renew()
             except BaseException:
                 taken.close()
@@ -219,7 +219,7 @@ def recover(
     return kept
 
 
-def _write_back(spool: MaildirDelivery, taken: journal.Journal) -> None:
+def _restore(spool: MaildirDelivery, taken: journal.Journal) -> None:
     """Hold every record ``taken`` has since its checkpoint against the spool, write again
     the messages whose files are missing or damaged, sync them all, and empty it."""
     records = taken.recover()

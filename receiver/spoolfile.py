@@ -198,7 +198,7 @@ class Queued:
         finally:
             os.close(fd)
         if durable and created:
-            sync_folder(self.state_path.parent)
+            delivery.fsync_path(self.state_path.parent)
 
     def remove(self) -> None:
         """Every recipient is settled: the message goes, then its record."""
@@ -260,14 +260,6 @@ def forget_orphans(root: pathlib.Path, present: set[str]) -> None:
                         os.unlink(entry.path)
 
 
-def sync_folder(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_message(root: pathlib.Path, name: str, parts: Iterable[bytes]) -> None:
     """A new message (its envelope line first) into the spool, durable before it is
     visible: written into tmp/, synced, renamed into new/, new/ synced (the notices the
@@ -287,4 +279,4 @@ def write_message(root: pathlib.Path, name: str, parts: Iterable[bytes]) -> None
         raise
     os.close(fd)
     os.rename(tmp, root / "new" / name)
-    sync_folder(root / "new")
+    delivery.fsync_path(root / "new")

@@ -18,6 +18,7 @@ import smtplib
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -339,7 +340,7 @@ def test_a_failed_checkpoint_frees_nothing_and_the_next_spool_keeps_the_files(
         asyncio.run(spool.deliver(_message(1)))
         with monkeypatch.context() as patch:
             patch.setattr(delivery, "_fsync_filesystem", failing)
-            patch.setattr(delivery, "_fsync_path", failing)
+            patch.setattr(delivery, "fsync_path", failing)
             spool.journal.checkpoint()
         report = spool.journal_report()
         assert report is not None and report["failed"] and report["records"] == 1
@@ -522,3 +523,49 @@ def test_the_drain_command_first_writes_back_what_the_journal_holds(
     hop = f"smtp://127.0.0.1:{free_port()}"
     assert drain.main(["--spool", str(spool_root), "--next-hop", hop, "--wait", "0"]) == 1
     assert _ids(spool_root) == [0, 1, 2]
+
+
+def test_a_new_journal_starts_small_and_grows_zero_filled_up_to_its_limit(
+    tmp_path: pathlib.Path,
+) -> None:
+    log = journal.Journal.create(tmp_path / "0", limit=journal.MINIMUM_BYTES)
+    assert os.path.getsize(log.path) == journal.INITIAL_BYTES
+    sizes = []
+    while log.append(_records(1, first=len(sizes))):
+        sizes.append(os.path.getsize(log.path))
+    assert sorted(set(sizes)) == [
+        journal.INITIAL_BYTES,
+        2 * journal.INITIAL_BYTES,
+        journal.MINIMUM_BYTES,
+    ]
+    with open(log.path, "rb") as raw:  # what no record holds is zeros, written
+        raw.seek(journal.START + len(sizes) * journal.BLOCK)
+        assert raw.read() == bytes(
+            journal.MINIMUM_BYTES - journal.START - len(sizes) * journal.BLOCK
+        )
+
+
+def test_a_journal_half_full_is_checkpointed_at_once(
+    spool_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interval is an hour here: only a journal past half its limit brings the
+    checkpoint forward."""
+    monkeypatch.setattr(journal, "CHECKPOINT_SECONDS", 3600.0)
+    spool = delivery.MaildirDelivery(spool_root, journal_bytes=journal.MINIMUM_BYTES)
+    assert spool.journal is not None
+    try:
+        file = spool.journal.file
+
+        async def until_half_full() -> None:
+            sent = 0
+            while file.used() * 2 <= file.limit:
+                await spool.deliver(_message(sent))
+                sent += 1
+
+        asyncio.run(until_half_full())
+        deadline = time.monotonic() + 10
+        while file.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert file.checkpoints == 1
+    finally:
+        spool.close()
