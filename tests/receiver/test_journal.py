@@ -24,7 +24,8 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from smtpgate.receiver import delivery, drain, journal
+from smtpgate.connectors import specs
+from smtpgate.receiver import delivery, drain, journal, queue
 
 from .conftest import free_port
 from .helpers import start_process
@@ -569,3 +570,17 @@ def test_a_journal_half_full_is_checkpointed_at_once(
         assert file.checkpoints == 1
     finally:
         spool.close()
+
+
+def test_a_store_and_forward_spool_has_no_journal(spool_root: pathlib.Path) -> None:
+    """Its queue takes a message from new/ at once: only files durable in their own
+    right, never ones a journal's recovery might write again."""
+    hop = specs.NextHop.model_validate(
+        {"type": "Smtp", "host": "127.0.0.1", "port": free_port(), "mode": "StoreAndForward"}
+    )
+    queued = queue.QueuedDelivery(hop, str(spool_root), helo="mail.contoso.com")
+    try:
+        assert queued.spool.journal is None and queued.spool.journal_report() is None
+        assert not (spool_root / journal.FOLDER).exists()
+    finally:
+        queued.close()
